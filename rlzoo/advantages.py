@@ -1,0 +1,86 @@
+"""Rewards -> advantages, per prompt group (REFERENCE.md, Paper A)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def group_means(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """(B,) the mean reward of each sample's group."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    counts = torch.bincount(inverse).to(rewards.dtype)
+    return (sums / counts)[inverse]
+
+
+def group_stds(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """(B,) the population std of each sample's group."""
+    centred = rewards - group_means(rewards, group_ids)
+    return group_means(centred**2, group_ids).sqrt()
+
+
+def group_advantage(rewards: Tensor, group_ids: Tensor, std: str = "global", eps: float = 1e-4) -> Tensor:
+    """A = (R - mean_group(R)) / (std(R) + eps); std over the whole batch ("global", population
+    std, Paper A's default) or within each group ("group")."""
+    centred = rewards - group_means(rewards, group_ids)
+    if std == "global":
+        scale = rewards.std(unbiased=False)
+    elif std == "group":
+        scale = group_stds(rewards, group_ids)
+    else:
+        raise ValueError(f"unknown advantage std {std!r}; valid: global, group")
+    return centred / (scale + eps)
+
+
+def exact_advantage(rewards: Tensor, group_ids: Tensor, c: float = 0.1) -> Tensor:
+    """A = c·(R - mean_group(R)), no std normalisation."""
+    return c * (rewards - group_means(rewards, group_ids))
+
+
+def global_std_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-4) -> Tensor:
+    """A = (R - mean(R)) / (std(R) + eps) over the whole batch, ignoring prompt groups."""
+    return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+
+
+def nft_mapping(advantage: Tensor, adv_clip: float = 5.0) -> Tensor:
+    """DiffusionNFT's optimality probability r = clip( clip(A, ±5)/5/2 + 0.5, 0, 1 )."""
+    return (advantage.clamp(-adv_clip, adv_clip) / adv_clip / 2 + 0.5).clamp(0, 1)
+
+
+class Advantage:
+    name = "advantage"
+
+    def __call__(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class GroupAdvantage(Advantage):
+    name = "group"
+
+    def __init__(self, std: str = "global", eps: float = 1e-4):
+        if std not in ("global", "group"):
+            raise ValueError(f"unknown advantage std {std!r}; valid: global, group")
+        self.std, self.eps = std, float(eps)
+
+    def __call__(self, rewards, group_ids):
+        return group_advantage(rewards, group_ids, self.std, self.eps)
+
+
+class ExactAdvantage(Advantage):
+    name = "exact"
+
+    def __init__(self, c: float = 0.1):
+        self.c = float(c)
+
+    def __call__(self, rewards, group_ids):
+        return exact_advantage(rewards, group_ids, self.c)
+
+
+class GlobalStdAdvantage(Advantage):
+    name = "global_std"
+
+    def __init__(self, eps: float = 1e-4):
+        self.eps = float(eps)
+
+    def __call__(self, rewards, group_ids):
+        return global_std_advantage(rewards, group_ids, self.eps)

@@ -1,0 +1,133 @@
+"""Config composition and validation before compute.
+
+Every check here runs on the composed config alone, before any model is built and before the
+run directory is touched, and fails with one line naming the bad value and the valid choices.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
+          "logger", "experiment")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line."""
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Reject `group=name` overrides that name no YAML file, listing the valid choices."""
+    for item in overrides:
+        if "=" not in item or item.startswith("-"):
+            continue
+        key, value = item.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("hydra") or "/" in key or key not in GROUPS:
+            continue
+        choices = available(key)
+        for name in value.split(","):  # multirun lists
+            if name and name != "null" and name not in choices:
+                raise ConfigError(f"unknown {key} {name!r}; valid choices: {', '.join(choices)}")
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `rlzoo-train` would run, composed without starting a Hydra job."""
+    from hydra import compose, initialize_config_dir
+
+    check_overrides(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _positive(cfg: DictConfig, key: str, kind=float) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
+    if kind is int and int(value) != value:
+        raise ConfigError(f"{key} must be a positive int, got {value!r}")
+
+
+def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
+    """All checks that need no model. Raises ConfigError."""
+    for key in ("train.iterations", "train.batch_size", "train.group_size", "train.micro_batch_size",
+                "sampler.num_steps", "eval.num_steps", "eval.samples_per_prompt", "eval.every",
+                "eval.batch_size", "checkpoint_every"):
+        _positive(cfg, key, int)
+    for key in ("train.lr", "train.max_grad_norm"):
+        _positive(cfg, key, float)
+    if cfg.train.get("max_minutes") is not None:
+        _positive(cfg, "train.max_minutes", float)
+    batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
+    if batch % group:
+        divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+        raise ConfigError(f"train.group_size={group} does not divide train.batch_size={batch}; "
+                          f"valid group sizes: {', '.join(map(str, divisors))}")
+    if int(cfg.train.old_policy_schedule) not in (0, 1, 2):
+        raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
+    _validate_combination(cfg)
+    if check_checkpoint:
+        from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
+
+        try:
+            check_base_checkpoint(cfg.model.checkpoint, f"rlzoo-pretrain task={cfg.task.name}")
+        except BaseCheckpointError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _component_class(node: DictConfig):
+    from hydra.utils import get_class
+
+    return get_class(node._target_)
+
+
+def _validate_combination(cfg: DictConfig) -> None:
+    estimator, sampler = _component_class(cfg.estimator), _component_class(cfg.sampler)
+    if getattr(estimator, "needs_trajectory", False) and not getattr(sampler, "keeps_trajectory", False):
+        stochastic = [n for n in available("sampler") if getattr(
+            _component_class(OmegaConf.load(CONF_DIR / "sampler" / f"{n}.yaml")), "keeps_trajectory", False)]
+        raise ConfigError(
+            f"estimator={cfg.estimator.name} needs a stochastic trajectory but sampler={cfg.sampler.name} "
+            f"keeps none; use a stochastic sampler ({', '.join(stochastic) or 'none installed'}) "
+            f"or estimator=elbo")
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """A run directory holding a different run's config is never resumed into or overwritten."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    diffs = [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
+    if diffs:
+        raise ConfigError(
+            f"run directory {run_dir} holds a run with a different config (differs in {', '.join(diffs[:5])}); "
+            f"choose another run_dir=... or delete that directory")
+
+
+# Keys that may change when a run is resumed: they do not change what is computed.
+RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "progress_bar", "logger", "threads")
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def build(node: DictConfig, **kwargs):
+    """Instantiate a component; its `name` key labels runs and is not a constructor argument."""
+    from hydra.utils import instantiate
+
+    params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+    return instantiate(params, **kwargs)

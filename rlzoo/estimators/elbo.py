@@ -1,0 +1,125 @@
+"""The ELBO likelihood estimator on the final sample only (Paper A).
+
+For each sample x0 and timestep t: fresh eps, x_t = (1 - t)·x0 + t·eps, and every model (current,
+old, reference) sees the same x_t; each predicts its own velocity v and x̂0 = x_t - t·v.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from rlzoo.samplers.kernels import mean_dims
+from rlzoo.types import LikelihoodTerm, Rollout
+
+WEIGHTINGS = ("adaptive", "t", "uniform", "exact")
+TIMESTEPS = ("sampler", "uniform", "logit_normal")
+
+
+def _per_sample(t: Tensor, like: Tensor) -> Tensor:
+    return t.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """x_t = (1 - t)·x0 + t·eps, t of shape (B,)."""
+    t = _per_sample(t, x0)
+    return (1 - t) * x0 + t * noise
+
+
+def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting: str = "adaptive") -> Tensor:
+    """One ELBO term per sample, (B, ...) -> (B,). With x̂0 = x_t - t·v:
+
+    adaptive  w = sg(mean_d |x̂0 - x0|).clamp_min(1e-5)  (float64);  term = -mean_d((x̂0 - x0)² / w)
+    t         term = -mean_d((x̂0 - x0)²)
+    uniform   term = -mean_d((eps - x0 - v)²)
+    exact     term = -mean_d((1 - t)/(t + 1e-3) · (eps - x0 - v)²)
+    """
+    if weighting in ("adaptive", "t"):
+        x0_hat = noised(x0, noise, t) - _per_sample(t, x0) * velocity
+        error = x0_hat - x0
+        if weighting == "t":
+            return -mean_dims(error**2)
+        w = mean_dims(error.detach().abs().double()).clamp_min(1e-5)
+        return (-mean_dims(error.double() ** 2) / w).to(x0.dtype)
+    if weighting == "uniform":
+        return -mean_dims((noise - x0 - velocity) ** 2)
+    if weighting == "exact":
+        tt = _per_sample(t, x0)
+        return -mean_dims((1 - tt) / (tt + 1e-3) * (noise - x0 - velocity) ** 2)
+    raise ValueError(f"unknown ELBO weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+
+
+class ELBOEstimator:
+    """Yields one `LikelihoodTerm` per (micro-batch, timestep), for per-term backward.
+
+    timesteps: `sampler` = the rollout's own schedule without the final 0 (t = 1 included);
+               each sample draws a random permutation and uses `num_terms` of its K sigmas,
+               so rows of one micro-batch sit at different t. `uniform` / `logit_normal` draw t.
+    num_terms: terms per sample; default int(0.99·K) (9 of 10, as in Paper A's code).
+    """
+
+    needs_trajectory = False
+
+    def __init__(self, weighting: str = "adaptive", timesteps: str = "sampler",
+                 num_terms: int | None = None, noise_draws: int = 1, shared_noise: bool = True):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown ELBO weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        if timesteps not in TIMESTEPS:
+            raise ValueError(f"unknown ELBO timesteps {timesteps!r}; valid: {', '.join(TIMESTEPS)}")
+        self.weighting = weighting
+        self.timesteps = timesteps
+        self.num_terms = num_terms
+        self.noise_draws = int(noise_draws)
+        self.shared_noise = bool(shared_noise)
+
+    def terms_per_sample(self, num_sampler_steps: int) -> int:
+        if self.num_terms is not None:
+            return int(self.num_terms)
+        return max(1, int(num_sampler_steps * 0.99))
+
+    def draw_timesteps(self, rollout: Rollout, generator: torch.Generator | None = None) -> Tensor:
+        """(B, J) timesteps for every sample and term."""
+        batch = rollout.x0.shape[0]
+        schedule = rollout.sigmas[:-1]
+        num = self.terms_per_sample(len(schedule))
+        if self.timesteps == "sampler":
+            if num > len(schedule):
+                raise ValueError(f"estimator.num_terms={num} exceeds the sampler's {len(schedule)} steps")
+            order = torch.argsort(torch.rand(batch, len(schedule), generator=generator), dim=1)
+            return schedule[order[:, :num]]
+        if self.timesteps == "uniform":
+            return torch.rand(batch, num, generator=generator)
+        return torch.sigmoid(torch.randn(batch, num, generator=generator))
+
+    def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
+              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
+        x0_all = rollout.x0
+        timesteps = self.draw_timesteps(rollout, generator).to(x0_all.device)
+        num = timesteps.shape[1]
+        for start in range(0, x0_all.shape[0], micro_batch_size):
+            index = torch.arange(start, min(start + micro_batch_size, x0_all.shape[0]))
+            x0 = x0_all[index]
+            cond = rollout.cond.select(index)
+            for j in range(num):
+                t = timesteps[index, j].to(x0.dtype)
+                yield self._term(policy, x0, cond, t, index, need_reference, generator, 1.0 / num)
+
+    def _term(self, policy, x0, cond, t, index, need_reference, generator, weight) -> LikelihoodTerm:
+        draws = []
+        for _ in range(self.noise_draws):
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            old_noise = noise if self.shared_noise else torch.randn(
+                x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            x_t, x_t_old = noised(x0, noise, t), noised(x0, old_noise, t)
+            with torch.no_grad():
+                v_old = policy.velocity(x_t_old, t, cond, which="old")
+                v_ref = policy.velocity(x_t_old, t, cond, which="reference") if need_reference else None
+            v = policy.velocity(x_t, t, cond, which="current")
+            draws.append((noise, old_noise, x_t, v, v_old, v_ref))
+        log_lik = torch.stack([elbo_term(x0, d[0], t, d[3], self.weighting) for d in draws]).mean(0)
+        log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[4], self.weighting) for d in draws]).mean(0)
+        noise, _, x_t, v, v_old, v_ref = draws[-1]
+        return LikelihoodTerm(index=index, log_lik=log_lik, log_lik_old=log_lik_old.detach(),
+                              weight=weight, velocity=v, velocity_old=v_old, velocity_ref=v_ref,
+                              x_t=x_t, x0=x0, noise=noise, t=t)

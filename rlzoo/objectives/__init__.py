@@ -1,0 +1,113 @@
+"""Policy-gradient objectives (Paper A), each a pure per-sample loss; the trainer takes the mean.
+
+Inputs are per-sample tensors of one likelihood term: `log_lik` = f (current policy,
+differentiable), `log_lik_old` = o (behaviour policy on the same noise, no grad),
+`advantage` = A. lr = sg(f) - o, rho = exp(lr) (detached).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlzoo.types import LikelihoodTerm
+
+
+def _log_ratio(log_lik: Tensor, log_lik_old: Tensor) -> Tensor:
+    return log_lik.detach() - log_lik_old.detach()
+
+
+def epg_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """epg: L = -mean( rho·A·f )."""
+    rho = torch.exp(_log_ratio(log_lik, log_lik_old))
+    return -rho * advantage * log_lik
+
+
+def epg_noratio_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """epg_noratio: L = -mean( A·f )."""
+    return -advantage * log_lik
+
+
+def pepg_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """pepg: L = -mean( rho·(A - lr)·f )."""
+    lr = _log_ratio(log_lik, log_lik_old)
+    return -torch.exp(lr) * (advantage - lr) * log_lik
+
+
+def pepg_noratio_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """pepg_noratio: L = -mean( (A - lr)·f )."""
+    return -(advantage - _log_ratio(log_lik, log_lik_old)) * log_lik
+
+
+def par_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """par: L = ½·mean( rho·(A - (f - o))² )."""
+    rho = torch.exp(_log_ratio(log_lik, log_lik_old))
+    return 0.5 * rho * (advantage - (log_lik - log_lik_old.detach())) ** 2
+
+
+def par_noratio_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """par_noratio: L = ½·mean( (A - (f - o))² )."""
+    return 0.5 * (advantage - (log_lik - log_lik_old.detach())) ** 2
+
+
+def grpo_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor, clip_range: float = 1e-3,
+              adv_clip: float = 5.0) -> Tensor:
+    """grpo (PPO-clip): r = exp(f - o), A = clip(A, ±5), L = mean( max(-A·r, -A·clip(r, 1-ε, 1+ε)) )."""
+    ratio = torch.exp(log_lik - log_lik_old.detach())
+    advantage = advantage.clamp(-adv_clip, adv_clip)
+    return torch.maximum(-advantage * ratio, -advantage * ratio.clamp(1 - clip_range, 1 + clip_range))
+
+
+def reinforce_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> Tensor:
+    """reinforce: L = -mean( A·f ) with the current log-likelihood; no ratio, no old policy."""
+    return -advantage * log_lik
+
+
+class Objective:
+    """A per-sample loss over one likelihood term. `uses_ratio`: needs an old policy's estimate."""
+
+    name = "objective"
+    uses_ratio = True
+    needs_velocity = False
+    loss_fn = staticmethod(epg_loss)
+
+    def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
+        return self.loss_fn(term.log_lik, term.log_lik_old, advantage)
+
+
+class EPG(Objective):
+    name, loss_fn = "epg", staticmethod(epg_loss)
+
+
+class EPGNoRatio(Objective):
+    name, uses_ratio, loss_fn = "epg_noratio", False, staticmethod(epg_noratio_loss)
+
+
+class PEPG(Objective):
+    name, loss_fn = "pepg", staticmethod(pepg_loss)
+
+
+class PEPGNoRatio(Objective):
+    name, loss_fn = "pepg_noratio", staticmethod(pepg_noratio_loss)
+
+
+class PAR(Objective):
+    name, loss_fn = "par", staticmethod(par_loss)
+
+
+class PARNoRatio(Objective):
+    name, loss_fn = "par_noratio", staticmethod(par_noratio_loss)
+
+
+class Reinforce(Objective):
+    name, uses_ratio, loss_fn = "reinforce", False, staticmethod(reinforce_loss)
+
+
+class GRPO(Objective):
+    name = "grpo"
+
+    def __init__(self, clip_range: float = 1e-3, adv_clip: float = 5.0):
+        self.clip_range = float(clip_range)
+        self.adv_clip = float(adv_clip)
+
+    def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
+        return grpo_loss(term.log_lik, term.log_lik_old, advantage, self.clip_range, self.adv_clip)

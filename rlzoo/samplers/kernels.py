@@ -1,0 +1,114 @@
+"""Single-step transitions x(sigma) -> x(sigma_next) of rectified-flow samplers: pure tensor functions.
+
+Convention (REFERENCE.md): x_t = (1 - t)·x0 + t·eps, the model predicts v ≈ eps - x0,
+dt = sigma_next - sigma < 0. `sigma` / `sigma_next` are floats or per-sample tensors of shape (B,).
+Every kernel returns `Step(x_next, log_prob, mean, std)`: `log_prob` (B,) is the log-density of
+the given `x_next` if passed, of the drawn one otherwise, reduced by a mean over dimensions
+(as in the public FlowGRPO code); deterministic kernels return `log_prob=None`, `std=0`.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Step(NamedTuple):
+    x_next: Tensor
+    log_prob: Tensor | None
+    mean: Tensor
+    std: Tensor
+
+
+def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
+    """A float or (B,) tensor as a tensor broadcastable against `like` (B, ...)."""
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.ndim == 0:
+        return value
+    return value.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def mean_dims(x: Tensor) -> Tensor:
+    """mean_d: the mean over all non-batch dimensions, (B, ...) -> (B,)."""
+    return x.flatten(1).mean(dim=1)
+
+
+def gaussian_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """logp = mean_d( -(x_next - mu)²/(2·std²) - log std - ½·log(2π) )."""
+    std = std.expand_as(mean) if std.ndim else std
+    return mean_dims(
+        -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    )
+
+
+def _draw(mean: Tensor, std: Tensor, noise: Tensor | None, x_next: Tensor | None) -> Tensor:
+    if x_next is not None:
+        return x_next
+    if noise is None:
+        noise = torch.randn_like(mean)
+    return mean + std * noise
+
+
+def euler_step(x, velocity, sigma, sigma_next, *, eta=0.0, noise=None, x_next=None) -> Step:
+    """ODE Euler step: x_next = x + v·dt."""
+    dt = _per_sample(sigma_next, x) - _per_sample(sigma, x)
+    mean = x + velocity * dt
+    return Step(mean if x_next is None else x_next, None, mean, torch.zeros((), dtype=x.dtype))
+
+
+def flow_sde_step(x, velocity, sigma, sigma_next, *, eta=0.7, noise=None, x_next=None,
+                  sigma_max: float | Tensor | None = None) -> Step:
+    """FlowGRPO SDE step.
+
+    s   = eta·sqrt(sigma / (1 - sigma))   (at sigma = 1 the denominator uses sigma_max, the
+                                           schedule's next sigma; defaults to sigma_next)
+    mu  = x·(1 + s²/(2·sigma)·dt) + v·(1 + s²·(1 - sigma)/(2·sigma))·dt
+    std = s·sqrt(-dt)
+    """
+    sig = _per_sample(sigma, x)
+    sig_next = _per_sample(sigma_next, x)
+    denominator_sigma = torch.where(
+        sig == 1.0, _per_sample(sigma_next if sigma_max is None else sigma_max, x), sig
+    )
+    s = eta * torch.sqrt(sig / (1 - denominator_sigma))
+    dt = sig_next - sig
+    mean = x * (1 + s**2 / (2 * sig) * dt) + velocity * (1 + s**2 * (1 - sig) / (2 * sig)) * dt
+    std = s * torch.sqrt(-dt)
+    x_next = _draw(mean, std, noise, x_next)
+    return Step(x_next, gaussian_log_prob(x_next, mean, std), mean, std)
+
+
+def cps_step(x, velocity, sigma, sigma_next, *, eta=0.7, noise=None, x_next=None) -> Step:
+    """Coefficients-preserving SDE step (FlowGRPO `sde_type=cps`).
+
+    std = sigma_next·sin(eta·π/2), x̂0 = x - sigma·v, x̂1 = x + (1 - sigma)·v,
+    mu = x̂0·(1 - sigma_next) + x̂1·sqrt(sigma_next² - std²),
+    logp = -mean_d((x_next - mu)²)   (the public code drops constants and 1/(2·std²)).
+    """
+    sig = _per_sample(sigma, x)
+    sig_next = _per_sample(sigma_next, x)
+    std = sig_next * math.sin(eta * math.pi / 2)
+    x0_hat = x - sig * velocity
+    x1_hat = x + (1 - sig) * velocity
+    mean = x0_hat * (1 - sig_next) + x1_hat * torch.sqrt(sig_next**2 - std**2)
+    x_next = _draw(mean, std, noise, x_next)
+    return Step(x_next, -mean_dims((x_next - mean) ** 2), mean, std)
+
+
+def dance_sde_step(x, velocity, sigma, sigma_next, *, eta=0.3, noise=None, x_next=None) -> Step:
+    """DanceGRPO SDE step.
+
+    std = eta·sqrt(sigma - sigma_next), x̂0 = x - sigma·v,
+    score = -(x - (1 - sigma)·x̂0)/sigma², mu = x + dt·v - ½·eta²·score·dt, Gaussian logp.
+    """
+    sig = _per_sample(sigma, x)
+    sig_next = _per_sample(sigma_next, x)
+    dt = sig_next - sig
+    std = eta * torch.sqrt(sig - sig_next)
+    x0_hat = x - sig * velocity
+    score = -(x - (1 - sig) * x0_hat) / sig**2
+    mean = x + dt * velocity - 0.5 * eta**2 * score * dt
+    x_next = _draw(mean, std, noise, x_next)
+    return Step(x_next, gaussian_log_prob(x_next, mean, std), mean, std)

@@ -1,0 +1,77 @@
+"""What every task provides to the trainer."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from rlzoo.types import Conditioning
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class BaseCheckpointError(ValueError):
+    pass
+
+
+def resolve_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_base_checkpoint(path: str | Path, pretrain_command: str) -> dict:
+    """Load a base checkpoint's state dict, or raise one clear error (before any model is built)."""
+    resolved = resolve_path(path)
+    if not resolved.exists():
+        raise BaseCheckpointError(
+            f"base checkpoint {str(path)!r} not found (looked at {resolved}); build it with `{pretrain_command}`")
+    try:
+        state = torch.load(resolved, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise BaseCheckpointError(
+            f"base checkpoint {str(path)!r} is corrupt or not a torch checkpoint ({type(exc).__name__}); "
+            f"rebuild it with `{pretrain_command}`") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise BaseCheckpointError(
+            f"base checkpoint {str(path)!r} has no 'model' entry; rebuild it with `{pretrain_command}`")
+    return state
+
+
+class Task:
+    name: str = "task"
+    sample_shape: tuple[int, ...] = ()
+    pretrain_command: str = "make pretrain"
+
+    def train_prompts(self) -> list[str]:
+        raise NotImplementedError
+
+    def heldout_prompts(self) -> list[str]:
+        raise NotImplementedError
+
+    def conditioning(self, prompts: list[str], prompt_ids: Tensor, group_ids: Tensor) -> Conditioning:
+        raise NotImplementedError
+
+    def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+        """Per-sample scores; `reward` is the primary one."""
+        raise NotImplementedError
+
+    def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:
+        return {k: float(v.float().mean()) for k, v in scores.items()}
+
+    def build_model(self, model_cfg) -> nn.Module:
+        raise NotImplementedError
+
+    def load_base_model(self, model_cfg) -> nn.Module:
+        state = check_base_checkpoint(model_cfg.checkpoint, self.pretrain_command)
+        model = self.build_model(model_cfg)
+        model.load_state_dict(state["model"])
+        return model
+
+    def save_grid(self, x0: Tensor, cond: Conditioning, path: Path) -> None:
+        raise NotImplementedError

@@ -1,0 +1,75 @@
+"""The typed boundaries between components (DESIGN.md §1).
+
+Shapes: B = batch, K = sampler steps, `...` = the task's sample shape ((2,) for toy2d,
+(C, H, W) for images).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Conditioning:
+    """What the velocity model is conditioned on, for a batch of B samples.
+
+    `inputs` holds the model's own conditioning tensors (token ids, angles, ...), each with a
+    leading batch dimension, so any micro-batch can be cut out with `select`.
+    """
+
+    prompts: list[str]
+    inputs: dict[str, Tensor]
+    prompt_ids: Tensor  # (B,) index of the prompt in the task's prompt list
+    group_ids: Tensor  # (B,) samples that share a prompt share a group id
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: Tensor) -> "Conditioning":
+        index = index.to(torch.long)
+        picked = index.tolist()
+        return Conditioning(
+            prompts=[self.prompts[i] for i in picked],
+            inputs={k: v[index.to(v.device)] for k, v in self.inputs.items()},
+            prompt_ids=self.prompt_ids[index],
+            group_ids=self.group_ids[index],
+        )
+
+    def to(self, device: torch.device | str) -> "Conditioning":
+        return replace(self, inputs={k: v.to(device) for k, v in self.inputs.items()})
+
+
+@dataclass
+class Rollout:
+    """What a sampler returns."""
+
+    x0: Tensor  # (B, ...) final samples
+    cond: Conditioning
+    sigmas: Tensor  # (K+1,) the schedule actually used, sigmas[0] = 1, sigmas[-1] = 0
+    nfe: int  # model evaluations spent on this rollout
+    trajectory: Tensor | None = None  # (B, K+1, ...) where an estimator needs it
+    log_probs: Tensor | None = None  # (B, K) behaviour log-probs of stochastic steps
+    stochastic: Tensor | None = None  # (K,) bool, which steps were stochastic
+
+
+@dataclass
+class LikelihoodTerm:
+    """One term of a likelihood estimate (one timestep of the ELBO), for a micro-batch.
+
+    `log_lik` carries gradients to the current policy; the `*_old` / `*_ref` fields do not.
+    """
+
+    index: Tensor  # (b,) which rows of the rollout this micro-batch holds
+    log_lik: Tensor  # (b,) current policy
+    log_lik_old: Tensor  # (b,) behaviour policy, same noise and x_t
+    weight: float  # this term's share of the full estimate (terms of one sample sum to 1)
+    velocity: Tensor | None = None  # (b, ...) current policy
+    velocity_old: Tensor | None = None
+    velocity_ref: Tensor | None = None
+    x_t: Tensor | None = None
+    x0: Tensor | None = None
+    noise: Tensor | None = None
+    t: Tensor | None = None  # (b,)
+    extras: dict = field(default_factory=dict)
