@@ -57,7 +57,7 @@ def _positive(cfg: DictConfig, key: str, kind=float) -> None:
 def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
     for key in ("train.iterations", "train.batch_size", "train.group_size", "train.micro_batch_size",
-                "sampler.num_steps", "eval.num_steps", "eval.samples_per_prompt", "eval.every",
+                "sampler.num_steps", "eval.num_steps", "eval.samples", "eval.every",
                 "eval.batch_size", "checkpoint_every"):
         _positive(cfg, key, int)
     for key in ("train.lr", "train.max_grad_norm"):

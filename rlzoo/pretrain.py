@@ -34,7 +34,7 @@ def pretrain(task, model: torch.nn.Module, steps: int, batch_size: int, lr: floa
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        running += float(loss)
+        running += float(loss.detach())
         if step % log_every == 0 or step == steps:
             n = log_every if step % log_every == 0 else step % log_every
             record = {"step": step, "loss": running / n, "wall_s": time.perf_counter() - start}

@@ -62,12 +62,12 @@ def group_conditioning(task, prompt_ids: list[int], group_size: int, prompts: li
 
 
 @torch.no_grad()
-def evaluate(task, policy: Policy, view: str, sampler: Sampler, samples_per_prompt: int,
+def evaluate(task, policy: Policy, view: str, sampler: Sampler, num_samples: int,
              seed: int, batch_size: int, device: torch.device):
-    """Held-out evaluation with fixed noise: (metrics, x0 of the first batch, its conditioning)."""
+    """Held-out evaluation with fixed noise: (metrics, x0 and conditioning of the first batch, NFE)."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
-    ids = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
+    ids = task.eval_prompt_ids(num_samples)
     scores, first = [], None
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
@@ -141,7 +141,7 @@ class Trainer:
             "compute": self.compute.as_dict(self.device),
             "eval_protocol": {"split": "heldout", "sampler": "euler",
                               "num_steps": self.eval_sampler.num_steps,
-                              "samples_per_prompt": int(self.cfg.eval.samples_per_prompt),
+                              "samples": int(self.cfg.eval.samples),
                               "weights": "ema" if self.cfg.eval.ema else "current",
                               "num_prompts": len(self.task.heldout_prompts()), "seed": int(self.cfg.eval.seed)},
             "run_dir": str(self.run_dir),
@@ -158,7 +158,7 @@ class Trainer:
         e = self.cfg.eval
         with Phase(self.compute, "eval"):
             metrics, (x0, cond), _ = evaluate(self.task, self.policy, view, self.eval_sampler,
-                                              e.samples_per_prompt, e.seed, e.batch_size, self.device)
+                                              e.samples, e.seed, e.batch_size, self.device)
         if grid_name is not None:
             self.task.save_grid(x0, cond, self.run_dir / "samples" / f"{grid_name}.png")
         record = {"iteration": self.iteration, **metrics,
@@ -178,8 +178,7 @@ class Trainer:
         num_prompts = B // int(t.group_size)
 
         with Phase(self.compute, "rollout"):
-            prompt_ids = torch.randint(len(train_prompts), (num_prompts,),
-                                       generator=self.generator).tolist()
+            prompt_ids = self.task.sample_train_prompts(num_prompts, self.generator)
             cond = group_conditioning(self.task, prompt_ids, t.group_size, train_prompts).to(self.device)
             noise = torch.randn((B, *self.task.sample_shape), generator=self.generator).to(self.device)
             rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond)

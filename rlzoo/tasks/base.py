@@ -54,6 +54,14 @@ class Task:
     def heldout_prompts(self) -> list[str]:
         raise NotImplementedError
 
+    def sample_train_prompts(self, n: int, generator: torch.Generator) -> list[int]:
+        """Indices into train_prompts() for one iteration's n prompt groups."""
+        return torch.randint(len(self.train_prompts()), (n,), generator=generator).tolist()
+
+    def eval_prompt_ids(self, num_samples: int) -> list[int]:
+        """Indices into heldout_prompts() for one evaluation: round-robin over the prompts."""
+        return [i % len(self.heldout_prompts()) for i in range(num_samples)]
+
     def conditioning(self, prompts: list[str], prompt_ids: Tensor, group_ids: Tensor) -> Conditioning:
         raise NotImplementedError
 

@@ -1,0 +1,77 @@
+"""The shapes policy: a tiny word-level text encoder + a small diffusers SD3Transformer2DModel
+(MMDiT) working directly in pixel space (no VAE)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from rlzoo.tasks.shapes.prompts import all_specs
+from rlzoo.types import Conditioning
+
+PAD = "<pad>"
+
+
+@lru_cache(maxsize=None)
+def vocabulary() -> tuple[str, ...]:
+    words = sorted({w for specs in all_specs().values() for s in specs for w in s.text.split()})
+    return (PAD, *words)
+
+
+def tokenize(prompts: list[str], max_length: int) -> Tensor:
+    """(B, max_length) word ids, right-padded."""
+    index = {w: i for i, w in enumerate(vocabulary())}
+    ids = torch.zeros(len(prompts), max_length, dtype=torch.long)
+    for b, prompt in enumerate(prompts):
+        words = prompt.split()
+        if len(words) > max_length:
+            raise ValueError(f"prompt {prompt!r} has more than {max_length} words")
+        ids[b, :len(words)] = torch.tensor([index[w] for w in words])
+    return ids
+
+
+class TextEncoder(nn.Module):
+    """Word embeddings + positions + a small transformer; returns (hidden (B, L, D), pooled (B, D))."""
+
+    def __init__(self, dim: int, layers: int, heads: int, max_length: int):
+        super().__init__()
+        self.embed = nn.Embedding(len(vocabulary()), dim)
+        self.position = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.encoder(self.embed(ids) + self.position[: ids.shape[1]])
+        mask = (ids != 0).float()[..., None]
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return hidden, pooled
+
+
+class ShapesPolicyModel(nn.Module):
+    """v(x_t, sigma, prompt) for (B, 3, H, W) images. The text encoder is frozen during RL."""
+
+    def __init__(self, image_size: int = 24, patch_size: int = 4, num_layers: int = 4,
+                 num_attention_heads: int = 2, attention_head_dim: int = 32, text_dim: int = 64,
+                 text_layers: int = 2, text_heads: int = 4, max_length: int = 8):
+        super().__init__()
+        from diffusers import SD3Transformer2DModel
+
+        self.max_length = max_length
+        self.text_encoder = TextEncoder(text_dim, text_layers, text_heads, max_length)
+        self.transformer = SD3Transformer2DModel(
+            sample_size=image_size, patch_size=patch_size, in_channels=3, out_channels=3,
+            num_layers=num_layers, attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads, joint_attention_dim=text_dim,
+            caption_projection_dim=attention_head_dim * num_attention_heads,
+            pooled_projection_dim=text_dim, pos_embed_max_size=image_size // patch_size)
+
+    def trainable_parameters(self):
+        return self.transformer.parameters()
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        hidden, pooled = self.text_encoder(cond.inputs["tokens"])
+        timestep = (sigma.to(x.dtype) * 1000).expand(x.shape[0])  # SD3 convention: t in [0, 1000]
+        return self.transformer(hidden_states=x, encoder_hidden_states=hidden, pooled_projections=pooled,
+                                timestep=timestep, return_dict=False)[0]

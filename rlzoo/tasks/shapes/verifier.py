@@ -1,0 +1,71 @@
+"""A rule-based verifier: read the objects in an image, then check the prompt (GenEval's role).
+
+Per grid cell: pixels brighter than `on_threshold` are "ink". A cell with fewer than `min_pixels`
+ink pixels is empty. Otherwise the colour is the palette colour nearest to the mean ink colour
+(`unknown` if farther than `max_colour_distance`), and the shape is the template with the highest
+IoU against the ink mask over small shifts (`unknown` below `min_iou`). Unknown objects still
+count as objects (they break an exact count) but match no colour or shape.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlzoo.tasks.shapes.prompts import Spec, check
+from rlzoo.tasks.shapes.scene import COLOURS, GRID, SHAPES, Obj, shape_mask
+
+
+class Verifier:
+    def __init__(self, image_size: int, on_threshold: float = 0.35, min_pixels_fraction: float = 0.12,
+                 max_colour_distance: float = 0.5, min_iou: float = 0.6, max_shift: int = 1):
+        self.image_size = image_size
+        self.cell = image_size // GRID
+        self.on_threshold = on_threshold
+        self.min_pixels = max(2, int(min_pixels_fraction * self.cell**2))
+        self.max_colour_distance = max_colour_distance
+        self.min_iou = min_iou
+        self.palette = torch.tensor(list(COLOURS.values()))
+        # (S, shifts, cell, cell) templates shifted by up to max_shift pixels
+        templates = []
+        for shape in SHAPES:
+            base = shape_mask(shape, self.cell)
+            shifted = [torch.roll(base, (dy, dx), (0, 1)) for dy in range(-max_shift, max_shift + 1)
+                       for dx in range(-max_shift, max_shift + 1)]
+            templates.append(torch.stack(shifted))
+        self.templates = torch.stack(templates).float()
+
+    def detect(self, images: Tensor) -> list[list[Obj]]:
+        """(B, 3, H, W) images in [-1, 1] -> the objects found in each."""
+        rgb = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
+        B, c = rgb.shape[0], self.cell
+        # (B, cells, 3, c, c)
+        cells = rgb.reshape(B, 3, GRID, c, GRID, c).permute(0, 2, 4, 1, 3, 5).reshape(B, GRID * GRID, 3, c, c)
+        ink = cells.amax(dim=2) > self.on_threshold  # (B, cells, c, c)
+        count = ink.flatten(2).sum(-1)
+        mean_colour = (cells * ink[:, :, None]).flatten(3).sum(-1) / count.clamp_min(1)[..., None]
+        distance = torch.cdist(mean_colour.reshape(-1, 3), self.palette).reshape(B, GRID * GRID, -1)
+        colour_dist, colour_idx = distance.min(-1)
+        inkf = ink.float()[:, :, None, None]  # (B, cells, 1, 1, c, c)
+        inter = (inkf * self.templates).flatten(4).sum(-1)
+        union = ((inkf + self.templates) > 0).float().flatten(4).sum(-1)
+        iou, _ = (inter / union).max(-1)  # (B, cells, S)
+        best_iou, shape_idx = iou.max(-1)
+        names, shapes = list(COLOURS), list(SHAPES)
+        found = []
+        for b in range(B):
+            objs = []
+            for k in range(GRID * GRID):
+                if count[b, k] < self.min_pixels:
+                    continue
+                colour = names[colour_idx[b, k]] if colour_dist[b, k] <= self.max_colour_distance else "unknown"
+                shape = shapes[shape_idx[b, k]] if best_iou[b, k] >= self.min_iou else "unknown"
+                objs.append(Obj(colour, shape, k))
+            found.append(objs)
+        return found
+
+    def __call__(self, images: Tensor, specs: list[Spec]) -> tuple[Tensor, Tensor]:
+        """(strict (B,), soft (B,)) for images and their prompts."""
+        results = [check(spec, objs) for spec, objs in zip(specs, self.detect(images))]
+        strict = torch.tensor([float(r[0]) for r in results])
+        soft = torch.tensor([float(r[1]) for r in results])
+        return strict, soft

@@ -1,0 +1,274 @@
+"""Parity of the math layer with REFERENCE.md, on fixed float64 tensors (tolerance 1e-6).
+
+Each expected value is written out from the reference formula here, independently of the code.
+"""
+import math
+
+import pytest
+import torch
+
+from rlzoo import advantages as adv
+from rlzoo import objectives as obj
+from rlzoo.estimators.elbo import elbo_term
+from rlzoo.kl import sde_mean_kl, velocity_kl
+from rlzoo.old_policy import ema_update, eval_ema_decay, old_policy_decay
+from rlzoo.samplers.kernels import cps_step, dance_sde_step, euler_step, flow_sde_step
+
+TOL = 1e-6
+D = torch.float64
+
+
+def fixed(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def md(x):
+    return x.reshape(x.shape[0], -1).mean(1)
+
+
+def col(v, like):
+    return torch.as_tensor(v, dtype=D).reshape(-1, *([1] * (like.ndim - 1))) if torch.is_tensor(v) else v
+
+
+@pytest.fixture
+def xv():
+    return fixed(4, 3, 2, 2, seed=1), fixed(4, 3, 2, 2, seed=2), fixed(4, 3, 2, 2, seed=3)
+
+
+def test_euler_step(xv):
+    x, v, _ = xv
+    step = euler_step(x, v, 0.8, 0.6)
+    assert torch.allclose(step.x_next, x + v * (0.6 - 0.8), atol=TOL)
+    assert step.log_prob is None
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(0.8, 0.6), (1.0, 0.9)])
+def test_flow_sde_step_scalar(xv, sigma, sigma_next):
+    x, v, x_next = xv
+    eta = 0.7
+    denom = sigma_next if sigma == 1.0 else sigma  # at sigma = 1 use the next sigma
+    s = eta * math.sqrt(sigma / (1 - denom))
+    dt = sigma_next - sigma
+    mu = x * (1 + s**2 / (2 * sigma) * dt) + v * (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
+    std = s * math.sqrt(-dt)
+    logp = md(-((x_next - mu) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi))
+    step = flow_sde_step(x, v, sigma, sigma_next, eta=eta, x_next=x_next)
+    assert torch.isfinite(step.log_prob).all()
+    assert torch.allclose(step.mean, mu, atol=TOL)
+    assert torch.allclose(step.std, torch.tensor(std, dtype=D), atol=TOL)
+    assert torch.allclose(step.log_prob, logp, atol=TOL)
+
+
+def test_flow_sde_step_per_sample_sigmas(xv):
+    x, v, x_next = xv
+    sigma = torch.tensor([1.0, 0.8, 0.5, 0.3], dtype=D)
+    sigma_next = torch.tensor([0.9, 0.6, 0.4, 0.1], dtype=D)
+    step = flow_sde_step(x, v, sigma, sigma_next, eta=0.5, x_next=x_next)
+    for b in range(4):
+        one = flow_sde_step(x[b:b + 1], v[b:b + 1], float(sigma[b]), float(sigma_next[b]), eta=0.5,
+                            x_next=x_next[b:b + 1])
+        assert torch.allclose(step.log_prob[b], one.log_prob[0], atol=TOL)
+        assert torch.allclose(step.mean[b], one.mean[0], atol=TOL)
+
+
+def test_flow_sde_draw_uses_given_noise(xv):
+    x, v, noise = xv
+    step = flow_sde_step(x, v, 0.8, 0.6, eta=0.7, noise=noise)
+    assert torch.allclose(step.x_next, step.mean + step.std * noise, atol=TOL)
+    again = flow_sde_step(x, v, 0.8, 0.6, eta=0.7, x_next=step.x_next)
+    assert torch.allclose(again.log_prob, step.log_prob, atol=TOL)
+
+
+def test_cps_step(xv):
+    x, v, x_next = xv
+    sigma, sigma_next, eta = 0.7, 0.5, 0.7
+    std = sigma_next * math.sin(eta * math.pi / 2)
+    x0_hat, x1_hat = x - sigma * v, x + (1 - sigma) * v
+    mu = x0_hat * (1 - sigma_next) + x1_hat * math.sqrt(sigma_next**2 - std**2)
+    step = cps_step(x, v, sigma, sigma_next, eta=eta, x_next=x_next)
+    assert torch.allclose(step.mean, mu, atol=TOL)
+    assert torch.allclose(step.log_prob, -md((x_next - mu) ** 2), atol=TOL)
+
+
+def test_dance_sde_step(xv):
+    x, v, x_next = xv
+    sigma, sigma_next, eta = 0.7, 0.5, 0.3
+    dt = sigma_next - sigma
+    std = eta * math.sqrt(sigma - sigma_next)
+    x0_hat = x - sigma * v
+    score = -(x - (1 - sigma) * x0_hat) / sigma**2
+    mu = x + dt * v - 0.5 * eta**2 * score * dt
+    logp = md(-((x_next - mu) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi))
+    step = dance_sde_step(x, v, sigma, sigma_next, eta=eta, x_next=x_next)
+    assert torch.allclose(step.mean, mu, atol=TOL)
+    assert torch.allclose(step.log_prob, logp, atol=TOL)
+
+
+@pytest.fixture
+def elbo_inputs():
+    x0, noise, v = fixed(5, 3, 4, 4, seed=4), fixed(5, 3, 4, 4, seed=5), fixed(5, 3, 4, 4, seed=6)
+    t = torch.tensor([1.0, 0.9, 0.5, 0.2, 0.05], dtype=D)
+    return x0, noise, t, v
+
+
+def test_elbo_adaptive(elbo_inputs):
+    x0, noise, t, v = elbo_inputs
+    tt = t.view(-1, 1, 1, 1)
+    x_t = (1 - tt) * x0 + tt * noise
+    x0_hat = x_t - tt * v
+    w = md((x0_hat - x0).abs()).clamp_min(1e-5)
+    expected = -md((x0_hat - x0) ** 2) / w
+    assert torch.allclose(elbo_term(x0, noise, t, v, "adaptive"), expected, atol=TOL)
+
+
+def test_elbo_adaptive_weight_is_not_differentiated(elbo_inputs):
+    x0, noise, t, v = elbo_inputs
+    v = v.clone().requires_grad_(True)
+    elbo_term(x0, noise, t, v, "adaptive").sum().backward()
+    tt = t.view(-1, 1, 1, 1)
+    err = ((1 - tt) * x0 + tt * noise - tt * v - x0).detach()
+    w = md(err.abs()).view(-1, 1, 1, 1)
+    n = err[0].numel()
+    expected = 2 * err * tt / (w * n)  # d/dv of -mean((err)^2)/w with err = ... - t v
+    assert torch.allclose(v.grad, expected, atol=TOL)
+
+
+@pytest.mark.parametrize("weighting", ["t", "uniform", "exact"])
+def test_elbo_other_weightings(elbo_inputs, weighting):
+    x0, noise, t, v = elbo_inputs
+    tt = t.view(-1, 1, 1, 1)
+    x0_hat = (1 - tt) * x0 + tt * noise - tt * v
+    expected = {
+        "t": -md((x0_hat - x0) ** 2),
+        "uniform": -md((noise - x0 - v) ** 2),
+        "exact": -md((1 - tt) / (tt + 1e-3) * (noise - x0 - v) ** 2),
+    }[weighting]
+    assert torch.allclose(elbo_term(x0, noise, t, v, weighting), expected, atol=TOL)
+
+
+def test_elbo_unknown_weighting(elbo_inputs):
+    with pytest.raises(ValueError, match="valid: adaptive, t, uniform, exact"):
+        elbo_term(*elbo_inputs, weighting="snr")
+
+
+@pytest.fixture
+def foA():
+    f = torch.tensor([-0.5, -1.2, 0.3, -2.0], dtype=D)
+    o = torch.tensor([-0.6, -1.0, 0.3, -1.5], dtype=D)
+    A = torch.tensor([0.7, -0.2, 1.5, -6.0], dtype=D)
+    return f, o, A
+
+
+def test_ratio_objectives(foA):
+    f, o, A = foA
+    lr = f - o
+    rho = torch.exp(lr)
+    cases = {
+        obj.epg_loss: -rho * A * f,
+        obj.epg_noratio_loss: -A * f,
+        obj.pepg_loss: -rho * (A - lr) * f,
+        obj.pepg_noratio_loss: -(A - lr) * f,
+        obj.par_loss: 0.5 * rho * (A - (f - o)) ** 2,
+        obj.par_noratio_loss: 0.5 * (A - (f - o)) ** 2,
+        obj.reinforce_loss: -A * f,
+    }
+    for fn, expected in cases.items():
+        assert torch.allclose(fn(f, o, A), expected, atol=TOL), fn.__name__
+
+
+def test_ratio_is_detached_in_epg(foA):
+    f, o, A = foA
+    f = f.clone().requires_grad_(True)
+    obj.epg_loss(f, o, A).sum().backward()
+    assert torch.allclose(f.grad, -torch.exp(f.detach() - o) * A, atol=TOL)
+
+
+def test_par_gradient(foA):
+    f, o, A = foA
+    f = f.clone().requires_grad_(True)
+    obj.par_loss(f, o, A).sum().backward()
+    rho = torch.exp(f.detach() - o)
+    assert torch.allclose(f.grad, -rho * (A - (f.detach() - o)), atol=TOL)
+
+
+def test_grpo(foA):
+    f, o, A = foA
+    eps = 1e-3
+    r = torch.exp(f - o)
+    Ac = A.clamp(-5, 5)
+    expected = torch.maximum(-Ac * r, -Ac * r.clamp(1 - eps, 1 + eps))
+    assert torch.allclose(obj.grpo_loss(f, o, A, clip_range=eps), expected, atol=TOL)
+
+
+def test_objectives_reduce_to_minus_A_grad_f_when_ratio_is_one():
+    f = torch.tensor([-0.5, -1.2, 0.3], dtype=D, requires_grad=True)
+    A = torch.tensor([0.7, -0.2, 1.5], dtype=D)
+    for fn in (obj.epg_loss, obj.pepg_loss, obj.par_loss, obj.epg_noratio_loss):
+        f.grad = None
+        fn(f, f.detach(), A).sum().backward()
+        assert torch.allclose(f.grad, -A, atol=TOL), fn.__name__
+
+
+@pytest.fixture
+def rewards():
+    R = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5], dtype=D)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    return R, groups
+
+
+def test_group_advantage_global_std(rewards):
+    R, g = rewards
+    means = torch.tensor([0.5] * 4 + [0.625] * 4, dtype=D)
+    std = R.std(unbiased=False)
+    assert torch.allclose(adv.group_advantage(R, g), (R - means) / (std + 1e-4), atol=TOL)
+
+
+def test_group_advantage_group_std(rewards):
+    R, g = rewards
+    a, b = R[:4], R[4:]
+    expected = torch.cat([(a - a.mean()) / (a.std(unbiased=False) + 1e-4),
+                          (b - b.mean()) / (b.std(unbiased=False) + 1e-4)])
+    assert torch.allclose(adv.group_advantage(R, g, std="group"), expected, atol=TOL)
+
+
+def test_exact_and_global_std_advantage(rewards):
+    R, g = rewards
+    means = torch.tensor([0.5] * 4 + [0.625] * 4, dtype=D)
+    assert torch.allclose(adv.exact_advantage(R, g, c=0.1), 0.1 * (R - means), atol=TOL)
+    assert torch.allclose(adv.global_std_advantage(R, g),
+                          (R - R.mean()) / (R.std(unbiased=False) + 1e-4), atol=TOL)
+
+
+def test_nft_mapping():
+    A = torch.tensor([-7.0, -5.0, 0.0, 2.5, 9.0], dtype=D)
+    expected = (A.clamp(-5, 5) / 5 / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(adv.nft_mapping(A), expected, atol=TOL)
+    assert torch.allclose(adv.nft_mapping(A), torch.tensor([0, 0, 0.5, 0.75, 1], dtype=D), atol=TOL)
+
+
+def test_kl(xv):
+    v, v_ref, std = xv
+    assert torch.allclose(velocity_kl(v, v_ref), md((v - v_ref) ** 2), atol=TOL)
+    s = torch.tensor(0.3, dtype=D)
+    assert torch.allclose(sde_mean_kl(v, v_ref, s), md((v - v_ref) ** 2) / (2 * 0.09), atol=TOL)
+
+
+def test_old_policy_schedules():
+    assert old_policy_decay(0, 100) == 0.0
+    assert old_policy_decay(1, 1) == pytest.approx(0.001)
+    assert old_policy_decay(1, 300) == pytest.approx(0.3)
+    assert old_policy_decay(1, 5000) == 0.5
+    assert old_policy_decay(2, 74) == 0.0
+    assert old_policy_decay(2, 175) == pytest.approx(0.75)
+    assert old_policy_decay(2, 10**6) == 0.999
+    assert eval_ema_decay(0) == pytest.approx(0.1)
+    assert eval_ema_decay(10**6) == 0.9
+    with pytest.raises(ValueError, match="valid: 0, 1, 2"):
+        old_policy_decay(3, 1)
+
+
+def test_ema_update():
+    target, source = torch.nn.Linear(2, 2).double(), torch.nn.Linear(2, 2).double()
+    expected = 0.3 * target.weight.detach().clone() + 0.7 * source.weight.detach()
+    ema_update(target, source, 0.3)
+    assert torch.allclose(target.weight, expected, atol=TOL)
