@@ -37,3 +37,12 @@ class VelocityKL(KL):
 
     def __call__(self, term: LikelihoodTerm) -> Tensor:
         return velocity_kl(term.velocity, term.velocity_ref)
+
+
+class SDEMeanKL(KL):
+    """For trajectory estimators: KL of the current vs reference Gaussian transition kernels."""
+
+    name, needs_reference = "sde_mean", True
+
+    def __call__(self, term: LikelihoodTerm) -> Tensor:
+        return sde_mean_kl(term.extras["mean"], term.extras["mean_ref"], term.extras["std"])

@@ -181,7 +181,8 @@ class Trainer:
             prompt_ids = self.task.sample_train_prompts(num_prompts, self.generator)
             cond = group_conditioning(self.task, prompt_ids, t.group_size, train_prompts).to(self.device)
             noise = torch.randn((B, *self.task.sample_shape), generator=self.generator).to(self.device)
-            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond)
+            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond,
+                                          record=self.estimator.needs_trajectory, generator=self.generator)
             self.compute.nfe_forward += B * rollout.nfe
 
         with Phase(self.compute, "reward"):
@@ -195,7 +196,8 @@ class Trainer:
             stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0}
             num_terms = 0
             for term in self.estimator.terms(self.policy, rollout, t.micro_batch_size,
-                                             need_reference=need_ref, generator=self.generator):
+                                             need_reference=need_ref, sampler=self.sampler,
+                                             generator=self.generator):
                 per_sample = self.objective(term, advantage[term.index].to(term.log_lik.dtype))
                 if need_ref:
                     kl = self.kl(term)

@@ -93,7 +93,7 @@ class ELBOEstimator:
         return torch.sigmoid(torch.randn(batch, num, generator=generator))
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
-              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
+              sampler=None, generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
         x0_all = rollout.x0
         timesteps = self.draw_timesteps(rollout, generator).to(x0_all.device)
         num = timesteps.shape[1]

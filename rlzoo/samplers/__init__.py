@@ -34,7 +34,9 @@ class Sampler:
     def nfe_per_sample(self) -> int:
         return self.num_steps
 
-    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning) -> Rollout:
+    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning, record: bool = False,
+               generator: torch.Generator | None = None) -> Rollout:
+        """Draw x0 from `noise`; `record` asks for the trajectory (stochastic samplers only)."""
         raise NotImplementedError
 
 
@@ -46,7 +48,8 @@ class EulerSampler(Sampler):
     """Deterministic Euler ODE sampler: x_{k+1} = x_k + v(x_k, sigma_k)·(sigma_{k+1} - sigma_k)."""
 
     @torch.no_grad()
-    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning) -> Rollout:
+    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning, record: bool = False,
+               generator: torch.Generator | None = None) -> Rollout:
         sigmas = self.sigmas()
         x = noise
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
@@ -69,7 +72,8 @@ class DPM2Sampler(Sampler):
         return 2 * self.num_steps - 1
 
     @torch.no_grad()
-    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning) -> Rollout:
+    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning, record: bool = False,
+               generator: torch.Generator | None = None) -> Rollout:
         sigmas = self.sigmas()
         x = noise
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):

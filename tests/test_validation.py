@@ -1,0 +1,116 @@
+"""Bad input fails before compute with one line naming the value and the valid choices, and an
+existing run directory is left exactly as it was."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlzoo.train import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "metrics.jsonl").write_text('{"iteration": 1, "reward/reward": 0.5}\n')
+    (d / "summary.json").write_text('{"status": "running"}\n')
+    (d / "checkpoints" / "last.pt").write_bytes(b"precious")
+    return d
+
+
+def snapshot(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def fails(capsys, run_dir, *overrides) -> str:
+    before = snapshot(run_dir)
+    with pytest.raises(SystemExit) as exc:
+        main(["task=toy2d", f"run_dir={run_dir}", *overrides])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert snapshot(run_dir) == before
+    return err
+
+
+def test_unknown_component(capsys, run_dir):
+    err = fails(capsys, run_dir, "objective=ppo")
+    assert "unknown objective 'ppo'" in err and "epg" in err and "pepg" in err and "grpo" in err
+
+
+def test_unknown_task(capsys, run_dir):
+    err = fails(capsys, run_dir, "sampler=heun")
+    assert "unknown sampler 'heun'" in err and "dpm2" in err and "euler" in err
+
+
+def test_group_size_must_divide_batch(capsys, run_dir):
+    err = fails(capsys, run_dir, "train.batch_size=64", "train.group_size=6")
+    assert "train.group_size=6 does not divide train.batch_size=64" in err
+    assert "1, 2, 4, 8, 16, 32, 64" in err
+
+
+def test_missing_base_checkpoint(capsys, run_dir, tmp_path):
+    err = fails(capsys, run_dir, f"model.checkpoint={tmp_path}/nowhere.pt")
+    assert "nowhere.pt" in err and "not found" in err and "rlzoo-pretrain task=toy2d" in err
+
+
+def test_corrupt_base_checkpoint(capsys, run_dir, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    err = fails(capsys, run_dir, f"model.checkpoint={bad}")
+    assert "bad.pt" in err and "corrupt" in err
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.iterations=0", "train.iterations"),
+    ("sampler.num_steps=-3", "sampler.num_steps"),
+    ("eval.num_steps=0", "eval.num_steps"),
+    ("train.lr=0", "train.lr"),
+    ("train.lr=-0.5", "train.lr"),
+    ("train.batch_size=0", "train.batch_size"),
+])
+def test_non_positive_values(capsys, run_dir, override, key):
+    err = fails(capsys, run_dir, override)
+    assert f"{key} must be a positive" in err and override.split("=")[1] in err
+
+
+def test_trajectory_estimator_needs_a_stochastic_sampler(capsys, run_dir):
+    err = fails(capsys, run_dir, "estimator=trajectory", "sampler=dpm2")
+    assert "estimator=trajectory" in err and "sampler=dpm2" in err
+    assert "flow_sde" in err and "estimator=elbo" in err
+
+
+def test_a_run_dir_with_another_config_is_not_reused(capsys, run_dir):
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import compose_config
+
+    other = compose_config(["task=toy2d", f"run_dir={run_dir}", "train.lr=0.5"])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(other, resolve=True))
+    err = fails(capsys, run_dir)
+    assert "different config (differs in train.lr)" in err
+
+
+def test_console_script_reports_the_same_error(run_dir):
+    before = snapshot(run_dir)
+    out = subprocess.run([str(Path(sys.executable).parent / "rlzoo-train"), "task=toy2d", f"run_dir={run_dir}",
+                          "kl=gaussian"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "rlzoo-train: error: unknown kl 'gaussian'; valid choices: none, sde_mean, velocity"]
+    assert snapshot(run_dir) == before
+
+
+def test_help_lists_choices_without_heavy_imports():
+    code = ("import sys; from rlzoo.train import main; main(['--help']); "
+            "heavy = [m for m in ('torch', 'diffusers', 'wandb', 'hydra') if m in sys.modules]; "
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    for line in ("objective", "estimator", "sampler"):
+        assert line in out.stdout
+    assert "epg" in out.stdout and "dpm2" in out.stdout and "elbo" in out.stdout
