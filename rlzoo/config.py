@@ -130,4 +130,4 @@ def build(node: DictConfig, **kwargs):
     from hydra.utils import instantiate
 
     params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
-    return instantiate(params, **kwargs)
+    return instantiate(params, _recursive_=False, _convert_="all", **kwargs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from rlzoo.types import Conditioning

@@ -88,12 +88,12 @@ class WandbLogger:
     """Mirrors the JSONL records to wandb (imported lazily; offline unless configured)."""
 
     def __init__(self, run_dir: Path, project: str = "rlzoo", mode: str = "offline",
-                 group: str | None = None, name: str | None = None, config: dict | None = None,
+                 group: str | None = None, name: str | None = None, run_config: dict | None = None,
                  entity: str | None = None):
         import wandb
 
         self.run = wandb.init(project=project, entity=entity, mode=mode, group=group, name=name,
-                              dir=str(run_dir), config=config, resume="allow",
+                              dir=str(run_dir), config=run_config, resume="allow",
                               id=_wandb_id(run_dir), reinit="finish_previous")
 
     def log(self, kind: str, record: dict) -> None:

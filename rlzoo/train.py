@@ -60,7 +60,7 @@ def _run_job(cfg) -> None:
     if cfg.logger.get("_target_"):
         components["extra_loggers"] = [build(
             cfg.logger, run_dir=run_dir, name=f"{cfg.name}/seed{cfg.seed}",
-            config=OmegaConf.to_container(cfg, resolve=True))]
+            run_config=OmegaConf.to_container(cfg, resolve=True))]
     trainer = Trainer(cfg, run_dir, components)
     try:
         summary = trainer.fit()

@@ -64,11 +64,12 @@ def group_conditioning(task, prompt_ids: list[int], group_size: int, prompts: li
 @torch.no_grad()
 def evaluate(task, policy: Policy, view: str, sampler: Sampler, num_samples: int,
              seed: int, batch_size: int, device: torch.device):
-    """Held-out evaluation with fixed noise: (metrics, x0 and conditioning of the first batch, NFE)."""
+    """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
+    over the whole evaluation set for a grid, NFE)."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(num_samples)
-    scores, first = [], None
+    scores, samples = [], []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         cond = task.conditioning([prompts[i] for i in chunk], prompt_ids=torch.tensor(chunk),
@@ -76,11 +77,13 @@ def evaluate(task, policy: Policy, view: str, sampler: Sampler, num_samples: int
         noise = torch.randn((len(chunk), *task.sample_shape), generator=generator).to(device)
         rollout = sampler.sample(policy.velocity_fn(view), noise, cond)
         scores.append(task.score(rollout.x0, cond))
-        if first is None:
-            first = (rollout.x0.cpu(), cond)
+        samples.append(rollout.x0.cpu())
     merged = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
+    shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
+    grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
+                                  prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
     nfe = len(ids) * sampler.nfe_per_sample
-    return task.summarize(merged, torch.tensor(ids)), first, nfe
+    return task.summarize(merged, torch.tensor(ids)), (torch.cat(samples)[shown], grid_cond), nfe
 
 
 class Trainer:

@@ -80,3 +80,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
            [{k: m[k] for k in keys} for m in lines(run / "metrics.jsonl")]
     assert [e["reward"] for e in lines(tmp_path / "reference" / "eval.jsonl")] == \
            [e["reward"] for e in lines(run / "eval.jsonl")]
+
+
+def test_wandb_logger_offline(tmp_path):
+    run = tmp_path / "run"
+    out = train(run, "train.iterations=2", "eval.every=2", "logger=wandb")
+    assert out.returncode == 0, out.stderr[-2000:]
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert len(lines(run / "metrics.jsonl")) == 2  # JSONL stays the source of truth

@@ -75,7 +75,7 @@ def test_verifier_rejects_wrong_count(verifier):
     assert _verify(verifier, two, spec)
     assert not _verify(verifier, two[:1], spec)
     assert not _verify(verifier, two + (Obj("green", "triangle", 1),), spec)
-    assert _verify(verifier, two + (Obj("green", "circle", 1),), spec)  # other shapes do not count
+    assert not _verify(verifier, two + (Obj("green", "circle", 1),), spec)  # nothing unrequested
 
 
 def test_verifier_rejects_wrong_position(verifier):
@@ -101,10 +101,20 @@ def test_verifier_treats_noise_and_blank_images_as_failures(verifier):
     assert not verifier(noise, [spec])[0][0]
 
 
+def test_unrequested_objects_fail_strict():
+    spec = Spec("colors", (("red", "circle"),))
+    assert check(spec, [Obj("red", "circle", 0)]) == (True, 1.0)
+    assert check(spec, [Obj("red", "circle", 0), Obj("blue", "square", 1)]) == (False, 2 / 3)
+
+
 def test_soft_score_counts_atomic_facts():
     spec = Spec("color_attr", (("red", "circle"), ("blue", "square")))
-    assert check(spec, [Obj("red", "circle", 0), Obj("green", "square", 1)]) == (False, 0.75)
-    assert check(Spec("counting", ((None, "circle"),), count=3), [Obj("red", "circle", 0)])[1] == pytest.approx(1 / 3)
+    # facts: circle present, square present, red circle, blue square, nothing unrequested
+    assert check(spec, [Obj("red", "circle", 0), Obj("green", "square", 1)]) == (False, 0.8)
+    three = Spec("counting", ((None, "circle"),), count=3)
+    assert check(three, [Obj("red", "circle", 0)])[1] == pytest.approx((1 / 3 + 0) / 2)
+    position = Spec("position", ((None, "circle"), (None, "square")), relation="above")
+    assert check(position, [Obj("red", "circle", 1), Obj("blue", "square", 0)]) == (False, 0.75)
 
 
 def test_eval_ids_balance_families():

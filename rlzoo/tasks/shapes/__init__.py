@@ -26,12 +26,10 @@ class ShapesTask(Task):
     name = "shapes"
     pretrain_command = "rlzoo-pretrain task=shapes"
 
-    def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.5,
-                 extra_object_prob: float = 0.3, max_length: int = 8, reward_soft_weight: float = 0.0):
+    def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.6, max_length: int = 8, reward_soft_weight: float = 0.0):
         self.image_size = image_size
         self.sample_shape = (3, image_size, image_size)
         self.caption_noise = caption_noise
-        self.extra_object_prob = extra_object_prob
         self.max_length = max_length
         self.reward_soft_weight = reward_soft_weight
         train, heldout = split(heldout_fraction)
@@ -104,7 +102,7 @@ class ShapesTask(Task):
             spec = rng.choice(by_family[rng.choice(FAMILIES)])
             shown = corrupt(spec, rng) if rng.random() < self.caption_noise else spec
             captions.append(spec.text)
-            images.append(render(sample_scene(shown, rng, self.extra_object_prob), self.image_size))
+            images.append(render(sample_scene(shown, rng), self.image_size))
         ids = torch.zeros(batch_size, dtype=torch.long)
         return torch.stack(images), self.conditioning(captions, ids, ids)
 
