@@ -89,6 +89,11 @@ def _component_class(node: DictConfig):
 
 def _validate_combination(cfg: DictConfig) -> None:
     estimator, sampler = _component_class(cfg.estimator), _component_class(cfg.sampler)
+    objective = _component_class(cfg.objective)
+    if getattr(objective, "needs_velocity", False) and getattr(estimator, "needs_trajectory", False):
+        raise ConfigError(
+            f"objective={cfg.objective.name} works on the forward-noised x_t of the final sample, which "
+            f"estimator={cfg.estimator.name} does not provide; use estimator=elbo")
     if getattr(estimator, "needs_trajectory", False) and not getattr(sampler, "keeps_trajectory", False):
         stochastic = [n for n in available("sampler") if getattr(
             _component_class(OmegaConf.load(CONF_DIR / "sampler" / f"{n}.yaml")), "keeps_trajectory", False)]

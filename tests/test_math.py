@@ -272,3 +272,29 @@ def test_ema_update():
     expected = 0.3 * target.weight.detach().clone() + 0.7 * source.weight.detach()
     ema_update(target, source, 0.3)
     assert torch.allclose(target.weight, expected, atol=TOL)
+
+
+def test_nft_loss():
+    x0, noise, v, v_old = (fixed(3, 2, 2, 2, seed=s) for s in (10, 11, 12, 13))
+    t = torch.tensor([0.9, 0.5, 0.1], dtype=D)
+    tt = t.view(-1, 1, 1, 1)
+    x_t = (1 - tt) * x0 + tt * noise
+    r = torch.tensor([0.0, 0.25, 1.0], dtype=D)
+    for gamma in (1.0, 0.1):
+        vp = gamma * v + (1 - gamma) * v_old
+        vm = (1 + gamma) * v_old - gamma * v
+
+        def ell(vv):
+            e = x_t - tt * vv - x0
+            return md(e**2) / md(e.abs()).clamp_min(1e-5)
+
+        expected = 5 * (r * ell(vp) + (1 - r) * ell(vm)) / gamma
+        assert torch.allclose(obj.nft_loss(v, v_old, x_t, x0, t, r, gamma), expected, atol=TOL)
+
+
+def test_awm_log_prob():
+    x0, noise, v = (fixed(3, 2, 2, 2, seed=s) for s in (20, 21, 22))
+    t = torch.tensor([0.9, 0.5, 0.1], dtype=D)
+    ell = md((v - (noise - x0)) ** 2)
+    expected = -((ell + 1e-10) ** 0.25 - 1e-10**0.25) * t / 0.25
+    assert torch.allclose(obj.awm_log_prob(v, noise, x0, t), expected, atol=TOL)

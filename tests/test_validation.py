@@ -83,6 +83,12 @@ def test_trajectory_estimator_needs_a_stochastic_sampler(capsys, run_dir):
     assert "flow_sde" in err and "estimator=elbo" in err
 
 
+@pytest.mark.parametrize("objective", ["nft", "awm"])
+def test_velocity_objectives_need_the_elbo_estimator(capsys, run_dir, objective):
+    err = fails(capsys, run_dir, f"objective={objective}", "estimator=trajectory", "sampler=flow_sde")
+    assert f"objective={objective}" in err and "estimator=trajectory" in err and "estimator=elbo" in err
+
+
 def test_a_run_dir_with_another_config_is_not_reused(capsys, run_dir):
     from omegaconf import OmegaConf
 

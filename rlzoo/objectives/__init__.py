@@ -111,3 +111,67 @@ class GRPO(Objective):
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return grpo_loss(term.log_lik, term.log_lik_old, advantage, self.clip_range, self.adv_clip)
+
+
+def _per_sample(t: Tensor, like: Tensor) -> Tensor:
+    return t.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _mean_d(x: Tensor) -> Tensor:
+    return x.flatten(1).mean(1)
+
+
+def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t: Tensor,
+             optimality: Tensor, gamma: float = 1.0) -> Tensor:
+    """DiffusionNFT, per sample (r = nft_mapping(A) in [0, 1]):
+
+    v+ = γ·v_θ + (1-γ)·sg(v_old),   v- = (1+γ)·sg(v_old) - γ·v_θ
+    ℓ± = mean_d( (x_t - t·v± - x0)² / sg(mean_d|x_t - t·v± - x0|).clamp_min(1e-5) )
+    L  = 5 · (r·ℓ+ + (1-r)·ℓ-) / γ
+    """
+    v_old = velocity_old.detach()
+    tt = _per_sample(t, x0)
+
+    def adaptive(v):
+        error = x_t - tt * v - x0
+        return _mean_d(error**2) / _mean_d(error.detach().abs()).clamp_min(1e-5)
+
+    positive = adaptive(gamma * velocity + (1 - gamma) * v_old)
+    negative = adaptive((1 + gamma) * v_old - gamma * velocity)
+    return 5.0 * (optimality * positive + (1 - optimality) * negative) / gamma
+
+
+def awm_log_prob(velocity: Tensor, noise: Tensor, x0: Tensor, t: Tensor, power: float = 0.25) -> Tensor:
+    """AWM's log-likelihood with the `ghuber` time weighting, per sample:
+    ℓ = mean_d( (v - (eps - x0))² ),  logp = -((ℓ + 1e-10)^p - (1e-10)^p)·t/p."""
+    loss = _mean_d((velocity - (noise - x0)) ** 2)
+    return -((loss + 1e-10) ** power - 1e-10**power) * t.to(loss.dtype) / power
+
+
+class NFT(Objective):
+    """DiffusionNFT; maps the advantage to an optimality probability itself."""
+
+    name, uses_ratio, needs_velocity = "nft", False, True
+
+    def __init__(self, gamma: float = 1.0, adv_clip: float = 5.0):
+        self.gamma, self.adv_clip = float(gamma), float(adv_clip)
+
+    def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
+        from rlzoo.advantages import nft_mapping
+
+        return nft_loss(term.velocity, term.velocity_old, term.x_t, term.x0, term.t,
+                        nft_mapping(advantage, self.adv_clip), self.gamma)
+
+
+class AWM(Objective):
+    """Advantage weighted matching: PPO-clip on the ratio of AWM log-likelihoods."""
+
+    name, needs_velocity = "awm", True
+
+    def __init__(self, clip_range: float = 1.0, power: float = 0.25, adv_clip: float = 5.0):
+        self.clip_range, self.power, self.adv_clip = float(clip_range), float(power), float(adv_clip)
+
+    def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
+        log_prob = awm_log_prob(term.velocity, term.noise, term.x0, term.t, self.power)
+        log_prob_old = awm_log_prob(term.velocity_old, term.noise, term.x0, term.t, self.power)
+        return grpo_loss(log_prob, log_prob_old, advantage, self.clip_range, self.adv_clip)
