@@ -18,8 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.old_policy import ema_update, eval_ema_decay, old_policy_decay
 from rlzoo.policies import Policy
-from rlzoo.runs import (JsonlLogger, atomic_torch_save, atomic_write_json, peak_memory_bytes,
-                        read_jsonl, truncate_jsonl)
+from rlzoo.runs import (
+    JsonlLogger,
+    atomic_torch_save,
+    atomic_write_json,
+    peak_memory_bytes,
+    read_jsonl,
+    truncate_jsonl,
+)
 from rlzoo.samplers import EulerSampler, Sampler
 from rlzoo.types import Conditioning
 

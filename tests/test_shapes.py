@@ -6,7 +6,14 @@ import torch
 
 from rlzoo.tasks.shapes import ShapesTask
 from rlzoo.tasks.shapes.model import tokenize, vocabulary
-from rlzoo.tasks.shapes.prompts import FAMILIES, Spec, all_specs, check, sample_scene, split
+from rlzoo.tasks.shapes.prompts import (
+    FAMILIES,
+    Spec,
+    all_specs,
+    check,
+    sample_scene,
+    split,
+)
 from rlzoo.tasks.shapes.scene import COLOURS, SHAPES, Obj, render
 from rlzoo.tasks.shapes.verifier import Verifier
 
