@@ -69,3 +69,34 @@ class Verifier:
         strict = torch.tensor([float(r[0]) for r in results])
         soft = torch.tensor([float(r[1]) for r in results])
         return strict, soft
+
+
+def measure(samples_per_family: int = 2000, image_size: int = 24) -> list[dict]:
+    """Verifier accuracy on clean renders of held-out prompts, and agreement with the ground truth
+    on renders of corrupted prompts (wrong colour / shape / count / relation)."""
+    import random
+
+    from rlzoo.tasks.shapes.prompts import FAMILIES, corrupt, sample_scene, split
+    from rlzoo.tasks.shapes.scene import render
+
+    verifier, heldout, rows = Verifier(image_size), split()[1], []
+    for family in FAMILIES:
+        rng = random.Random(family)
+        specs = [s for s in heldout if s.family == family]
+        chosen = [specs[i % len(specs)] for i in range(samples_per_family)]
+        clean = verifier(torch.stack([render(sample_scene(s, rng), image_size) for s in chosen]), chosen)[0]
+        scenes = [sample_scene(corrupt(s, rng), rng) for s in chosen]
+        truth = torch.tensor([float(check(s, list(scene))[0]) for s, scene in zip(chosen, scenes)])
+        judged = verifier(torch.stack([render(scene, image_size) for scene in scenes]), chosen)[0]
+        rows.append({"family": family, "prompts": len(specs), "clean_strict": float(clean.mean()),
+                     "corrupted_agreement": float((judged == truth).float().mean()),
+                     "corrupted_false": float(1 - truth.mean())})
+    return rows
+
+
+if __name__ == "__main__":
+    print("| family | held-out prompts | strict on clean renders | agreement on corrupted renders | corrupted renders that are false |")
+    print("|---|---|---|---|---|")
+    for r in measure():
+        print(f"| {r['family']} | {r['prompts']} | {r['clean_strict']:.3f} | {r['corrupted_agreement']:.3f} | "
+              f"{r['corrupted_false']:.3f} |")
