@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test test-all pretrain bench clean
+.PHONY: venv run test test-all pretrain clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv

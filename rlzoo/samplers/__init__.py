@@ -44,8 +44,12 @@ def _sigma_batch(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.to(x.dtype).expand(x.shape[0]).to(x.device)
 
 
-class EulerSampler(Sampler):
-    """Deterministic Euler ODE sampler: x_{k+1} = x_k + v(x_k, sigma_k)·(sigma_{k+1} - sigma_k)."""
+class ODESampler(Sampler):
+    """A deterministic sampler: x_{k+1} = step(x_k, sigma_k, sigma_{k+1})."""
+
+    def step(self, velocity_fn: VelocityFn, x: Tensor, sigma: Tensor, sigma_next: Tensor,
+             cond: Conditioning) -> Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning, record: bool = False,
@@ -53,12 +57,19 @@ class EulerSampler(Sampler):
         sigmas = self.sigmas()
         x = noise
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            v = velocity_fn(x, _sigma_batch(sigma, x), cond)
-            x = euler_step(x, v, float(sigma), float(sigma_next)).x_next
-        return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.num_steps)
+            x = self.step(velocity_fn, x, sigma, sigma_next, cond)
+        return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.nfe_per_sample)
 
 
-class DPM2Sampler(Sampler):
+class EulerSampler(ODESampler):
+    """Euler ODE sampler: x_{k+1} = x_k + v(x_k, sigma_k)·(sigma_{k+1} - sigma_k)."""
+
+    def step(self, velocity_fn, x, sigma, sigma_next, cond):
+        v = velocity_fn(x, _sigma_batch(sigma, x), cond)
+        return euler_step(x, v, float(sigma), float(sigma_next)).x_next
+
+
+class DPM2Sampler(ODESampler):
     """DPM-Solver-2 ODE sampler (k-diffusion's `sample_dpm_2`) in the flow parameterisation.
 
     Each step is an explicit midpoint step with the midpoint in log-sigma:
@@ -71,18 +82,11 @@ class DPM2Sampler(Sampler):
     def nfe_per_sample(self) -> int:
         return 2 * self.num_steps - 1
 
-    @torch.no_grad()
-    def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning, record: bool = False,
-               generator: torch.Generator | None = None) -> Rollout:
-        sigmas = self.sigmas()
-        x = noise
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            v = velocity_fn(x, _sigma_batch(sigma, x), cond)
-            if float(sigma_next) == 0.0:
-                x = x + v * (sigma_next - sigma)
-                continue
-            sigma_mid = torch.sqrt(sigma * sigma_next)
-            x_mid = x + v * (sigma_mid - sigma)
-            v_mid = velocity_fn(x_mid, _sigma_batch(sigma_mid, x), cond)
-            x = x + v_mid * (sigma_next - sigma)
-        return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.nfe_per_sample)
+    def step(self, velocity_fn, x, sigma, sigma_next, cond):
+        v = velocity_fn(x, _sigma_batch(sigma, x), cond)
+        if float(sigma_next) == 0.0:
+            return x + v * (sigma_next - sigma)
+        sigma_mid = torch.sqrt(sigma * sigma_next)
+        x_mid = x + v * (sigma_mid - sigma)
+        v_mid = velocity_fn(x_mid, _sigma_batch(sigma_mid, x), cond)
+        return x + v_mid * (sigma_next - sigma)
