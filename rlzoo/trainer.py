@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rlzoo.old_policy import ema_update, eval_ema_decay, old_policy_decay
 from rlzoo.policies import Policy
@@ -23,7 +23,6 @@ from rlzoo.runs import (
     atomic_torch_save,
     atomic_write_json,
     peak_memory_bytes,
-    read_jsonl,
     truncate_jsonl,
 )
 from rlzoo.samplers import EulerSampler, Sampler
@@ -291,10 +290,3 @@ def print_report(summary: dict) -> None:
     print(f"\nNFE forward {c['nfe_forward']:,}  backward {c['nfe_backward']:,}  "
           f"wall {c['wall_s']:.1f}s  peak memory {c['peak_mem_bytes'] / 2**20:.0f} MiB")
     print(f"run directory: {summary['run_dir']}")
-
-
-def config_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-__all__ = ["Trainer", "evaluate", "print_report", "read_jsonl", "config_dict"]
