@@ -88,19 +88,36 @@ def _component_class(node: DictConfig):
 
 
 def _validate_combination(cfg: DictConfig) -> None:
-    estimator, sampler = _component_class(cfg.estimator), _component_class(cfg.sampler)
-    objective = _component_class(cfg.objective)
-    if getattr(objective, "needs_velocity", False) and getattr(estimator, "needs_trajectory", False):
-        raise ConfigError(
-            f"objective={cfg.objective.name} works on the forward-noised x_t of the final sample, which "
-            f"estimator={cfg.estimator.name} does not provide; use estimator=elbo")
-    if getattr(estimator, "needs_trajectory", False) and not getattr(sampler, "keeps_trajectory", False):
-        stochastic = [n for n in available("sampler") if getattr(
-            _component_class(OmegaConf.load(CONF_DIR / "sampler" / f"{n}.yaml")), "keeps_trajectory", False)]
-        raise ConfigError(
-            f"estimator={cfg.estimator.name} needs a stochastic trajectory but sampler={cfg.sampler.name} "
-            f"keeps none; use a stochastic sampler ({', '.join(stochastic) or 'none installed'}) "
-            f"or estimator=elbo")
+    error = combination_error(cfg.objective, cfg.estimator, cfg.sampler)
+    if error:
+        raise ConfigError(error)
+
+
+def _load(group: str, name: str) -> DictConfig:
+    return OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+
+
+def combination_error(objective: DictConfig, estimator: DictConfig, sampler: DictConfig) -> str | None:
+    """Why this objective × estimator × sampler cannot run, or None."""
+    objective_cls, estimator_cls = _component_class(objective), _component_class(estimator)
+    sampler_cls = _component_class(sampler)
+    if getattr(objective_cls, "needs_velocity", False) and getattr(estimator_cls, "needs_trajectory", False):
+        return (f"objective={objective.name} works on the forward-noised x_t of the final sample, which "
+                f"estimator={estimator.name} does not provide; use estimator=elbo")
+    if getattr(estimator_cls, "needs_trajectory", False) and not getattr(sampler_cls, "keeps_trajectory", False):
+        stochastic = [n for n in available("sampler")
+                      if getattr(_component_class(_load("sampler", n)), "keeps_trajectory", False)]
+        return (f"estimator={estimator.name} needs a stochastic trajectory but sampler={sampler.name} "
+                f"keeps none; use a stochastic sampler ({', '.join(stochastic) or 'none installed'}) "
+                f"or estimator=elbo")
+    return None
+
+
+def valid_grid() -> list[tuple[str, str, str]]:
+    """Every (objective, estimator, sampler) that passes `combination_error`."""
+    return [(o, e, s) for o in available("objective") for e in available("estimator")
+            for s in available("sampler")
+            if combination_error(_load("objective", o), _load("estimator", e), _load("sampler", s)) is None]
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:

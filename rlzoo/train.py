@@ -3,6 +3,7 @@
     rlzoo-train                                   # default recipe (Paper A) on shapes
     rlzoo-train task=toy2d objective=pepg sampler=euler
     rlzoo-train --help                            # components per group, instantly
+  rlzoo-train --list                            # every valid objective x estimator x sampler
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def help_text() -> str:
     lines = [USAGE, "groups and their choices:"]
     for group in GROUPS:
         lines.append(f"  {group:<10} {', '.join(available(group))}")
-    lines.append("\nHydra's own help: rlzoo-train --hydra-help")
+    lines.append("\nrlzoo-train --list prints every valid objective x estimator x sampler;"
+                 " Hydra's own help: rlzoo-train --hydra-help")
     return "\n".join(lines)
 
 
@@ -78,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         print(help_text())
+        return
+    if "--list" in argv:
+        from rlzoo.config import valid_grid
+
+        grid = valid_grid()
+        print(f"{len(grid)} valid objective x estimator x sampler combinations:")
+        for objective, estimator, sampler in grid:
+            print(f"  objective={objective} estimator={estimator} sampler={sampler}")
         return
     if "--hydra-help" in argv:
         argv[argv.index("--hydra-help")] = "--help"

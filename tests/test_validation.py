@@ -120,3 +120,25 @@ def test_help_lists_choices_without_heavy_imports():
     for line in ("objective", "estimator", "sampler"):
         assert line in out.stdout
     assert "epg" in out.stdout and "dpm2" in out.stdout and "elbo" in out.stdout
+
+
+def test_valid_grid_follows_the_rules():
+    from rlzoo.config import available, valid_grid
+
+    grid = set(valid_grid())
+    objectives, samplers = available("objective"), available("sampler")
+    ode = {"euler", "dpm2"}
+    for o in objectives:
+        for s in samplers:
+            assert (o, "elbo", s) in grid
+            expected = s not in ode and o not in ("nft", "awm")
+            assert ((o, "trajectory", s) in grid) == expected, (o, s)
+
+
+def test_list_prints_the_grid():
+    out = subprocess.run([str(Path(sys.executable).parent / "rlzoo-train"), "--list"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode == 0
+    assert "objective=epg estimator=elbo sampler=dpm2" in out.stdout
+    assert "objective=grpo estimator=trajectory sampler=flow_sde" in out.stdout
+    assert "estimator=trajectory sampler=dpm2" not in out.stdout
