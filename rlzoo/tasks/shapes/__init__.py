@@ -36,6 +36,9 @@ class ShapesTask(Task):
         self._train = [s.text for s in train]
         self._heldout = [s.text for s in heldout]
         self._train_by_family = {f: [s.text for s in train if s.family == f] for f in FAMILIES}
+        self._train_index = {p: i for i, p in enumerate(self._train)}
+        # pretraining covers the whole prompt space (train and held-out), like web data
+        self._all_by_family = {f: [s for s in train + heldout if s.family == f] for f in FAMILIES}
         self.verifier = Verifier(image_size)
 
     def train_prompts(self) -> list[str]:
@@ -46,12 +49,11 @@ class ShapesTask(Task):
 
     def sample_train_prompts(self, n: int, generator: torch.Generator) -> list[int]:
         """Family first, then a prompt of it: every family is trained on equally often."""
-        index = {p: i for i, p in enumerate(self._train)}
         families = torch.randint(len(FAMILIES), (n,), generator=generator).tolist()
         picks = []
         for f in families:
             prompts = self._train_by_family[FAMILIES[f]]
-            picks.append(index[prompts[int(torch.randint(len(prompts), (1,), generator=generator))]])
+            picks.append(self._train_index[prompts[int(torch.randint(len(prompts), (1,), generator=generator))]])
         return picks
 
     def eval_prompt_ids(self, num_samples: int) -> list[int]:
@@ -94,12 +96,9 @@ class ShapesTask(Task):
         """Renders of random prompts (family first); with probability caption_noise the image
         shows a corrupted version of its caption."""
         rng = random.Random(int(torch.randint(2**31, (1,), generator=generator)))
-        train, heldout = split()
-        specs = list(train) + list(heldout)  # pretraining covers the whole space, like web data
-        by_family = {f: [s for s in specs if s.family == f] for f in FAMILIES}
         captions, images = [], []
         for _ in range(batch_size):
-            spec = rng.choice(by_family[rng.choice(FAMILIES)])
+            spec = rng.choice(self._all_by_family[rng.choice(FAMILIES)])
             shown = corrupt(spec, rng) if rng.random() < self.caption_noise else spec
             captions.append(spec.text)
             images.append(render(sample_scene(shown, rng), self.image_size))
