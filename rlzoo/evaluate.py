@@ -13,8 +13,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict:
     from rlzoo.config import build, compose_config
     from rlzoo.policies import Policy
-    from rlzoo.samplers import EulerSampler
-    from rlzoo.trainer import evaluate
+    from rlzoo.trainer import eval_sampler, evaluate
 
     argv = list(sys.argv[1:] if argv is None else argv)
     grid = next((a.split("=", 1)[1] for a in argv if a.startswith("grid=")), None)
@@ -23,9 +22,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(int(cfg.threads))
     task = build(cfg.task)
     policy = Policy(task.load_base_model(cfg.model))
-    sampler = EulerSampler(cfg.eval.num_steps, cfg.sampler.shift)
+    sampler = eval_sampler(cfg)
     start = time.perf_counter()
-    metrics, (x0, cond), nfe = evaluate(task, policy, "reference", sampler, cfg.eval.samples,
+    metrics, (x0, cond) = evaluate(task, policy, "reference", sampler, cfg.eval.samples,
                                         cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device))
     print(f"held-out evaluation of {cfg.model.checkpoint}: {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")

@@ -38,7 +38,7 @@ def _run_job(cfg) -> None:
     from omegaconf import OmegaConf
 
     from rlzoo.config import build, check_run_dir, validate
-    from rlzoo.runs import atomic_write_bytes, atomic_write_json
+    from rlzoo.runs import atomic_write_bytes
     from rlzoo.trainer import Trainer, print_report
 
     validate(cfg)
@@ -73,7 +73,6 @@ def _run_job(cfg) -> None:
         for logger in trainer.loggers:
             logger.finish()
     print_report(summary)
-    atomic_write_json(summary, summary_path)
 
 
 def main(argv: list[str] | None = None) -> None:

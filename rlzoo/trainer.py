@@ -66,11 +66,16 @@ def group_conditioning(task, prompt_ids: list[int], group_size: int, prompts: li
     return task.conditioning(repeated, prompt_ids=ids, group_ids=groups)
 
 
+def eval_sampler(cfg: DictConfig) -> EulerSampler:
+    """The evaluation protocol's sampler: Euler ODE, eval.num_steps, the rollout sampler's shift."""
+    return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.shift))
+
+
 @torch.no_grad()
 def evaluate(task, policy: Policy, view: str, sampler: Sampler, num_samples: int,
              seed: int, batch_size: int, device: torch.device):
     """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
-    over the whole evaluation set for a grid, NFE)."""
+    over the whole evaluation set for a grid)."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(num_samples)
@@ -87,8 +92,7 @@ def evaluate(task, policy: Policy, view: str, sampler: Sampler, num_samples: int
     shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
     grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
                                   prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
-    nfe = len(ids) * sampler.nfe_per_sample
-    return task.summarize(merged, torch.tensor(ids)), (torch.cat(samples)[shown], grid_cond), nfe
+    return task.summarize(merged, torch.tensor(ids)), (torch.cat(samples)[shown], grid_cond)
 
 
 class Trainer:
@@ -106,7 +110,7 @@ class Trainer:
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas),
                                            weight_decay=t.weight_decay)
-        self.eval_sampler = EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", self.sampler.shift))
+        self.eval_sampler = eval_sampler(cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.compute = Compute()
         self.iteration = 0
@@ -165,7 +169,7 @@ class Trainer:
     def run_eval(self, view: str, grid_name: str | None = None) -> dict:
         e = self.cfg.eval
         with Phase(self.compute, "eval"):
-            metrics, (x0, cond), _ = evaluate(self.task, self.policy, view, self.eval_sampler,
+            metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
                                               e.samples, e.seed, e.batch_size, self.device)
         if grid_name is not None:
             self.task.save_grid(x0, cond, self.run_dir / "samples" / f"{grid_name}.png")
