@@ -12,6 +12,7 @@ from rlzoo.tasks.shapes.prompts import (
     all_specs,
     check,
     sample_scene,
+    RELATIONS,
     split,
 )
 from rlzoo.tasks.shapes.scene import COLOURS, SHAPES, Obj, render
@@ -32,6 +33,14 @@ def test_split_is_disjoint_and_covers_every_family():
     for family in FAMILIES:
         assert any(s.family == family for s in train), family
         assert any(s.family == family for s in heldout), family
+
+
+def test_split_is_stratified_by_count_and_relation():
+    train, heldout = split()
+    for part in (train, heldout):
+        assert {s.count for s in part if s.family == "counting"} == {2, 3}
+        assert {s.relation for s in part if s.family == "position"} == set(RELATIONS)
+    assert all(sum(s.relation == r for s in heldout) == 4 for r in RELATIONS)  # round(0.3 * 12)
 
 
 def test_prompts_round_trip_through_the_tokenizer():

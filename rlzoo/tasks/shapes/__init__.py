@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rlzoo.tasks.base import Task
-from rlzoo.tasks.shapes.prompts import FAMILIES, corrupt, sample_scene, spec_of, split
+from rlzoo.tasks.shapes.prompts import FAMILIES, all_specs, corrupt, sample_scene, spec_of, split
 from rlzoo.tasks.shapes.scene import render
 from rlzoo.tasks.shapes.verifier import Verifier
 from rlzoo.types import Conditioning
@@ -37,8 +37,9 @@ class ShapesTask(Task):
         self._heldout = [s.text for s in heldout]
         self._train_by_family = {f: [s.text for s in train if s.family == f] for f in FAMILIES}
         self._train_index = {p: i for i, p in enumerate(self._train)}
-        # pretraining covers the whole prompt space (train and held-out), like web data
-        self._all_by_family = {f: [s for s in train + heldout if s.family == f] for f in FAMILIES}
+        # pretraining covers the whole prompt space (train and held-out), like web data; its order
+        # does not depend on the split, so the base model does not either
+        self._all_by_family = {f: all_specs()[f] for f in FAMILIES}
         self.verifier = Verifier(image_size)
 
     def train_prompts(self) -> list[str]:

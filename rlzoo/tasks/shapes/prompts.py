@@ -68,17 +68,28 @@ def _hash(spec: Spec) -> str:
     return hashlib.sha256(spec.text.encode()).hexdigest()
 
 
+def _stratum(spec: Spec) -> tuple:
+    """Sub-types a family's held-out share must cover: each count, each relation."""
+    return (spec.family, spec.count, spec.relation)
+
+
 @lru_cache(maxsize=None)
 def split(fraction: float = 0.3) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
-    """(train, heldout) specs: in every family, the round(fraction·n) prompts (at least one)
-    with the smallest hash of their text are held out: deterministic and balanced."""
-    train, heldout = [], []
+    """(train, heldout) specs, stratified: within every family and sub-type (counting: each count;
+    position: each relation) the round(fraction·n) prompts (at least one, never all) with the
+    smallest hash of their text are held out. Deterministic, and a family's held-out score
+    averages over its sub-types instead of depending on which ones a hash happened to pick."""
+    strata: dict[tuple, list[Spec]] = {}
     for specs in all_specs().values():
+        for spec in specs:
+            strata.setdefault(_stratum(spec), []).append(spec)
+    held = set()
+    for specs in strata.values():
         k = min(len(specs) - 1, max(1, round(fraction * len(specs))))
-        held = set(sorted(specs, key=_hash)[:k])
-        heldout += [s for s in specs if s in held]
-        train += [s for s in specs if s not in held]
-    return tuple(train), tuple(heldout)
+        held |= set(sorted(specs, key=_hash)[:k])
+    train = tuple(s for specs in all_specs().values() for s in specs if s not in held)
+    heldout = tuple(s for specs in all_specs().values() for s in specs if s in held)
+    return train, heldout
 
 
 @lru_cache(maxsize=None)
