@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test test-all pretrain clean
+.PHONY: venv run test test-all bench sweep report pretrain clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv
@@ -25,6 +25,23 @@ test: $(VENV)
 
 test-all: $(VENV)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# A named sweep from experiments/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
+# an equal share of the cores. Rerunning the same command skips finished runs, resumes the rest.
+NAME    ?= smoke
+JOBS    ?= 1
+CORES   := $(shell nproc 2>/dev/null || echo 2)
+LAUNCH  := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS),)
+sweep: $(VENV)
+	.venv/bin/rlzoo-train -m +sweep=$(NAME) threads=$$(( $(CORES) / $(JOBS) > 0 ? $(CORES) / $(JOBS) : 1 )) progress_bar=false $(LAUNCH) $(ARGS)
+
+# The ablation table and plots of a sweep: multirun/$(NAME)/report/
+report: $(VENV)
+	.venv/bin/rlzoo report multirun/$(NAME) $(ARGS)
+
+# Estimator benchmark: time and peak memory per iteration, elbo vs trajectory, 10/20/40 steps.
+bench: $(VENV)
+	$(PY) -m rlzoo.bench threads=2 $(ARGS)
 
 # Rebuild the committed base checkpoints (deterministic on CPU, see README).
 pretrain: $(VENV)

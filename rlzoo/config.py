@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
-          "logger", "experiment")
+          "logger", "experiment", "row", "sweep")
 
 
 class ConfigError(ValueError):
@@ -37,13 +37,14 @@ def check_overrides(overrides: list[str]) -> None:
                 raise ConfigError(f"unknown {key} {name!r}; valid choices: {', '.join(choices)}")
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The config `rlzoo-train` would run, composed without starting a Hydra job."""
     from hydra import compose, initialize_config_dir
 
     check_overrides(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides),
+                       return_hydra_config=return_hydra_config)
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
@@ -57,20 +58,28 @@ def _positive(cfg: DictConfig, key: str, kind=float) -> None:
 def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
     for key in ("train.iterations", "train.batch_size", "train.group_size", "train.micro_batch_size",
-                "sampler.num_steps", "eval.num_steps", "eval.samples", "eval.every",
+                "train.inner_epochs", "train.minibatches", "sampler.num_steps", "eval.num_steps", "eval.samples", "eval.every",
                 "eval.batch_size", "checkpoint_every"):
         _positive(cfg, key, int)
     for key in ("train.lr", "train.max_grad_norm"):
         _positive(cfg, key, float)
-    if cfg.train.get("max_minutes") is not None:
-        _positive(cfg, "train.max_minutes", float)
+    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int)):
+        if OmegaConf.select(cfg, key) is not None:
+            _positive(cfg, key, kind)
     batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
     if batch % group:
         divisors = [d for d in range(1, batch + 1) if batch % d == 0]
         raise ConfigError(f"train.group_size={group} does not divide train.batch_size={batch}; "
                           f"valid group sizes: {', '.join(map(str, divisors))}")
+    groups, minibatches = batch // group, int(cfg.train.minibatches)
+    if groups % minibatches:
+        valid = [d for d in range(1, groups + 1) if groups % d == 0]
+        raise ConfigError(f"train.minibatches={minibatches} does not divide the {groups} prompt groups "
+                          f"per batch; valid: {', '.join(map(str, valid))}")
     if int(cfg.train.old_policy_schedule) not in (0, 1, 2):
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
+    _validate_ratio(cfg)
+    _validate_window(cfg)
     _validate_combination(cfg)
     if check_checkpoint:
         from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
@@ -91,6 +100,34 @@ def _validate_combination(cfg: DictConfig) -> None:
     error = combination_error(cfg.objective, cfg.estimator, cfg.sampler)
     if error:
         raise ConfigError(error)
+
+
+def _validate_ratio(cfg: DictConfig) -> None:
+    """A ratio to the old policy is identically 1 when the old policy is the current one
+    (schedule 0) and each rollout gets a single update: the objective silently becomes its
+    no-ratio version, which is almost certainly not what the user meant."""
+    t = cfg.train
+    if (getattr(_component_class(cfg.objective), "uses_ratio", False)
+            and int(t.old_policy_schedule) == 0 and int(t.inner_epochs) * int(t.minibatches) == 1):
+        alternative = (f"objective={cfg.objective.name}_noratio, " if
+                       f"{cfg.objective.name}_noratio" in available("objective") else "")
+        raise ConfigError(
+            f"objective={cfg.objective.name} uses the ratio to the old policy, but with "
+            f"train.old_policy_schedule=0 and one update per rollout (train.inner_epochs=1, "
+            f"train.minibatches=1) that ratio is always 1; use {alternative}"
+            f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
+
+
+def _validate_window(cfg: DictConfig) -> None:
+    """An SDE window [start, end) must lie inside the schedule and leave the last step (to
+    sigma = 0, which has no noise) deterministic."""
+    window, steps = cfg.sampler.get("window"), int(cfg.sampler.num_steps)
+    if window is None:
+        return
+    if len(window) != 2 or not 0 <= int(window[0]) < int(window[1]) <= steps - 1:
+        raise ConfigError(
+            f"sampler={cfg.sampler.name} window={list(window)} lies outside the {steps}-step schedule; "
+            f"use [start, end) with 0 <= start < end <= {steps - 1} (e.g. sampler.window=[0,{min(2, steps - 1)}])")
 
 
 def _load(group: str, name: str) -> DictConfig:
@@ -135,7 +172,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 
 
 # Keys that may change when a run is resumed: they do not change what is computed.
-RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "progress_bar", "logger", "threads")
+RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

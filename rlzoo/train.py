@@ -3,7 +3,12 @@
     rlzoo-train                                   # default recipe (Paper A) on shapes
     rlzoo-train task=toy2d objective=pepg sampler=euler
     rlzoo-train --help                            # components per group, instantly
-  rlzoo-train --list                            # every valid objective x estimator x sampler
+    rlzoo-train --list                            # every valid objective x estimator x sampler
+    rlzoo-train -m +sweep=smoke                   # a named sweep from experiments/
+
+A sweep is validated job by job before the first job starts. Inside a sweep a job that crashes or
+goes non-finite is marked failed in its summary.json and the sweep goes on; rerunning the same
+command skips completed runs and resumes the others from their checkpoints.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ Compose a run from one choice per group (Hydra overrides), e.g.
   rlzoo-train experiment=paper_a task=shapes
 Runs write to run_dir (default runs/<task>/<objective>-<estimator>-<sampler>/seed<seed>);
 rerunning the same command resumes there.
+  rlzoo-train -m +sweep=smoke                    # a named sweep (experiments/<name>.yaml)
+  rlzoo-train -m objective=epg,pepg seed=0,1,2   # an ad-hoc sweep into multirun/adhoc/
 """
 
 
@@ -31,7 +38,7 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def _run_job(cfg) -> None:
+def _run_job(cfg, in_sweep: bool = False) -> None:
     """The body of one Hydra job: validate, build components, train, report."""
     import torch
     from hydra.core.hydra_config import HydraConfig
@@ -48,8 +55,10 @@ def _run_job(cfg) -> None:
     if summary_path.exists():
         import json
 
+        from rlzoo.trainer import is_finished
+
         summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "completed" and summary.get("iterations", 0) >= cfg.train.iterations:
+        if is_finished(summary, cfg):
             print(f"[rlzoo] {run_dir} already completed")
             print_report(summary)
             return
@@ -60,19 +69,33 @@ def _run_job(cfg) -> None:
     components = {name: build(cfg[name]) for name in
                   ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")}
     if cfg.logger.get("_target_"):
-        components["extra_loggers"] = [build(
-            cfg.logger, run_dir=run_dir, name=f"{cfg.name}/seed{cfg.seed}",
-            run_config=OmegaConf.to_container(cfg, resolve=True))]
+        group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
+        components["extra_loggers"] = [build(OmegaConf.merge(cfg.logger, {"group": group}),
+                                             run_dir=run_dir, name=name, run_config=run_config)]
     trainer = Trainer(cfg, run_dir, components)
     try:
         summary = trainer.fit()
-    except BaseException:
-        trainer.write_summary("failed")
+    except BaseException as exc:
+        trainer.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         for logger in trainer.loggers:
             logger.finish()
     print_report(summary)
+
+
+def logger_identity(cfg, in_sweep: bool, overrides: list[str]) -> tuple[str, str, dict]:
+    """(group, run name, config) for an external logger: inside a sweep every run shares the
+    sweep's name as its group and is named by its overrides, which also become config columns
+    under `sweep.overrides`; a single run is grouped by its recipe name."""
+    from omegaconf import OmegaConf
+
+    chosen = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    group = cfg.logger.get("group") or (cfg.sweep_name if in_sweep else cfg.name)
+    name = ",".join(overrides) if in_sweep and overrides else f"{cfg.name}/seed{cfg.seed}"
+    config = {**OmegaConf.to_container(cfg, resolve=True),
+              "sweep": {"name": cfg.sweep_name if in_sweep else None, "overrides": chosen}}
+    return group, name, config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,12 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     multirun = "-m" in argv or "--multirun" in argv
     try:
         check_overrides(argv)
-        if not multirun and not any(a.startswith("-") for a in argv):
+        options = [a for a in argv if a.startswith("-")]
+        if not multirun and not options:
             from rlzoo.config import check_run_dir, compose_config, validate
 
             cfg = compose_config(argv)
             validate(cfg)
             check_run_dir(cfg, Path(cfg.run_dir))
+        elif multirun and set(options) <= {"-m", "--multirun"}:
+            from rlzoo.sweeps import validate_sweep
+
+            jobs = validate_sweep([a for a in argv if not a.startswith("-")])
+            print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
     except ConfigError as exc:
         print(f"rlzoo-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -110,11 +139,39 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _job(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        _run_job(cfg)
+        _run_job(cfg, in_sweep)
     except ConfigError as exc:
+        if in_sweep:
+            return _job_failed(cfg, exc)
         print(f"rlzoo-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as exc:  # one bad job must not stop a sweep; its summary says why
+        if not in_sweep:
+            raise
+        _job_failed(cfg, exc)
+
+
+def _job_failed(cfg, exc: BaseException) -> None:
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from rlzoo.runs import atomic_write_bytes
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
+    if not (run_dir / "summary.json").exists():  # failed before the trainer could say so
+        import json
+
+        atomic_write_bytes(run_dir / "summary.json", json.dumps(
+            {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir)}).encode())
+    print(f"[rlzoo] job {run_dir} failed: {type(exc).__name__}: {exc} (the sweep goes on)",
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

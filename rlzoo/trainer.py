@@ -3,9 +3,11 @@
     for each iteration:
         prompts -> sampler(old policy) -> Rollout
         reward(x0, prompts) -> advantage(rewards, groups) -> A
-        for each likelihood term from estimator(policy, rollout):      # gradient accumulation
-            loss = mean(objective(term, A) + beta·kl(term)) · term.weight  -> backward
-        optimizer step -> old-policy EMA -> log / eval / checkpoint
+        for each of inner_epochs x minibatches updates (one by default):
+            for each likelihood term from estimator(policy, minibatch):   # gradient accumulation
+                loss = mean(objective(term, A) + beta·kl(term)) · term.weight  -> backward
+            optimizer step
+        old-policy EMA -> log / eval / checkpoint
 """
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ class Compute:
                 "peak_mem_bytes": peak_memory_bytes(device)}
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss went NaN/inf; the last checkpoint still holds finite weights."""
+
+
 class Phase:
     """Context manager adding the elapsed wall-clock to one phase of `Compute`."""
 
@@ -64,6 +70,25 @@ def group_conditioning(task, prompt_ids: list[int], group_size: int, prompts: li
     ids = torch.tensor(prompt_ids).repeat_interleave(group_size)
     groups = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
     return task.conditioning(repeated, prompt_ids=ids, group_ids=groups)
+
+
+def minibatch_rows(batch: int, group_size: int, minibatches: int,
+                   generator: torch.Generator) -> list[torch.Tensor]:
+    """Row indices of each optimizer step's minibatch: whole prompt groups, shuffled, split into
+    `minibatches` equal parts (one part holding every row when minibatches = 1)."""
+    if minibatches == 1:
+        return [torch.arange(batch)]
+    groups = torch.randperm(batch // group_size, generator=generator)
+    return [(part.sort().values[:, None] * group_size + torch.arange(group_size)).flatten()
+            for part in groups.chunk(minibatches)]
+
+
+def merge_update_stats(updates: list[dict]) -> dict:
+    """One record for an iteration's updates: means, except the max |log ratio| (a max)."""
+    merged = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+    merged["log_ratio_abs_max"] = max(u["log_ratio_abs_max"] for u in updates)
+    merged["likelihood_terms"] = sum(u["likelihood_terms"] for u in updates)
+    return merged
 
 
 def eval_sampler(cfg: DictConfig) -> EulerSampler:
@@ -146,9 +171,9 @@ class Trainer:
         for name in ("metrics", "eval"):
             truncate_jsonl(self.run_dir / f"{name}.jsonl", self.iteration)
 
-    def write_summary(self, status: str) -> dict:
+    def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = {
-            "status": status, "iterations": self.iteration,
+            "status": status, "iterations": self.iteration, "error": error,
             "base": self.base_metrics, "final": self.last_metrics, "best": self.best_metrics,
             "compute": self.compute.as_dict(self.device),
             "eval_protocol": {"split": "heldout", "sampler": "euler",
@@ -203,30 +228,11 @@ class Trainer:
 
         with Phase(self.compute, "train"):
             self.policy.current.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            need_ref = self.kl.needs_reference and self.kl.beta > 0
-            stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0}
-            num_terms = 0
-            for term in self.estimator.terms(self.policy, rollout, t.micro_batch_size,
-                                             need_reference=need_ref, sampler=self.sampler,
-                                             generator=self.generator):
-                per_sample = self.objective(term, advantage[term.index].to(term.log_lik.dtype))
-                if need_ref:
-                    kl = self.kl(term)
-                    per_sample = per_sample + self.kl.beta * kl
-                    stats["kl"] += float(kl.detach().sum()) * term.weight / B
-                loss = per_sample.sum() / B * term.weight
-                loss.backward()
-                log_ratio = (term.log_lik.detach() - term.log_lik_old)
-                stats["loss"] += float(loss.detach())
-                stats["ratio_mean"] += float(torch.exp(log_ratio).sum()) * term.weight / B
-                stats["log_ratio_abs_max"] = max(stats["log_ratio_abs_max"], float(log_ratio.abs().max()))
-                n = len(term.index)
-                self.compute.nfe_forward += n * (2 + int(need_ref))
-                self.compute.nfe_backward += n
-                num_terms += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.max_grad_norm)
-            self.optimizer.step()
+            updates = []
+            for _ in range(int(t.inner_epochs)):  # several updates per rollout: ratios move off 1
+                for rows in minibatch_rows(B, int(t.group_size), int(t.minibatches), self.generator):
+                    part = rollout if len(rows) == B else rollout.select(rows)
+                    updates.append(self.update(part, advantage[rows.to(advantage.device)]))
             self.iteration += 1
             ema_update(self.policy.old, self.policy.current,
                        old_policy_decay(int(t.old_policy_schedule), self.iteration))
@@ -238,10 +244,53 @@ class Trainer:
                   **{f"reward/{k}": float(v.float().mean()) for k, v in rewards.items()},
                   "reward_std": float(r.float().std()),
                   "advantage_abs_mean": float(advantage.abs().mean()),
-                  "grad_norm": float(grad_norm), **stats, "likelihood_terms": num_terms,
+                  **merge_update_stats(updates), "updates": len(updates),
                   **{k: v for k, v in self.compute.as_dict(self.device).items() if k != "wall_split_s"}}
         self.log("metrics", record)
         return record
+
+    def update(self, rollout, advantage: torch.Tensor) -> dict:
+        """One optimizer step on `rollout`: the loss is formed and back-propagated per likelihood
+        term (gradient accumulation), so memory does not grow with the number of terms."""
+        t = self.cfg.train
+        B = rollout.x0.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        need_ref = self.kl.needs_reference and self.kl.beta > 0
+        stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0}
+        num_terms = 0
+        for term in self.estimator.terms(self.policy, rollout, t.micro_batch_size,
+                                         need_reference=need_ref, sampler=self.sampler,
+                                         generator=self.generator):
+            per_sample = self.objective(term, advantage[term.index].to(term.log_lik.dtype))
+            if need_ref:
+                kl = self.kl(term)
+                per_sample = per_sample + self.kl.beta * kl
+                stats["kl"] += float(kl.detach().sum()) * term.weight / B
+            loss = per_sample.sum() / B * term.weight
+            if not torch.isfinite(loss):  # stop before the optimizer spreads it into the weights
+                raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration {self.iteration + 1}")
+            loss.backward()
+            log_ratio = (term.log_lik.detach() - term.log_lik_old)
+            stats["loss"] += float(loss.detach())
+            stats["ratio_mean"] += float(torch.exp(log_ratio).sum()) * term.weight / B
+            stats["log_ratio_abs_max"] = max(stats["log_ratio_abs_max"], float(log_ratio.abs().max()))
+            n = len(term.index)
+            self.compute.nfe_forward += n * (2 + int(need_ref))
+            self.compute.nfe_backward += n
+            num_terms += 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        return {**stats, "grad_norm": float(grad_norm), "likelihood_terms": num_terms}
+
+    def budget_spent(self) -> str | None:
+        """Which training budget is used up (wall-clock or model evaluations), if any."""
+        t = self.cfg.train
+        if t.get("max_minutes") is not None and self.training_seconds() >= float(t.max_minutes) * 60:
+            return f"training wall-clock budget of {t.max_minutes} min"
+        spent = self.compute.nfe_forward + self.compute.nfe_backward
+        if t.get("max_nfe") is not None and spent >= int(t.max_nfe):
+            return f"model-evaluation budget of {int(t.max_nfe):,} (forward + backward)"
+        return None
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -256,12 +305,12 @@ class Trainer:
         self.write_summary("running")
         from tqdm import tqdm
 
-        deadline = None if t.get("max_minutes") is None else float(t.max_minutes) * 60
         bar = tqdm(total=t.iterations, initial=self.iteration, desc="rl", dynamic_ncols=True,
                    disable=not cfg.progress_bar)
         while self.iteration < t.iterations:
-            if deadline is not None and self.training_seconds() >= deadline:
-                print(f"[rlzoo] training wall-clock budget of {t.max_minutes} min reached")
+            spent = self.budget_spent()
+            if spent:
+                print(f"[rlzoo] {spent} reached")
                 break
             record = self.train_step()
             bar.update(1)
@@ -278,6 +327,20 @@ class Trainer:
 
     def training_seconds(self) -> float:
         return sum(v for k, v in self.compute.wall.items() if k != "eval")
+
+
+def is_finished(summary: dict, cfg: DictConfig) -> bool:
+    """Whether a run's summary already satisfies this config's stopping rule (iterations or a
+    budget), so rerunning it would add nothing; a raised budget or iteration count resumes it."""
+    if summary.get("status") != "completed":
+        return False
+    t, compute = cfg.train, summary["compute"]
+    if summary["iterations"] >= int(t.iterations):
+        return True
+    if t.get("max_nfe") is not None and compute["nfe_forward"] + compute["nfe_backward"] >= int(t.max_nfe):
+        return True
+    training = compute["wall_s"] - compute["wall_split_s"]["eval"]
+    return t.get("max_minutes") is not None and training >= float(t.max_minutes) * 60
 
 
 def _fmt(metrics: dict) -> str:

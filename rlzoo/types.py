@@ -53,6 +53,14 @@ class Rollout:
     log_probs: Tensor | None = None  # (B, K) behaviour log-probs of stochastic steps
     stochastic: Tensor | None = None  # (K,) bool, which steps were stochastic
 
+    def select(self, index: Tensor) -> "Rollout":
+        """The rows `index` of this rollout (a minibatch for one optimizer step)."""
+        index = index.to(torch.long)
+        rows = index.to(self.x0.device)
+        return replace(self, x0=self.x0[rows], cond=self.cond.select(index),
+                       trajectory=None if self.trajectory is None else self.trajectory[rows],
+                       log_probs=None if self.log_probs is None else self.log_probs[rows])
+
 
 @dataclass
 class LikelihoodTerm:

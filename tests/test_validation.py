@@ -142,3 +142,35 @@ def test_list_prints_the_grid():
     assert "objective=epg estimator=elbo sampler=dpm2" in out.stdout
     assert "objective=grpo estimator=trajectory sampler=flow_sde" in out.stdout
     assert "estimator=trajectory sampler=dpm2" not in out.stdout
+
+
+@pytest.mark.parametrize("objective", ["epg", "pepg", "par", "grpo", "awm"])
+def test_ratio_objectives_need_an_old_policy_or_several_updates(capsys, run_dir, objective):
+    err = fails(capsys, run_dir, f"objective={objective}", "train.old_policy_schedule=0")
+    assert f"objective={objective}" in err and "train.old_policy_schedule=0" in err
+    assert "train.inner_epochs>1" in err and "always 1" in err
+    if objective in ("epg", "pepg", "par"):
+        assert f"objective={objective}_noratio" in err
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objective=epg_noratio", "train.old_policy_schedule=0"],
+    ["objective=epg", "train.old_policy_schedule=0", "train.inner_epochs=2"],
+    ["objective=grpo", "train.old_policy_schedule=0", "train.minibatches=2"],
+])
+def test_ratio_rule_allows_what_works(overrides):
+    from rlzoo.config import compose_config, validate
+
+    validate(compose_config(["task=toy2d", *overrides]))
+
+
+def test_minibatches_must_divide_the_groups(capsys, run_dir):
+    err = fails(capsys, run_dir, "train.batch_size=64", "train.group_size=16", "train.minibatches=3")
+    assert "train.minibatches=3" in err and "4 prompt groups" in err and "valid: 1, 2, 4" in err
+
+
+@pytest.mark.parametrize("window", ["[0,10]", "[3,3]", "[-1,2]"])
+def test_mixed_window_inside_the_schedule(capsys, run_dir, window):
+    err = fails(capsys, run_dir, "sampler=mixed", "estimator=trajectory", "kl=sde_mean",
+                f"sampler.window={window}")
+    assert "sampler=mixed window=" in err and "0 <= start < end <= 9" in err

@@ -63,7 +63,8 @@ def reinforce_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> T
 
 
 class Objective:
-    """A per-sample loss over one likelihood term. `uses_ratio`: needs an old policy's estimate."""
+    """A per-sample loss over one likelihood term. `uses_ratio`: weighs by (or clips) the ratio
+    to the old policy, which is identically 1 when old = current."""
 
     name = "objective"
     uses_ratio = True
@@ -87,7 +88,7 @@ class PEPG(Objective):
 
 
 class PEPGNoRatio(Objective):
-    name, loss_fn = "pepg_noratio", staticmethod(pepg_noratio_loss)
+    name, uses_ratio, loss_fn = "pepg_noratio", False, staticmethod(pepg_noratio_loss)
 
 
 class PAR(Objective):
@@ -95,7 +96,7 @@ class PAR(Objective):
 
 
 class PARNoRatio(Objective):
-    name, loss_fn = "par_noratio", staticmethod(par_noratio_loss)
+    name, uses_ratio, loss_fn = "par_noratio", False, staticmethod(par_noratio_loss)
 
 
 class Reinforce(Objective):

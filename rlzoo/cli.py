@@ -1,0 +1,30 @@
+"""`rlzoo <command>`: the non-training entry points in one place.
+
+    rlzoo report <multirun dir> [--threshold X] [--baseline key=value]   # ablation table + plots
+    rlzoo bench [--steps 10 20 40]                                       # estimator benchmark
+    rlzoo train ...                                                      # = rlzoo-train ...
+"""
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {"report": "rlzoo.report", "bench": "rlzoo.bench", "train": "rlzoo.train",
+            "evaluate": "rlzoo.evaluate"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"rlzoo: error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    import importlib
+
+    importlib.import_module(COMMANDS[command]).main(rest)
+
+
+if __name__ == "__main__":
+    main()

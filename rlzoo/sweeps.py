@@ -1,0 +1,36 @@
+"""Sweeps: the jobs a Hydra multirun will launch, validated before the first one starts.
+
+Named sweeps live in experiments/<name>.yaml (the `sweep` config group) and are run with
+`rlzoo-train -m +sweep=<name>`; their grid is `hydra.sweeper.params`, extended by any comma lists
+on the command line, exactly as Hydra's basic sweeper expands it.
+"""
+from __future__ import annotations
+
+from rlzoo.config import ConfigError, compose_config, validate
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override list of every job of `rlzoo-train -m <overrides>`, in launch order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # pinned hydra-core 1.3
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()]
+    base = compose_config(fixed, return_hydra_config=True)
+    params = base.hydra.sweeper.get("params") or {}
+    parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate_sweep(overrides: list[str]) -> list[list[str]]:
+    """Every job's config passes `validate`, or ConfigError names the first job that does not."""
+    jobs = sweep_jobs(overrides)
+    checked_checkpoints: set[str] = set()
+    for job in jobs:
+        try:
+            cfg = compose_config(job)
+            validate(cfg, check_checkpoint=cfg.model.checkpoint not in checked_checkpoints)
+            checked_checkpoints.add(cfg.model.checkpoint)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep job {' '.join(job)}: {exc}") from None
+    return jobs

@@ -1,0 +1,14 @@
+"""The benchmark's machinery (its numbers are measured by `make bench`, never asserted here)."""
+from rlzoo.bench import measure, table
+
+TINY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8",
+        "eval.samples=16", "eval.num_steps=2"]
+
+
+def test_a_bench_cell_measures_one_estimator():
+    row = measure(["estimator=trajectory", "sampler=flow_sde", "sampler.num_steps=5", *TINY], 1)
+    assert row["estimator"] == "trajectory" and row["steps"] == 5
+    assert row["terms"] == 2 * 4  # two micro-batches x the 4 stochastic steps of 5
+    assert row["s_per_iteration"] > 0 and row["peak_bytes"] >= row["setup_bytes"] > 0
+    line = table([row]).splitlines()[-1]
+    assert line.startswith("| trajectory | flow_sde | 5 | 4 |")

@@ -1,0 +1,131 @@
+"""Sweeps (expansion, validation before compute, fault tolerance, resume), the statistics behind
+ablation tables, and `rlzoo report`."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlzoo.stats import mean_ci, ratio_ci, t_quantile_975
+from rlzoo.sweeps import sweep_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+       "PYTHONPATH": str(REPO / "tests" / "helpers")}
+TINY = ["train.iterations=4", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=16",
+        "sampler.num_steps=3", "eval.samples=32", "eval.num_steps=2", "eval.every=2", "threads=1",
+        "progress_bar=false"]
+
+
+def test_t_quantiles_match_tables():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(2) == 4.303 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(35) == 2.042 and t_quantile_975(1000) == 1.960
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_mean_ci_on_known_values():
+    mean, half, n = mean_ci([1.0, 2.0, 3.0])  # s = 1
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 / math.sqrt(3), abs=1e-12)
+    mean, half, n = mean_ci([0.5])
+    assert mean == 0.5 and math.isnan(half) and n == 1
+    assert mean_ci([])[2] == 0
+
+
+def test_ratio_ci_on_known_values():
+    # means 12 and 6 (s = 2 and 1, n = 3): se = sqrt(4/(3*144) + 1/(3*36)) = 0.1360828
+    ratio, low, high = ratio_ci([10.0, 12.0, 14.0], [5.0, 6.0, 7.0])
+    assert ratio == 2.0
+    assert low == pytest.approx(2 / math.exp(4.303 * 0.1360828), rel=1e-6)
+    assert high == pytest.approx(2 * math.exp(4.303 * 0.1360828), rel=1e-6)
+
+
+def test_named_sweep_expands_like_hydra():
+    jobs = sweep_jobs(["+sweep=smoke"])
+    assert len(jobs) == 8 and ["objective=epg", "sampler=dpm2", "seed=0", "+sweep=smoke"] in jobs
+    assert len(sweep_jobs(["+sweep=smoke", "train.lr=1e-3,2e-3"])) == 16
+
+
+def test_a_bad_job_stops_the_sweep_before_any_compute(tmp_path):
+    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "+sweep=smoke", "train.group_size=16,7",
+                          f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True,
+                         cwd=REPO, env=ENV)
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert len(err.splitlines()) == 1 and "train.group_size=7" in err and "sweep job" in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_unknown_sweep_lists_the_named_sweeps():
+    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "+sweep=nope"], capture_output=True,
+                         text=True, cwd=REPO, env=ENV)
+    assert out.returncode == 2 and "unknown sweep 'nope'" in out.stderr and "smoke" in out.stderr
+
+
+def run_sweep(sweep_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    rewards = "rlzoo.rewards.VerifierReward,faulty_rewards.CrashingReward,faulty_rewards.NaNReward"
+    return subprocess.run(
+        [str(BIN / "rlzoo-train"), "-m", "task=toy2d", f"reward._target_={rewards}", "seed=0,1",
+         f"hydra.sweep.dir={sweep_dir}", *TINY, *extra], capture_output=True, text=True, cwd=REPO, env=ENV)
+
+
+def test_crashing_and_nan_jobs_do_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_sweep(sweep)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 6
+    status = {name: s["status"] for name, s in summaries.items()}
+    assert sum(v == "completed" for v in status.values()) == 2
+    crashed = [s for n, s in summaries.items() if "Crashing" in n]
+    assert all(s["status"] == "failed" and "deliberate crash" in s["error"] for s in crashed)
+    nan = [s for n, s in summaries.items() if "NaN" in n]
+    assert all(s["status"] == "failed" and "non-finite loss" in s["error"] for s in nan)
+
+    from rlzoo.report import report
+
+    table = report(sweep, threshold=0.5)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(lines) == 4  # header + 3 rows (one per reward component)
+    verifier = next(line for line in lines if "VerifierReward" in line)
+    crashing = next(line for line in lines if "CrashingReward" in line)
+    assert verifier.endswith("| 2 | 0 |") and crashing.endswith("| 0 | seed 0, seed 1 |")
+    for name in ("table.md", "table.csv", "table.tex", "runs.csv", "curves.png", "reward_vs_kl.png"):
+        assert (sweep / "report" / name).stat().st_size > 0
+    assert "deliberate crash" in (sweep / "report" / "table.md").read_text()
+
+    # Rerun: completed runs are skipped, the others are tried again.
+    again = run_sweep(sweep)
+    assert again.returncode == 0
+    assert again.stdout.count("already completed") == 2
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]])
+def test_parallel_and_cluster_launchers(tmp_path, launcher):
+    """joblib (parallel local jobs) and submitit (SLURM), the latter through its local executor."""
+    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "task=toy2d", "seed=0,1", *launcher,
+                          f"hydra.sweep.dir={tmp_path}", *TINY], capture_output=True, text=True,
+                         cwd=REPO, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert sorted(s["status"] for s in summaries) == ["completed", "completed"]
+    assert {Path(s["run_dir"]).name.split("seed=")[1][0] for s in summaries} == {"0", "1"}
+
+
+def test_wandb_identity_groups_a_sweep_by_its_name():
+    from rlzoo.config import compose_config
+    from rlzoo.train import logger_identity
+
+    cfg = compose_config(["+sweep=smoke", "logger=wandb", "objective=pepg", "seed=1"])
+    group, name, config = logger_identity(cfg, True, ["objective=pepg", "seed=1", "+sweep=smoke"])
+    assert group == "smoke" and name == "objective=pepg,seed=1,+sweep=smoke"
+    assert config["sweep"]["overrides"] == {"objective": "pepg", "seed": "1", "sweep": "smoke"}
+    assert config["objective"]["name"] == "pepg"
+    single = compose_config(["task=toy2d", "logger=wandb"])
+    group, name, _ = logger_identity(single, False, ["task=toy2d"])
+    assert group == "epg-elbo-dpm2" and name == "epg-elbo-dpm2/seed0"

@@ -1,0 +1,104 @@
+"""Several updates per rollout (inner_epochs, minibatches), model-evaluation budgets, and the
+recipes in conf/experiment/ running on both built-in tasks."""
+import math
+
+import pytest
+import torch
+
+from rlzoo.config import available, build, compose_config, validate
+from rlzoo.trainer import Trainer, minibatch_rows
+from rlzoo.types import Conditioning, Rollout
+
+COMPONENTS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")
+TINY_TOY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8",
+            "sampler.num_steps=4", "eval.samples=16", "eval.num_steps=2", "eval.every=100",
+            "progress_bar=false"]
+TINY_SHAPES = ["task=shapes", "threads=1", "train.batch_size=8", "train.group_size=4",
+               "train.micro_batch_size=8", "sampler.num_steps=4", "eval.samples=12",
+               "eval.num_steps=2", "eval.every=100", "progress_bar=false"]
+
+
+def trainer(tmp_path, overrides) -> Trainer:
+    cfg = compose_config(overrides)
+    validate(cfg)
+    return Trainer(cfg, tmp_path, {name: build(cfg[name]) for name in COMPONENTS})
+
+
+def test_minibatch_rows_split_whole_groups():
+    rows = minibatch_rows(24, 4, 3, torch.Generator().manual_seed(0))
+    assert len(rows) == 3 and all(len(r) == 8 for r in rows)
+    assert sorted(torch.cat(rows).tolist()) == list(range(24))
+    for r in rows:  # each minibatch holds two whole groups of 4 consecutive rows
+        groups, counts = torch.unique(r // 4, return_counts=True)
+        assert len(groups) == 2 and counts.tolist() == [4, 4]
+    assert minibatch_rows(24, 4, 1, None)[0].tolist() == list(range(24))
+
+
+def test_rollout_select_keeps_rows_aligned():
+    cond = Conditioning([f"p{i}" for i in range(5)], {"ids": torch.arange(5)[:, None]},
+                        torch.arange(5), torch.arange(5) // 2)
+    rollout = Rollout(x0=torch.arange(5.0)[:, None], cond=cond, sigmas=torch.tensor([1.0, 0.0]), nfe=1,
+                      trajectory=torch.arange(5.0)[:, None, None].expand(5, 2, 1),
+                      log_probs=torch.arange(5.0)[:, None])
+    part = rollout.select(torch.tensor([3, 1]))
+    assert part.x0.flatten().tolist() == [3.0, 1.0] and part.cond.prompts == ["p3", "p1"]
+    assert part.cond.inputs["ids"].flatten().tolist() == [3, 1]
+    assert part.trajectory[:, 0, 0].tolist() == [3.0, 1.0] and part.log_probs.flatten().tolist() == [3.0, 1.0]
+    assert torch.equal(part.sigmas, rollout.sigmas) and part.nfe == 1
+
+
+@pytest.mark.parametrize("estimator,sampler", [("elbo", "dpm2"), ("trajectory", "flow_sde")])
+def test_inner_epochs_start_at_ratio_one_then_move(tmp_path, estimator, sampler):
+    """Old policy = the policy that sampled (schedule 0): the first update's ratio is 1, later
+    updates on the same rollout see real importance weights; 3 optimizer steps per iteration."""
+    t = trainer(tmp_path, [*TINY_TOY, f"estimator={estimator}", f"sampler={sampler}",
+                           "kl=none", "train.old_policy_schedule=0", "train.inner_epochs=3",
+                           "train.lr=0.05", "train.iterations=1"])
+    seen = []
+    update = t.update
+    t.update = lambda rollout, advantage: seen.append(update(rollout, advantage)) or seen[-1]
+    record = t.train_step()
+    assert record["updates"] == 3 and len(seen) == 3
+    assert seen[0]["log_ratio_abs_max"] < 1e-5
+    assert seen[1]["log_ratio_abs_max"] > 1e-4 and seen[2]["log_ratio_abs_max"] > 1e-4
+    assert record["log_ratio_abs_max"] == max(s["log_ratio_abs_max"] for s in seen)
+    assert t.optimizer.state_dict()["state"][0]["step"] == 3
+    # after the iteration the old policy is the current one again (schedule 0)
+    for old, cur in zip(t.policy.old.parameters(), t.policy.current.parameters()):
+        assert torch.equal(old, cur)
+
+
+def test_minibatches_each_see_a_share_of_the_batch(tmp_path):
+    t = trainer(tmp_path, [*TINY_TOY, "train.minibatches=2", "train.iterations=1"])
+    sizes = []
+    update = t.update
+    t.update = lambda rollout, advantage: sizes.append(len(advantage)) or update(rollout, advantage)
+    record = t.train_step()
+    assert sizes == [8, 8] and record["updates"] == 2
+
+
+def test_model_evaluation_budget_stops_training(tmp_path):
+    t = trainer(tmp_path, [*TINY_TOY, "train.iterations=50", "train.max_nfe=2000"])
+    summary = t.fit()
+    spent = summary["compute"]["nfe_forward"] + summary["compute"]["nfe_backward"]
+    # every iteration costs the same: the run stops at the first iteration that reaches 2000
+    per_iteration = spent / summary["iterations"]
+    assert spent >= 2000 and spent - per_iteration < 2000 and summary["iterations"] < 50
+
+
+RECIPES = available("experiment")
+
+
+def test_every_paper_recipe_is_installed():
+    assert {"paper_a", "flowgrpo", "flowgrpo_fast", "diffusionnft", "awm"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("task", ["toy2d", "shapes"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs(tmp_path, recipe, task):
+    t = trainer(tmp_path, [f"experiment={recipe}", *(TINY_TOY if task == "toy2d" else TINY_SHAPES),
+                           "train.iterations=2"])
+    assert t.cfg.name == recipe
+    summary = t.fit()
+    assert summary["status"] == "completed" and summary["iterations"] == 2
+    assert math.isfinite(summary["final"]["reward"]) and summary["compute"]["nfe_backward"] > 0
