@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test test-all bench sweep report pretrain clean
+.PHONY: venv run test test-all bench sweep report results pretrain clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv
@@ -38,6 +38,11 @@ sweep: $(VENV)
 # The ablation table and plots of a sweep: multirun/$(NAME)/report/
 report: $(VENV)
 	.venv/bin/rlzoo report multirun/$(NAME) $(ARGS)
+
+# Copy a finished sweep's JSONL/summaries (no checkpoints) to experiments/results/$(NAME) and
+# render its report there, for committing.
+results: $(VENV)
+	.venv/bin/rlzoo report multirun/$(NAME) --export experiments/results/$(NAME) $(ARGS)
 
 # Estimator benchmark: time and peak memory per iteration, elbo vs trajectory, 10/20/40 steps.
 bench: $(VENV)

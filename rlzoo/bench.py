@@ -8,8 +8,8 @@ into the next: elbo with the DPM-Solver-2 ODE sampler (its default partner) and 
 the FlowGRPO SDE sampler, same task, batch, micro-batch and optimizer, KL off so that only the
 estimator differs. After one warm-up iteration the cell times `--iterations` iterations. Peak
 memory is `torch.cuda.max_memory_allocated` on a GPU; on CPU it is the process's peak resident
-set size (ru_maxrss), reported as its growth over the set-up (model, optimizer, data) so that
-what training adds is visible.
+set size (ru_maxrss), reported with its growth over the set-up (model, optimizer, data; measured
+before the first iteration) so that what training adds is visible.
 """
 from __future__ import annotations
 
@@ -42,13 +42,13 @@ def measure(overrides: list[str], iterations: int) -> dict:
         components = {name: build(cfg[name]) for name in
                       ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")}
         trainer = Trainer(cfg, Path(run_dir), components)
-        trainer.train_step()  # warm-up: allocator pools, optimizer state
         if device.type == "cuda":
             torch.cuda.synchronize()
             setup = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
         else:
             setup = peak_memory_bytes(device)
+        trainer.train_step()  # warm-up (allocator pools, optimizer state); its peak counts, its time not
         before = dict(trainer.compute.wall)
         start = time.perf_counter()
         for _ in range(iterations):

@@ -83,11 +83,23 @@ def load_run(run_dir: Path) -> Run:
     return run
 
 
+def _job_number(run_dir: Path) -> int:
+    """Hydra's job number (launch order = the sweep's grid order), or -1."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.exists():
+        return -1
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.select(OmegaConf.load(path), "hydra.job.num", default=-1))
+
+
 def find_runs(root: Path) -> list[Run]:
-    """Every run directory under `root` (one holding .hydra/overrides.yaml or summary.json)."""
+    """Every run directory under `root` (one holding .hydra/overrides.yaml or summary.json), in
+    the sweep's launch order, so table rows follow the order of the grid."""
     dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     dirs |= {p.parent for p in root.rglob("summary.json")}
-    return [load_run(d) for d in sorted(dirs) if d.name != "report"]
+    dirs = sorted((d for d in dirs if d.name != "report"), key=lambda d: (_job_number(d), str(d)))
+    return [load_run(d) for d in dirs]
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
@@ -134,9 +146,10 @@ def _fmt_nfe(mean: float, half: float) -> str:
     if math.isnan(mean):
         return "-"
     scale, unit = next(((s, u) for s, u in ((1e6, "M"), (1e3, "k")) if mean >= s), (1.0, ""))
+    digits = 2 if unit else 0
     if math.isnan(half):
-        return f"{mean / scale:.2f}{unit}"
-    return f"{mean / scale:.2f}{unit} ± {half / scale:.2f}{unit}"
+        return f"{mean / scale:.{digits}f}{unit}"
+    return f"{mean / scale:.{digits}f}{unit} ± {half / scale:.{digits}f}{unit}"
 
 
 def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
@@ -277,6 +290,25 @@ def _settings(runs: list[Run]) -> dict:
     return {}
 
 
+# What `report` reads from a run directory: all that `--export` copies (no checkpoints, no wandb).
+EXPORTED = (".hydra/overrides.yaml", ".hydra/hydra.yaml", "config.yaml", "summary.json", "eval.jsonl",
+            "metrics.jsonl", "error.txt")
+
+
+def export(root: Path, dest: Path) -> Path:
+    """Copy the files the report reads from every run under `root` to `dest` (for committing)."""
+    import shutil
+
+    for run in find_runs(Path(root)):
+        for name in EXPORTED:
+            source = run.path / name
+            if source.exists():
+                target = Path(dest) / run.path.relative_to(root) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+    return Path(dest)
+
+
 def report(root: Path, threshold: float | None = None, baseline: str | None = None,
            out_dir: Path | None = None, plots: bool = True) -> str:
     """Write the table and plots for the runs under `root`; return the Markdown table."""
@@ -318,9 +350,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="row the compute ratios are taken against, e.g. row=paper_a")
     parser.add_argument("--out", default=None, help="output directory (default <root>/report)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="first copy the runs' JSONL/summary/overrides (no checkpoints) to DIR, "
+                             "then report from there (e.g. experiments/results/<sweep>)")
     args = parser.parse_args(argv)
-    print(report(Path(args.root), args.threshold, args.baseline, args.out, not args.no_plots))
-    print(f"written to {Path(args.out) if args.out else Path(args.root) / 'report'}/")
+    root = export(Path(args.root), Path(args.export)) if args.export else Path(args.root)
+    print(report(root, args.threshold, args.baseline, args.out, not args.no_plots))
+    print(f"written to {Path(args.out) if args.out else root / 'report'}/")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ class Trainer:
         self.base_metrics: dict | None = None
         self.best_metrics: dict | None = None
         self.last_metrics: dict | None = None
+        self.reached: dict | None = None  # compute at which held-out reward first hit report.threshold
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -155,7 +156,7 @@ class Trainer:
             "compute": {"nfe_forward": self.compute.nfe_forward,
                         "nfe_backward": self.compute.nfe_backward, "wall": self.compute.wall},
             "base_metrics": self.base_metrics, "best_metrics": self.best_metrics,
-            "last_metrics": self.last_metrics,
+            "last_metrics": self.last_metrics, "reached": self.reached,
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> None:
@@ -168,6 +169,7 @@ class Trainer:
         self.base_metrics = state["base_metrics"]
         self.best_metrics = state["best_metrics"]
         self.last_metrics = state["last_metrics"]
+        self.reached = state.get("reached")
         for name in ("metrics", "eval"):
             truncate_jsonl(self.run_dir / f"{name}.jsonl", self.iteration)
 
@@ -176,6 +178,7 @@ class Trainer:
             "status": status, "iterations": self.iteration, "error": error,
             "base": self.base_metrics, "final": self.last_metrics, "best": self.best_metrics,
             "compute": self.compute.as_dict(self.device),
+            "threshold": self.cfg.report.get("threshold"), "threshold_reached": self.reached,
             "eval_protocol": {"split": "heldout", "sampler": "euler",
                               "num_steps": self.eval_sampler.num_steps,
                               "samples": int(self.cfg.eval.samples),
@@ -203,6 +206,9 @@ class Trainer:
                   "wall_s": sum(self.compute.wall.values()) - self.compute.wall["eval"]}
         self.log("eval", record)
         self.last_metrics = metrics
+        threshold = self.cfg.report.get("threshold")
+        if threshold is not None and self.reached is None and metrics["reward"] >= threshold:
+            self.reached = {k: record[k] for k in ("iteration", "nfe_forward", "nfe_backward", "wall_s")}
         if self.best_metrics is None or metrics["reward"] > self.best_metrics["reward"]:
             self.best_metrics = {**metrics, "iteration": self.iteration}
         return metrics

@@ -102,3 +102,12 @@ def test_recipe_runs(tmp_path, recipe, task):
     summary = t.fit()
     assert summary["status"] == "completed" and summary["iterations"] == 2
     assert math.isfinite(summary["final"]["reward"]) and summary["compute"]["nfe_backward"] > 0
+
+
+def test_summary_records_compute_at_the_threshold(tmp_path):
+    t = trainer(tmp_path / "a", [*TINY_TOY, "train.iterations=4", "eval.every=2", "report.threshold=-1"])
+    summary = t.fit()
+    assert summary["threshold"] == -1 and summary["threshold_reached"]["iteration"] == 0
+    assert summary["threshold_reached"]["nfe_forward"] == 0
+    t = trainer(tmp_path / "b", [*TINY_TOY, "train.iterations=4", "eval.every=2", "report.threshold=2"])
+    assert t.fit()["threshold_reached"] is None

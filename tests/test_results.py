@@ -1,0 +1,25 @@
+"""The committed sweep results re-render to the committed tables, so the report format cannot
+silently rot (experiments/results/<sweep>/: JSONL + summaries + overrides, no checkpoints)."""
+from pathlib import Path
+
+import pytest
+
+from rlzoo.report import report
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
+SWEEPS = sorted(p.parent.parent.name for p in RESULTS.glob("*/report/table.md"))
+
+
+def test_results_are_committed():
+    assert {"smoke", "recipes_toy2d"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_committed_report_rerenders(tmp_path, sweep):
+    committed = (RESULTS / sweep / "report" / "table.md").read_text()
+    rendered = report(RESULTS / sweep, out_dir=tmp_path)
+    assert rendered == committed
+    for name in ("table.csv", "table.tex", "runs.csv"):
+        assert (tmp_path / name).read_text() == (RESULTS / sweep / "report" / name).read_text()
+    for name in ("curves.png", "reward_vs_kl.png"):
+        assert (tmp_path / name).stat().st_size > 1000
