@@ -80,6 +80,7 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
     _validate_ratio(cfg)
     _validate_window(cfg)
+    _validate_arguments(cfg)
     _validate_combination(cfg)
     if check_checkpoint:
         from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
@@ -116,6 +117,28 @@ def _validate_ratio(cfg: DictConfig) -> None:
             f"train.old_policy_schedule=0 and one update per rollout (train.inner_epochs=1, "
             f"train.minibatches=1) that ratio is always 1; use {alternative}"
             f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
+
+
+# Groups instantiated from their YAML by `build` (the model is built by its task).
+BUILT_GROUPS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")
+
+
+def _validate_arguments(cfg: DictConfig) -> None:
+    """Every key of a component's node is an argument of its constructor, so a typo, or a key a
+    recipe set for another component (e.g. ELBO knobs after estimator=trajectory), fails here
+    rather than after minutes of set-up."""
+    import inspect
+
+    for group in BUILT_GROUPS:
+        node = cfg[group]
+        params = inspect.signature(_component_class(node)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        unknown = sorted(set(node) - {"_target_", "name"} - set(params))
+        if unknown:
+            raise ConfigError(
+                f"{group}={node.get('name', node._target_)} takes no argument "
+                f"{', '.join(repr(k) for k in unknown)}; its arguments: {', '.join(params) or 'none'}")
 
 
 def _validate_window(cfg: DictConfig) -> None:

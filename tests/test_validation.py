@@ -174,3 +174,16 @@ def test_mixed_window_inside_the_schedule(capsys, run_dir, window):
     err = fails(capsys, run_dir, "sampler=mixed", "estimator=trajectory", "kl=sde_mean",
                 f"sampler.window={window}")
     assert "sampler=mixed window=" in err and "0 <= start < end <= 9" in err
+
+
+def test_a_key_the_component_does_not_take(capsys, run_dir):
+    err = fails(capsys, run_dir, "estimator=trajectory", "sampler=flow_sde", "+estimator.weighting=adaptive")
+    assert "estimator=trajectory takes no argument 'weighting'" in err and "its arguments: steps" in err
+
+
+def test_every_recipe_and_row_composes_to_constructor_arguments():
+    from rlzoo.config import available, compose_config, validate
+
+    for group in ("experiment", "row"):
+        for name in available(group):
+            validate(compose_config(["task=toy2d", f"{'+' if group == 'row' else ''}{group}={name}"]))
