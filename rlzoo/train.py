@@ -168,8 +168,11 @@ def _job_failed(cfg, exc: BaseException) -> None:
     if not (run_dir / "summary.json").exists():  # failed before the trainer could say so
         import json
 
-        atomic_write_bytes(run_dir / "summary.json", json.dumps(
-            {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "run_dir": str(run_dir)}).encode())
+        atomic_write_bytes(run_dir / "summary.json", json.dumps({  # DESIGN.md §4's fixed shape
+            "status": "failed", "iterations": 0, "error": f"{type(exc).__name__}: {exc}",
+            "base": None, "final": None, "best": None,
+            "compute": {"nfe_forward": 0, "nfe_backward": 0, "wall_s": 0.0, "peak_mem_bytes": 0},
+            "run_dir": str(run_dir)}).encode())
     print(f"[rlzoo] job {run_dir} failed: {type(exc).__name__}: {exc} (the sweep goes on)",
           file=sys.stderr, flush=True)
 
