@@ -29,7 +29,7 @@ def measure(overrides: list[str], iterations: int) -> dict:
 
     import torch
 
-    from rlzoo.config import build, compose_config, validate
+    from rlzoo.config import build_components, compose_config, validate
     from rlzoo.runs import peak_memory_bytes
     from rlzoo.trainer import Trainer
 
@@ -39,9 +39,7 @@ def measure(overrides: list[str], iterations: int) -> dict:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.device)
     with tempfile.TemporaryDirectory() as run_dir:
-        components = {name: build(cfg[name]) for name in
-                      ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")}
-        trainer = Trainer(cfg, Path(run_dir), components)
+        trainer = Trainer(cfg, Path(run_dir), build_components(cfg))
         if device.type == "cuda":
             torch.cuda.synchronize()
             setup = torch.cuda.memory_allocated(device)

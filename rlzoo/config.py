@@ -213,3 +213,14 @@ def build(node: DictConfig, **kwargs):
 
     params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
     return instantiate(params, _recursive_=False, _convert_="all", **kwargs)
+
+
+def build_components(cfg: DictConfig) -> dict:
+    """Every component the trainer takes, built from the composed config."""
+    return {group: build(cfg[group]) for group in BUILT_GROUPS}
+
+
+def override_dict(overrides) -> dict[str, str]:
+    """`key=value` command-line overrides as {key: value}; `+`/`~` prefixes dropped."""
+    pairs = [str(o).split("=", 1) for o in overrides if "=" in str(o)]
+    return {k.lstrip("+~"): v for k, v in pairs}

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlzoo.config import override_dict
+from rlzoo.runs import read_jsonl
 from rlzoo.stats import mean_ci, ratio_ci
 
 # Overrides that never define a row: they change where or how a run is logged, not what it computes.
@@ -43,26 +45,13 @@ class Run:
         return next((nfe for nfe, reward in self.curve if reward >= threshold), math.nan)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash
-            break
-    return rows
-
-
 def _overrides(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return {}
     from omegaconf import OmegaConf
 
-    pairs = [str(o).split("=", 1) for o in OmegaConf.load(path) if "=" in str(o)]
-    return {k.lstrip("+~"): v for k, v in pairs}
+    return override_dict(OmegaConf.load(path))
 
 
 def load_run(run_dir: Path) -> Run:
@@ -71,9 +60,9 @@ def load_run(run_dir: Path) -> Run:
     status = summary.get("status", "incomplete")
     run = Run(run_dir, _overrides(run_dir), "incomplete" if status == "running" else status,
               summary.get("error"))
-    evals = _jsonl(run_dir / "eval.jsonl")
+    evals = read_jsonl(run_dir / "eval.jsonl")
     run.curve = [(r["nfe_forward"] + r["nfe_backward"], r["reward"]) for r in evals]
-    metrics = _jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     if run.status == "completed" and evals:
         run.final = evals[-1]["reward"]
         run.best = max(r["reward"] for r in evals)

@@ -44,7 +44,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from rlzoo.config import build, check_run_dir, validate
+    from rlzoo.config import build, build_components, check_run_dir, validate
     from rlzoo.runs import atomic_write_bytes
     from rlzoo.trainer import Trainer, print_report
 
@@ -66,8 +66,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
-    components = {name: build(cfg[name]) for name in
-                  ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")}
+    components = build_components(cfg)
     if cfg.logger.get("_target_"):
         group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
         components["extra_loggers"] = [build(OmegaConf.merge(cfg.logger, {"group": group}),
@@ -90,7 +89,9 @@ def logger_identity(cfg, in_sweep: bool, overrides: list[str]) -> tuple[str, str
     under `sweep.overrides`; a single run is grouped by its recipe name."""
     from omegaconf import OmegaConf
 
-    chosen = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    from rlzoo.config import override_dict
+
+    chosen = override_dict(overrides)
     group = cfg.logger.get("group") or (cfg.sweep_name if in_sweep else cfg.name)
     name = ",".join(overrides) if in_sweep and overrides else f"{cfg.name}/seed{cfg.seed}"
     config = {**OmegaConf.to_container(cfg, resolve=True),
@@ -147,32 +148,30 @@ def _job(cfg) -> None:
         _run_job(cfg, in_sweep)
     except ConfigError as exc:
         if in_sweep:
-            return _job_failed(cfg, exc)
+            return _job_failed(exc)
         print(f"rlzoo-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as exc:  # one bad job must not stop a sweep; its summary says why
         if not in_sweep:
             raise
-        _job_failed(cfg, exc)
+        _job_failed(exc)
 
 
-def _job_failed(cfg, exc: BaseException) -> None:
+def _job_failed(exc: BaseException) -> None:
     import traceback
 
     from hydra.core.hydra_config import HydraConfig
 
-    from rlzoo.runs import atomic_write_bytes
+    from rlzoo.runs import atomic_write_bytes, atomic_write_json
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
     if not (run_dir / "summary.json").exists():  # failed before the trainer could say so
-        import json
-
-        atomic_write_bytes(run_dir / "summary.json", json.dumps({  # DESIGN.md §4's fixed shape
+        atomic_write_json({  # DESIGN.md §4's fixed shape
             "status": "failed", "iterations": 0, "error": f"{type(exc).__name__}: {exc}",
             "base": None, "final": None, "best": None,
             "compute": {"nfe_forward": 0, "nfe_backward": 0, "wall_s": 0.0, "peak_mem_bytes": 0},
-            "run_dir": str(run_dir)}).encode())
+            "run_dir": str(run_dir)}, run_dir / "summary.json")
     print(f"[rlzoo] job {run_dir} failed: {type(exc).__name__}: {exc} (the sweep goes on)",
           file=sys.stderr, flush=True)
 

@@ -288,16 +288,6 @@ class Trainer:
         self.optimizer.step()
         return {**stats, "grad_norm": float(grad_norm), "likelihood_terms": num_terms}
 
-    def budget_spent(self) -> str | None:
-        """Which training budget is used up (wall-clock or model evaluations), if any."""
-        t = self.cfg.train
-        if t.get("max_minutes") is not None and self.training_seconds() >= float(t.max_minutes) * 60:
-            return f"training wall-clock budget of {t.max_minutes} min"
-        spent = self.compute.nfe_forward + self.compute.nfe_backward
-        if t.get("max_nfe") is not None and spent >= int(t.max_nfe):
-            return f"model-evaluation budget of {int(t.max_nfe):,} (forward + backward)"
-        return None
-
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         if self.checkpoint_path.exists():
@@ -314,7 +304,8 @@ class Trainer:
         bar = tqdm(total=t.iterations, initial=self.iteration, desc="rl", dynamic_ncols=True,
                    disable=not cfg.progress_bar)
         while self.iteration < t.iterations:
-            spent = self.budget_spent()
+            spent = budget_spent(t, self.compute.nfe_forward + self.compute.nfe_backward,
+                                 self.training_seconds())
             if spent:
                 print(f"[rlzoo] {spent} reached")
                 break
@@ -335,18 +326,25 @@ class Trainer:
         return sum(v for k, v in self.compute.wall.items() if k != "eval")
 
 
+def budget_spent(train: DictConfig, nfe: int, training_seconds: float) -> str | None:
+    """Which training budget (train.max_minutes of wall-clock, train.max_nfe forward + backward
+    model evaluations) is used up, if any."""
+    if train.get("max_minutes") is not None and training_seconds >= float(train.max_minutes) * 60:
+        return f"training wall-clock budget of {train.max_minutes} min"
+    if train.get("max_nfe") is not None and nfe >= int(train.max_nfe):
+        return f"model-evaluation budget of {int(train.max_nfe):,} (forward + backward)"
+    return None
+
+
 def is_finished(summary: dict, cfg: DictConfig) -> bool:
     """Whether a run's summary already satisfies this config's stopping rule (iterations or a
     budget), so rerunning it would add nothing; a raised budget or iteration count resumes it."""
     if summary.get("status") != "completed":
         return False
-    t, compute = cfg.train, summary["compute"]
-    if summary["iterations"] >= int(t.iterations):
-        return True
-    if t.get("max_nfe") is not None and compute["nfe_forward"] + compute["nfe_backward"] >= int(t.max_nfe):
-        return True
-    training = compute["wall_s"] - compute["wall_split_s"]["eval"]
-    return t.get("max_minutes") is not None and training >= float(t.max_minutes) * 60
+    compute = summary["compute"]
+    return summary["iterations"] >= int(cfg.train.iterations) or budget_spent(
+        cfg.train, compute["nfe_forward"] + compute["nfe_backward"],
+        compute["wall_s"] - compute["wall_split_s"]["eval"]) is not None
 
 
 def _fmt(metrics: dict) -> str:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rlzoo.config import build, compose_config, valid_grid, validate
+from rlzoo.config import build_components, compose_config, valid_grid, validate
 from rlzoo.trainer import Trainer
 
 TINY = ["task=toy2d", "train.iterations=2", "train.batch_size=8", "train.group_size=4",
@@ -20,9 +20,7 @@ def test_combination_trains(tmp_path, objective, estimator, sampler):
         overrides.append("sampler.window=[0,2]")
     cfg = compose_config(overrides)
     validate(cfg)
-    components = {name: build(cfg[name]) for name in
-                  ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")}
-    summary = Trainer(cfg, tmp_path, components).fit()
+    summary = Trainer(cfg, tmp_path, build_components(cfg)).fit()
     assert summary["status"] == "completed" and summary["iterations"] == 2
     assert math.isfinite(summary["final"]["reward"])
     assert summary["compute"]["nfe_backward"] > 0

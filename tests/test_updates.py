@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from rlzoo.config import available, build, compose_config, validate
+from rlzoo.config import available, build_components, compose_config, validate
 from rlzoo.trainer import Trainer, minibatch_rows
 from rlzoo.types import Conditioning, Rollout
 
-COMPONENTS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")
 TINY_TOY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8",
             "sampler.num_steps=4", "eval.samples=16", "eval.num_steps=2", "eval.every=100",
             "progress_bar=false"]
@@ -21,7 +20,7 @@ TINY_SHAPES = ["task=shapes", "threads=1", "train.batch_size=8", "train.group_si
 def trainer(tmp_path, overrides) -> Trainer:
     cfg = compose_config(overrides)
     validate(cfg)
-    return Trainer(cfg, tmp_path, {name: build(cfg[name]) for name in COMPONENTS})
+    return Trainer(cfg, tmp_path, build_components(cfg))
 
 
 def test_minibatch_rows_split_whole_groups():
