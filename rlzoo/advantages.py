@@ -8,7 +8,8 @@ from torch import Tensor
 def group_means(rewards: Tensor, group_ids: Tensor) -> Tensor:
     """(B,) the mean reward of each sample's group."""
     _, inverse = torch.unique(group_ids, return_inverse=True)
-    sums = torch.zeros(int(inverse.max()) + 1, dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=rewards.dtype, device=rewards.device)
+    sums.index_add_(0, inverse, rewards)
     counts = torch.bincount(inverse).to(rewards.dtype)
     return (sums / counts)[inverse]
 

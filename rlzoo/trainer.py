@@ -231,6 +231,7 @@ class Trainer:
         with Phase(self.compute, "reward"):
             rewards = self.reward(self.task, rollout.x0, cond)
             advantage = self.advantage(rewards["reward"], cond.group_ids.to(rewards["reward"].device))
+            advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
 
         with Phase(self.compute, "train"):
             self.policy.current.train()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# rlzoo on a CUDA GPU (device=cuda), in one short script for a lent GPU machine:
+#   1. every recipe (conf/experiment) and every row of Paper A's table (conf/row) trains 2
+#      iterations on shapes (the recipes on toy2d too), so a tensor left on the wrong device fails;
+#   2. the default recipe on toy2d (its full 100 iterations) and on shapes for 256 iterations
+#      (what `make run` reaches in 10 minutes on 2 CPU cores), with held-out evaluation;
+#   3. `make bench` (python -m rlzoo.bench) on the GPU.
+# Usage: scripts/gpu_check.sh [OUT_DIR]   (torch with CUDA, hydra-core, omegaconf and diffusers
+# importable; on the lent GPU machine they travel as wheels, see README "On a GPU")
+set -u   # no -e: one failing step should not hide the others
+OUT=${1:-runs/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}   # DEVICE=cpu dry-runs the script here
+RUNS=$(mktemp -d)
+FAST="eval.samples=96 eval.every=1000 checkpoint_every=1000 progress_bar=false"
+
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/device.txt"
+
+echo "== 1. every recipe and row, 2 iterations, device=$DEVICE (jobs in parallel)" | tee "$OUT/components.txt"
+check() {  # task choice: 2 iterations, then ok or FAIL with the error's last lines
+  local dir="$RUNS/$1/${2//[=+]/_}"
+  mkdir -p "$RUNS/$1"
+  if $PY -m rlzoo.train device=$DEVICE task=$1 "$2" threads=2 train.iterations=2 train.max_minutes=null \
+      $FAST run_dir="$dir" > "$dir.log" 2>&1; then echo "ok    $1 $2"
+  else echo "FAIL  $1 $2: $(grep -v '^$' "$dir.log" | tail -2 | tr '\n' ' ')"; fi
+}
+for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm}; do
+  check toy2d "$choice" > "$RUNS/toy2d_${choice//[=+]/_}.result" &
+done
+for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm} \
+              +row={epg_traj_sde,epg_elbo_sde,epg_elbo_ode,pepg_elbo_sde,pepg_elbo_ode,par_elbo_sde,par_elbo_ode,grpo_elbo_ode}; do
+  check shapes "$choice" > "$RUNS/shapes_${choice//[=+]/_}.result" &
+done
+wait
+cat "$RUNS"/*.result | tee -a "$OUT/components.txt"
+
+echo "== 2. default recipe, held-out evaluation" | tee "$OUT/training.txt"
+SECONDS=0
+$PY -m rlzoo.train device=$DEVICE task=toy2d progress_bar=false \
+  run_dir="$RUNS/default_toy2d" 2>&1 | tail -8 | tee -a "$OUT/training.txt"
+echo "toy2d: $SECONDS s in all (start-up and evaluations included)" | tee -a "$OUT/training.txt"
+SECONDS=0
+$PY -m rlzoo.train device=$DEVICE task=shapes progress_bar=false \
+  train.iterations=256 train.max_minutes=null run_dir="$RUNS/default_shapes" 2>&1 | tail -14 | tee -a "$OUT/training.txt"
+echo "shapes: $SECONDS s in all (start-up and evaluations included)" | tee -a "$OUT/training.txt"
+cp "$RUNS/default_shapes/summary.json" "$OUT/shapes_summary.json"
+
+echo "== 3. bench" | tee "$OUT/bench.txt"
+$PY -m rlzoo.bench device=$DEVICE --out "$RUNS/bench" 2>&1 | tee -a "$OUT/bench.txt"
+cp "$RUNS/bench/estimators.json" "$OUT/bench.json"
