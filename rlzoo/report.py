@@ -159,7 +159,11 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
                  _fmt(*row.cell([r.kl for r in done])[:2], digits=4), _fmt_nfe(*row.cell([r.nfe for r in done])[:2])]
         if threshold is not None:
             reached = [r.compute_to(threshold) for r in done]
-            line += [_fmt_nfe(*row.cell(reached)[:2]),
+            never = done and all(math.isnan(v) for v in reached)
+            # No seed reached it: each run's whole budget is a lower bound on its compute to it
+            # (censored), which says more than a blank cell.
+            line += [f"> {_fmt_nfe(min(r.nfe for r in done), math.nan)}" if never
+                     else _fmt_nfe(*row.cell(reached)[:2]),
                      f"{sum(not math.isnan(v) for v in reached)}/{len(done)}"]
             if baseline:
                 line.append(_ratio_cell(row, base_row, threshold))
@@ -173,6 +177,8 @@ def _ratio_cell(row: Row, base: Row | None, threshold: float) -> str:
         return "-"
     mine = [v for v in (r.compute_to(threshold) for r in row.done) if not math.isnan(v)]
     theirs = [v for v in (r.compute_to(threshold) for r in base.done) if not math.isnan(v)]
+    if row.done and not mine and theirs:  # censored: budget / baseline's mean is a lower bound
+        return f"> {min(r.nfe for r in row.done) / (sum(theirs) / len(theirs)):.2f}"
     ratio, low, high = ratio_ci(mine, theirs)
     if math.isnan(ratio):
         return "-"

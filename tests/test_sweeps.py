@@ -129,3 +129,25 @@ def test_wandb_identity_groups_a_sweep_by_its_name():
     single = compose_config(["task=toy2d", "logger=wandb"])
     group, name, _ = logger_identity(single, False, ["task=toy2d"])
     assert group == "epg-elbo-dpm2" and name == "epg-elbo-dpm2/seed0"
+
+
+def test_a_row_that_never_reaches_the_threshold_gets_a_lower_bound():
+    from pathlib import Path
+
+    from rlzoo.report import Row, Run, table_rows
+
+    def run(row, seed, curve):
+        return Run(Path("."), {"row": row, "seed": str(seed)}, "completed", final=curve[-1][1],
+                   best=max(r for _, r in curve), kl=0.0, nfe=curve[-1][0], curve=curve)
+
+    base = Row({"row": "base"}, [run("base", 0, [(100.0, 0.1), (200.0, 0.6)]),
+                                 run("base", 1, [(100.0, 0.6), (200.0, 0.7)])])
+    slow = Row({"row": "slow"}, [run("slow", 0, [(100.0, 0.1), (300.0, 0.2)]),
+                                 run("slow", 1, [(100.0, 0.1), (250.0, 0.3)])])
+    header, cells = table_rows(["row"], [base, slow], 0.5, {"row": "base"})
+    to, reached, ratio = (header.index(h) for h in ("NFE to 0.5", "reached", "NFE ratio vs row=base"))
+    assert (cells[0][to], cells[0][reached]) == ("150 ± 635", "2/2")
+    assert cells[0][ratio] == "1.00 [0.00, 399.28]"  # itself, as independent samples (t, 1 dof)
+    # Neither seed reached 0.5: compute to it is above 250 (the smaller budget spent), so the
+    # ratio to the baseline's mean of 150 is above 250 / 150.
+    assert (cells[1][to], cells[1][reached], cells[1][ratio]) == ("> 250", "0/2", "> 1.67")
