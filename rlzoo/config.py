@@ -194,8 +194,10 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
             f"choose another run_dir=... or delete that directory")
 
 
-# Keys that may change when a run is resumed: they do not change what is computed.
-RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads")
+# Keys that may change when a run is resumed: they do not change what is computed (sweep_name only
+# names where a sweep writes, so a run copied into another sweep with a larger budget resumes).
+RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
+                  "sweep_name")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

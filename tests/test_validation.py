@@ -187,3 +187,19 @@ def test_every_recipe_and_row_composes_to_constructor_arguments():
     for group in ("experiment", "row"):
         for name in available(group):
             validate(compose_config(["task=toy2d", f"{'+' if group == 'row' else ''}{group}={name}"]))
+
+
+def test_a_run_dir_accepts_a_raised_budget_from_another_sweep(run_dir):
+    """Budgets and the sweep's name do not change what a run computes, so a run copied into a
+    sweep with a larger budget resumes there; any other difference still stops it."""
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import ConfigError, check_run_dir, compose_config
+
+    saved = compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=1000", "sweep_name=short"])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
+    check_run_dir(compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=4000",
+                                  "sweep_name=long"]), run_dir)
+    with pytest.raises(ConfigError, match="differs in seed"):
+        check_run_dir(compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=4000",
+                                      "sweep_name=long", "seed=1"]), run_dir)
