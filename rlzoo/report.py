@@ -304,13 +304,26 @@ def export(root: Path, dest: Path) -> Path:
     return Path(dest)
 
 
-def report(root: Path, threshold: float | None = None, baseline: str | None = None,
+def report(root: Path | list[Path], threshold: float | None = None, baseline: str | None = None,
            out_dir: Path | None = None, plots: bool = True) -> str:
-    """Write the table and plots for the runs under `root`; return the Markdown table."""
-    root = Path(root)
-    runs = find_runs(root)
-    if not runs:
-        raise SystemExit(f"rlzoo report: no run directories under {root}")
+    """Write the table and plots for the runs under `root`; return the Markdown table.
+
+    Several roots (e.g. a sweep and a longer run of one of its rows) go into one table: each run
+    gets a `source=<its root's name>` key, so rows of different sweeps stay apart and a baseline
+    can be taken from either, e.g. `source=paper_a_ablation,row=epg_elbo_ode`."""
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    if len(roots) > 1 and out_dir is None:
+        raise SystemExit(f"rlzoo report: several directories ({', '.join(map(str, roots))}) need --out DIR")
+    runs = []
+    for r in roots:
+        found = find_runs(r)
+        if not found:
+            raise SystemExit(f"rlzoo report: no run directories under {r}")
+        if len(roots) > 1:
+            for run in found:
+                run.overrides = {"source": r.name, **run.overrides}
+        runs += found
+    root = roots[0]
     settings = _settings(runs)
     threshold = threshold if threshold is not None else settings.get("threshold")
     baseline = baseline if baseline is not None else settings.get("baseline")
@@ -337,7 +350,8 @@ def report(root: Path, threshold: float | None = None, baseline: str | None = No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlzoo report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="a multirun directory (e.g. multirun/smoke) or any tree of runs")
+    parser.add_argument("root", nargs="+", help="a multirun directory (e.g. multirun/smoke) or any tree "
+                        "of runs; several go into one table, with a source column (needs --out)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="held-out reward for the compute-to-threshold column (default: the "
                              "sweep's report.threshold)")
@@ -349,9 +363,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="first copy the runs' JSONL/summary/overrides (no checkpoints) to DIR, "
                              "then report from there (e.g. experiments/results/<sweep>)")
     args = parser.parse_args(argv)
-    root = export(Path(args.root), Path(args.export)) if args.export else Path(args.root)
-    print(report(root, args.threshold, args.baseline, args.out, not args.no_plots))
-    print(f"written to {Path(args.out) if args.out else root / 'report'}/")
+    if args.export and len(args.root) > 1:
+        parser.error(f"--export takes one directory, got {len(args.root)}: {' '.join(args.root)}")
+    roots = [export(Path(args.root[0]), Path(args.export))] if args.export else [Path(r) for r in args.root]
+    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots))
+    print(f"written to {Path(args.out) if args.out else roots[0] / 'report'}/")
 
 
 if __name__ == "__main__":

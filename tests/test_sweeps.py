@@ -151,3 +151,26 @@ def test_a_row_that_never_reaches_the_threshold_gets_a_lower_bound():
     # Neither seed reached 0.5: compute to it is above 250 (the smaller budget spent), so the
     # ratio to the baseline's mean of 150 is above 250 / 150.
     assert (cells[1][to], cells[1][reached], cells[1][ratio]) == ("> 250", "0/2", "> 1.67")
+
+
+def test_report_puts_several_sweeps_in_one_table(tmp_path):
+    """A longer run of one row lives in its own sweep; one table holds both, with a source
+    column, and the baseline can come from either."""
+    import shutil
+    from pathlib import Path
+
+    from rlzoo.report import report
+
+    results = Path(__file__).resolve().parents[1] / "experiments" / "results" / "recipes_toy2d"
+    for run in results.glob("experiment=*"):
+        sweep = "long" if run.name.startswith("experiment=flowgrpo,") else "main"
+        shutil.copytree(run, tmp_path / sweep / run.name)
+    with pytest.raises(SystemExit, match="need --out"):
+        report([tmp_path / "main", tmp_path / "long"])
+    table = report([tmp_path / "main", tmp_path / "long"], baseline="source=main,experiment=paper_a",
+                   out_dir=tmp_path / "both", plots=False)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| experiment | source | final |")
+    assert "NFE ratio vs source=main,experiment=paper_a" in lines[0]
+    assert any(line.startswith("| paper_a | main |") and "| 1.00 [0.73, 1.38] |" in line for line in lines)
+    assert any(line.startswith("| flowgrpo | long |") and "| > 1.12 |" in line for line in lines)
