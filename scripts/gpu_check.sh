@@ -3,7 +3,7 @@
 #   1. every recipe (conf/experiment) and every row of Paper A's table (conf/row) trains 2
 #      iterations on shapes (the recipes on toy2d too), so a tensor left on the wrong device fails;
 #   2. the default recipe on toy2d (its full 100 iterations) and on shapes for 256 iterations
-#      (what `make run` reaches in 10 minutes on 2 CPU cores), with held-out evaluation;
+#      (about what `make run` does in 10 minutes on 2 CPU cores), with held-out evaluation;
 #   3. `make bench` (python -m rlzoo.bench) on the GPU.
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (torch with CUDA, hydra-core, omegaconf and diffusers
 # importable; on the lent GPU machine they travel as wheels, see README "On a GPU")

@@ -11,7 +11,7 @@ SWEEPS = sorted(p.parent.parent.name for p in RESULTS.glob("*/report/table.md"))
 
 
 def test_results_are_committed():
-    assert {"smoke", "recipes_toy2d"} <= set(SWEEPS)
+    assert {"smoke", "recipes_toy2d", "paper_a_ablation", "paper_a_flowgrpo_long"} <= set(SWEEPS)
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -23,3 +23,17 @@ def test_committed_report_rerenders(tmp_path, sweep):
         assert (tmp_path / name).read_text() == (RESULTS / sweep / "report" / name).read_text()
     for name in ("curves.png", "reward_vs_kl.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+# Tables of several sweeps together: output folder -> (sweeps, baseline), as in its COMMAND.md.
+COMBINED = {"paper_a_flowgrpo_long/vs_paper_a_ablation":
+            (["paper_a_ablation", "paper_a_flowgrpo_long"], "source=paper_a_ablation,row=epg_elbo_ode")}
+
+
+@pytest.mark.parametrize("folder", sorted(COMBINED))
+def test_committed_combined_report_rerenders(tmp_path, folder):
+    sweeps, baseline = COMBINED[folder]
+    rendered = report([RESULTS / s for s in sweeps], baseline=baseline, out_dir=tmp_path, plots=False)
+    assert rendered == (RESULTS / folder / "table.md").read_text()
+    for name in ("table.csv", "table.tex", "runs.csv"):
+        assert (tmp_path / name).read_text() == (RESULTS / folder / name).read_text()
