@@ -112,6 +112,13 @@ class Row:
     def cell(self, values: list[float]) -> tuple[float, float, int]:
         return mean_ci([v for v in values if not math.isnan(v)])
 
+    def never_reached(self, threshold: float) -> float:
+        """When no completed seed reached `threshold`: the least compute a seed spent without
+        reaching it, a lower bound on the row's compute to it (censored); else nan."""
+        if not self.done or any(not math.isnan(r.compute_to(threshold)) for r in self.done):
+            return math.nan
+        return min(r.nfe for r in self.done)
+
 
 def group_rows(runs: list[Run]) -> tuple[list[str], list[Row]]:
     keys = varying_keys(runs)
@@ -159,11 +166,8 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
                  _fmt(*row.cell([r.kl for r in done])[:2], digits=4), _fmt_nfe(*row.cell([r.nfe for r in done])[:2])]
         if threshold is not None:
             reached = [r.compute_to(threshold) for r in done]
-            never = done and all(math.isnan(v) for v in reached)
-            # No seed reached it: each run's whole budget is a lower bound on its compute to it
-            # (censored), which says more than a blank cell.
-            line += [f"> {_fmt_nfe(min(r.nfe for r in done), math.nan)}" if never
-                     else _fmt_nfe(*row.cell(reached)[:2]),
+            bound = row.never_reached(threshold)  # a lower bound says more than a blank cell
+            line += [_fmt_nfe(*row.cell(reached)[:2]) if math.isnan(bound) else f"> {_fmt_nfe(bound, math.nan)}",
                      f"{sum(not math.isnan(v) for v in reached)}/{len(done)}"]
             if baseline:
                 line.append(_ratio_cell(row, base_row, threshold))
@@ -177,8 +181,9 @@ def _ratio_cell(row: Row, base: Row | None, threshold: float) -> str:
         return "-"
     mine = [v for v in (r.compute_to(threshold) for r in row.done) if not math.isnan(v)]
     theirs = [v for v in (r.compute_to(threshold) for r in base.done) if not math.isnan(v)]
-    if row.done and not mine and theirs:  # censored: budget / baseline's mean is a lower bound
-        return f"> {min(r.nfe for r in row.done) / (sum(theirs) / len(theirs)):.2f}"
+    bound = row.never_reached(threshold)
+    if not math.isnan(bound) and theirs:  # censored: budget / baseline's mean is a lower bound
+        return f"> {bound / (sum(theirs) / len(theirs)):.2f}"
     ratio, low, high = ratio_ci(mine, theirs)
     if math.isnan(ratio):
         return "-"
