@@ -19,36 +19,53 @@ def transition(kernel: str, x, velocity, sigma, sigma_next, sigmas, *, eta, nois
 
 
 class SDESampler(Sampler):
-    """K steps; steps inside `window` = [start, end) draw from the kernel's Gaussian, the others
-    are Euler ODE steps (window null = every step but the last, where sigma_next = 0 leaves no
-    noise to add). With `record`, the Rollout keeps the trajectory and the behaviour log-prob of
-    every stochastic step."""
+    """K steps on the flow schedule; the stochastic steps draw from the kernel's Gaussian, the
+    others are Euler ODE steps. Which steps are stochastic:
+
+    - every step, the last one included (default; FlowGRPO's and Paper A's samplers have no
+      special case for it: on the diffusers schedule its std is tiny);
+    - `window` = [start, end): a fixed window (MixGRPO);
+    - `window_size` with `window_range` = [lo, hi]: a window of that many steps whose start is
+      drawn per rollout, uniformly in {lo, ..., hi - window_size} (Flow-GRPO-Fast).
+
+    With `record`, the Rollout keeps the trajectory, the behaviour log-prob of every stochastic
+    step and which steps were stochastic."""
 
     stochastic = True
     keeps_trajectory = True
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0, kernel: str = "flow_sde", eta: float = 0.7,
-                 window: list[int] | None = None):
+                 window: list[int] | None = None, window_size: int | None = None,
+                 window_range: list[int] | None = None):
         super().__init__(num_steps, shift)
         if kernel not in KERNELS:
             raise ValueError(f"unknown SDE kernel {kernel!r}; valid: {', '.join(KERNELS)}")
         self.kernel, self.eta = kernel, float(eta)
-        start, end = (0, num_steps - 1) if window is None else (int(window[0]), int(window[1]))
-        if not 0 <= start < end <= num_steps - 1:
-            raise ValueError(f"sampler window {[start, end]} must satisfy 0 <= start < end <= "
-                             f"num_steps - 1 = {num_steps - 1} (the last step is deterministic)")
-        self.window = (start, end)
+        error = window_error(num_steps, window, window_size, window_range)
+        if error:
+            raise ValueError(error)
+        self.window = None if window is None else (int(window[0]), int(window[1]))
+        self.window_size = None if window_size is None else int(window_size)
+        self.window_range = (0, num_steps) if window_range is None else (int(window_range[0]), int(window_range[1]))
 
-    def stochastic_steps(self) -> torch.Tensor:
+    def stochastic_steps(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(K,) bool: the steps of one rollout that draw noise."""
         mask = torch.zeros(self.num_steps, dtype=torch.bool)
-        mask[self.window[0]:self.window[1]] = True
+        if self.window_size is not None:
+            lo, hi = self.window_range
+            start = int(torch.randint(lo, hi - self.window_size + 1, (1,), generator=generator))
+            mask[start:start + self.window_size] = True
+        elif self.window is not None:
+            mask[self.window[0]:self.window[1]] = True
+        else:
+            mask[:] = True
         return mask
 
     @torch.no_grad()
     def sample(self, velocity_fn: VelocityFn, noise, cond: Conditioning, record: bool = False,
                generator: torch.Generator | None = None) -> Rollout:
         sigmas = self.sigmas()
-        stochastic = self.stochastic_steps()
+        stochastic = self.stochastic_steps(generator)
         x = noise
         trajectory, log_probs = [x], []
         for k, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -67,3 +84,23 @@ class SDESampler(Sampler):
                        trajectory=torch.stack(trajectory, 1) if record else None,
                        log_probs=torch.stack(log_probs, 1) if record else None,
                        stochastic=stochastic if record else None)
+
+
+def window_error(num_steps: int, window, window_size, window_range) -> str | None:
+    """Why an SDE window setting cannot be used with a `num_steps` schedule, or None."""
+    if window is not None and window_size is not None:
+        return "set either sampler.window (fixed) or sampler.window_size (drawn per rollout), not both"
+    if window is not None:
+        if len(window) != 2 or not 0 <= int(window[0]) < int(window[1]) <= num_steps:
+            return (f"sampler.window={list(window)} lies outside the {num_steps}-step schedule; use "
+                    f"[start, end) with 0 <= start < end <= {num_steps} (e.g. sampler.window=[0,{min(2, num_steps)}])")
+    if window_size is not None:
+        lo, hi = (0, num_steps) if window_range is None else (int(window_range[0]), int(window_range[1]))
+        if window_range is not None and len(window_range) != 2:
+            return f"sampler.window_range={list(window_range)} must be [lo, hi]"
+        if not (int(window_size) >= 1 and 0 <= lo and lo + int(window_size) <= hi <= num_steps):
+            return (f"sampler.window_size={window_size} with window_range=[{lo}, {hi}] does not fit the "
+                    f"{num_steps}-step schedule; need 1 <= window_size and 0 <= lo, lo + window_size <= hi <= {num_steps}")
+    elif window_range is not None:
+        return "sampler.window_range needs sampler.window_size (the number of SDE steps per rollout)"
+    return None
