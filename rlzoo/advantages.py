@@ -38,6 +38,13 @@ def exact_advantage(rewards: Tensor, group_ids: Tensor, c: float = 0.1) -> Tenso
     return c * (rewards - group_means(rewards, group_ids))
 
 
+def exact_scale(alpha: float, beta: float) -> float:
+    """Paper A's c = beta/alpha: the objective is beta·[(R - mu)/alpha·log pi - KL], so the
+    reward-vs-KL balance is set by the reward temperature alpha alone; c = 1 without a KL
+    (beta = 0), as in its code."""
+    return beta / alpha if beta > 0 else 1.0
+
+
 def global_std_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-4) -> Tensor:
     """A = (R - mean(R)) / (std(R) + eps) over the whole batch, ignoring prompt groups."""
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
@@ -68,10 +75,16 @@ class GroupAdvantage(Advantage):
 
 
 class ExactAdvantage(Advantage):
+    """A = c·(R - group mean) with c = beta/alpha (`exact_scale`): `alpha` the reward
+    temperature, `beta` the KL's coefficient (the YAML ties it to kl.beta)."""
+
     name = "exact"
 
-    def __init__(self, c: float = 0.1):
-        self.c = float(c)
+    def __init__(self, alpha: float = 1e-3, beta: float = 1e-4):
+        if alpha <= 0:
+            raise ValueError(f"advantage.alpha must be positive, got {alpha!r}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.c = exact_scale(self.alpha, self.beta)
 
     def __call__(self, rewards, group_ids):
         return exact_advantage(rewards, group_ids, self.c)

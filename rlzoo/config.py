@@ -22,29 +22,73 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def parse_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of command-line overrides, with the config groups known, so that sweep
+    functions (`choice`, `range`, `glob`) expand as the sweeper will expand them."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    try:
+        return OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+
+
+def override_values(override) -> list[str]:
+    """Every value a parsed override takes: one, or each value of a sweep."""
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
 def check_overrides(overrides: list[str]) -> None:
-    """Reject `group=name` overrides that name no YAML file, listing the valid choices."""
-    for item in overrides:
-        if "=" not in item or item.startswith("-"):
-            continue
-        key, value = item.split("=", 1)
-        key = key.lstrip("+~")
-        if key.startswith("hydra") or "/" in key or key not in GROUPS:
+    """Reject `group=name` overrides that name no YAML file, listing the valid choices (each
+    value of a sweep too: `a,b`, `choice(a,b)`, `glob(...)`)."""
+    items = [o for o in overrides if "=" in o and not o.startswith("-")]
+    for override in parse_overrides(items):
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key or key not in GROUPS or override.is_delete():
             continue
         choices = available(key)
-        for name in value.split(","):  # multirun lists
+        for name in override_values(override):
             if name and name != "null" and name not in choices:
                 raise ConfigError(f"unknown {key} {name!r}; valid choices: {', '.join(choices)}")
+
+
+def _unknown_key_error(message: str, overrides: list[str]) -> str:
+    """One line for Hydra's "Could not override 'a.b'" (a key the config does not have)."""
+    import re
+
+    match = re.search(r"Could not override '([^']+)'", message)
+    if not match:
+        return " ".join(message.split())
+    key = match.group(1)
+    parent, _, leaf = key.rpartition(".")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose(config_name="config", overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~") == key])
+    node = OmegaConf.select(base, parent) if parent else base
+    valid = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else "none"
+    return (f"unknown key {key!r} ({leaf!r} is not a key of {parent or 'the config'}; valid: {valid}); "
+            f"to add a new key write +{key}=...")
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The config `rlzoo-train` would run, composed without starting a Hydra job."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     check_overrides(overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides),
-                       return_hydra_config=return_hydra_config)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides),
+                           return_hydra_config=return_hydra_config)
+    except HydraException as exc:  # a misspelt key, a bad value type: one line, not a traceback
+        raise ConfigError(_unknown_key_error(str(exc), list(overrides))) from None
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
@@ -63,7 +107,7 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
         _positive(cfg, key, int)
     for key in ("train.lr", "train.max_grad_norm"):
         _positive(cfg, key, float)
-    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int)):
+    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int)):
         if OmegaConf.select(cfg, key) is not None:
             _positive(cfg, key, kind)
     batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
@@ -79,9 +123,9 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
     if int(cfg.train.old_policy_schedule) not in (0, 1, 2):
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
     _validate_ratio(cfg)
-    _validate_window(cfg)
     _validate_arguments(cfg)
     _validate_combination(cfg)
+    _validate_construction(cfg)
     if check_checkpoint:
         from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
 
@@ -101,6 +145,11 @@ def _validate_combination(cfg: DictConfig) -> None:
     error = combination_error(cfg.objective, cfg.estimator, cfg.sampler)
     if error:
         raise ConfigError(error)
+    if cfg.kl.get("name") == "sde_mean" and not getattr(_component_class(cfg.estimator), "needs_trajectory", False):
+        raise ConfigError(
+            f"kl=sde_mean compares the SDE transition means of recorded steps, which "
+            f"estimator={cfg.estimator.name} does not compute; use kl=velocity (or estimator=trajectory "
+            f"with a stochastic sampler)")
 
 
 def _validate_ratio(cfg: DictConfig) -> None:
@@ -141,16 +190,20 @@ def _validate_arguments(cfg: DictConfig) -> None:
                 f"{', '.join(repr(k) for k in unknown)}; its arguments: {', '.join(params) or 'none'}")
 
 
-def _validate_window(cfg: DictConfig) -> None:
-    """An SDE window [start, end) must lie inside the schedule and leave the last step (to
-    sigma = 0, which has no noise) deterministic."""
-    window, steps = cfg.sampler.get("window"), int(cfg.sampler.num_steps)
-    if window is None:
-        return
-    if len(window) != 2 or not 0 <= int(window[0]) < int(window[1]) <= steps - 1:
-        raise ConfigError(
-            f"sampler={cfg.sampler.name} window={list(window)} lies outside the {steps}-step schedule; "
-            f"use [start, end) with 0 <= start < end <= {steps - 1} (e.g. sampler.window=[0,{min(2, steps - 1)}])")
+# Components cheap to build from their config alone (no model, no weights): validation builds
+# them, so their own argument checks (an unknown weighting, a window outside the schedule) fail
+# before the run directory is touched.
+LIGHT_GROUPS = ("sampler", "estimator", "objective", "advantage", "kl")
+
+
+def _validate_construction(cfg: DictConfig) -> None:
+    for group in LIGHT_GROUPS:
+        try:
+            build(cfg[group])
+        except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
+            cause = exc.__cause__ or exc
+            message = " ".join(str(cause).split())
+            raise ConfigError(f"{group}={cfg[group].get('name', cfg[group]._target_)}: {message}") from None
 
 
 def _load(group: str, name: str) -> DictConfig:
@@ -164,6 +217,10 @@ def combination_error(objective: DictConfig, estimator: DictConfig, sampler: Dic
     if getattr(objective_cls, "needs_velocity", False) and getattr(estimator_cls, "needs_trajectory", False):
         return (f"objective={objective.name} works on the forward-noised x_t of the final sample, which "
                 f"estimator={estimator.name} does not provide; use estimator=elbo")
+    if getattr(objective_cls, "needs_velocity", False) and estimator.get("shared_noise") is False:
+        return (f"objective={objective.name} compares the current and old velocities at one x_t, but "
+                f"estimator.shared_noise=false noises the old model's input independently; use "
+                f"estimator.shared_noise=true")
     if getattr(estimator_cls, "needs_trajectory", False) and not getattr(sampler_cls, "keeps_trajectory", False):
         stochastic = [n for n in available("sampler")
                       if getattr(_component_class(_load("sampler", n)), "keeps_trajectory", False)]
@@ -194,10 +251,11 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
             f"choose another run_dir=... or delete that directory")
 
 
-# Keys that may change when a run is resumed: they do not change what is computed (sweep_name only
-# names where a sweep writes, so a run copied into another sweep with a larger budget resumes).
+# Keys that may change when a run is resumed: they do not change what is trained (sweep_name only
+# names where a sweep writes, so a run copied into another sweep with a larger budget resumes;
+# evaluations draw from their own fixed noise, so how often they happen changes no update).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
-                  "sweep_name")
+                  "sweep_name", "eval.every", "eval.every_nfe")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

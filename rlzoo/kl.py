@@ -13,7 +13,12 @@ def velocity_kl(velocity: Tensor, velocity_ref: Tensor) -> Tensor:
 
 
 def sde_mean_kl(mean: Tensor, mean_ref: Tensor, std: Tensor) -> Tensor:
-    """KL between the Gaussian SDE kernels: kl = mean_d( (mu_θ - mu_ref)² ) / (2·std²)."""
+    """KL between Gaussian SDE kernels of a common std: kl = mean_d( (mu_θ - mu_ref)² ) / (2·std²).
+
+    Which std normalises is the `SDEMeanKL.normalizer` knob: the step's own std (the exact KL of
+    the two transition Gaussians, as in Paper A's port) or FlowGRPO's `std_dev_t`, the flow_sde
+    kernel's s = eta·sqrt(sigma/(1 - sigma)) before the sqrt(-dt) factor (scripts/train_sd3.py),
+    which is 1/|dt| times weaker (≈10× at 10 steps, shift 1)."""
     return mean_dims((mean - mean_ref) ** 2 / (2 * std**2))
 
 
@@ -40,9 +45,20 @@ class VelocityKL(KL):
 
 
 class SDEMeanKL(KL):
-    """For trajectory estimators: KL of the current vs reference Gaussian transition kernels."""
+    """For trajectory estimators: KL of the current vs reference Gaussian transition kernels.
+
+    normalizer: `step` = 2·std² of the step (the exact Gaussian KL; Paper A's port), `kernel` =
+    2·kernel_std² (FlowGRPO's code: for flow_sde, std before the sqrt(-dt) factor)."""
 
     name, needs_reference = "sde_mean", True
+    NORMALIZERS = ("step", "kernel")
+
+    def __init__(self, beta: float = 0.04, normalizer: str = "step"):
+        super().__init__(beta)
+        if normalizer not in self.NORMALIZERS:
+            raise ValueError(f"unknown kl.normalizer {normalizer!r}; valid: {', '.join(self.NORMALIZERS)}")
+        self.normalizer = normalizer
 
     def __call__(self, term: LikelihoodTerm) -> Tensor:
-        return sde_mean_kl(term.extras["mean"], term.extras["mean_ref"], term.extras["std"])
+        std = term.extras["std"] if self.normalizer == "step" else term.extras["kernel_std"]
+        return sde_mean_kl(term.extras["mean"], term.extras["mean_ref"], std)

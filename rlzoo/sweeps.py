@@ -6,19 +6,17 @@ on the command line, exactly as Hydra's basic sweeper expands it.
 """
 from __future__ import annotations
 
-from rlzoo.config import ConfigError, compose_config, validate
+from rlzoo.config import ConfigError, compose_config, parse_overrides, validate
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override list of every job of `rlzoo-train -m <overrides>`, in launch order."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # pinned hydra-core 1.3
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()]
+    fixed = [o.input_line for o in parse_overrides(list(overrides)) if not o.is_sweep_override()]
     base = compose_config(fixed, return_hydra_config=True)
     params = base.hydra.sweeper.get("params") or {}
-    parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
+    parsed = parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 

@@ -6,8 +6,10 @@
         for each of inner_epochs x minibatches updates (one by default):
             for each likelihood term from estimator(policy, minibatch):   # gradient accumulation
                 loss = mean(objective(term, A) + beta·kl(term)) · term.weight  -> backward
-            optimizer step
+            optimizer step -> evaluation EMA
         old-policy EMA -> log / eval / checkpoint
+
+The EMA decays count optimizer steps (the peers' global_step), not iterations.
 """
 from __future__ import annotations
 
@@ -139,10 +141,12 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.compute = Compute()
         self.iteration = 0
+        self.optimizer_steps = 0  # the EMA schedules count these, as the peers' global_step
         self.base_metrics: dict | None = None
         self.best_metrics: dict | None = None
         self.last_metrics: dict | None = None
         self.reached: dict | None = None  # compute at which held-out reward first hit report.threshold
+        self.last_eval_nfe = 0
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -151,17 +155,19 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         atomic_torch_save({
-            "iteration": self.iteration, "policy": self.policy.state_dict(),
+            "iteration": self.iteration, "optimizer_steps": self.optimizer_steps,
+            "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "compute": {"nfe_forward": self.compute.nfe_forward,
                         "nfe_backward": self.compute.nfe_backward, "wall": self.compute.wall},
             "base_metrics": self.base_metrics, "best_metrics": self.best_metrics,
-            "last_metrics": self.last_metrics, "reached": self.reached,
+            "last_metrics": self.last_metrics, "reached": self.reached, "last_eval_nfe": self.last_eval_nfe,
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         self.iteration = state["iteration"]
+        self.optimizer_steps = state["optimizer_steps"]
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -169,7 +175,8 @@ class Trainer:
         self.base_metrics = state["base_metrics"]
         self.best_metrics = state["best_metrics"]
         self.last_metrics = state["last_metrics"]
-        self.reached = state.get("reached")
+        self.reached = state["reached"]
+        self.last_eval_nfe = state["last_eval_nfe"]
         for name in ("metrics", "eval"):
             truncate_jsonl(self.run_dir / f"{name}.jsonl", self.iteration)
 
@@ -206,6 +213,7 @@ class Trainer:
                   "wall_s": sum(self.compute.wall.values()) - self.compute.wall["eval"]}
         self.log("eval", record)
         self.last_metrics = metrics
+        self.last_eval_nfe = self.nfe_spent
         threshold = self.cfg.report.get("threshold")
         if threshold is not None and self.reached is None and metrics["reward"] >= threshold:
             self.reached = {k: record[k] for k in ("iteration", "nfe_forward", "nfe_backward", "wall_s")}
@@ -241,10 +249,9 @@ class Trainer:
                     part = rollout if len(rows) == B else rollout.select(rows)
                     updates.append(self.update(part, advantage[rows.to(advantage.device)]))
             self.iteration += 1
+            # the behaviour policy moves once per rollout, after its last update
             ema_update(self.policy.old, self.policy.current,
-                       old_policy_decay(int(t.old_policy_schedule), self.iteration))
-            ema_update(self.policy.eval, self.policy.current,
-                       eval_ema_decay(self.iteration, self.cfg.eval.ema_cap) if self.cfg.eval.ema else 0.0)
+                       old_policy_decay(int(t.old_policy_schedule), self.optimizer_steps))
 
         r = rewards["reward"]
         record = {"iteration": self.iteration,
@@ -282,11 +289,14 @@ class Trainer:
             stats["ratio_mean"] += float(torch.exp(log_ratio).sum()) * term.weight / B
             stats["log_ratio_abs_max"] = max(stats["log_ratio_abs_max"], float(log_ratio.abs().max()))
             n = len(term.index)
-            self.compute.nfe_forward += n * (2 + int(need_ref))
+            self.compute.nfe_forward += n * term.forwards
             self.compute.nfe_backward += n
             num_terms += 1
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.max_grad_norm)
         self.optimizer.step()
+        self.optimizer_steps += 1
+        ema_update(self.policy.eval, self.policy.current,
+                   eval_ema_decay(self.optimizer_steps, self.cfg.eval.ema_cap) if self.cfg.eval.ema else 0.0)
         return {**stats, "grad_norm": float(grad_norm), "likelihood_terms": num_terms}
 
     def fit(self) -> dict:
@@ -304,27 +314,44 @@ class Trainer:
 
         bar = tqdm(total=t.iterations, initial=self.iteration, desc="rl", dynamic_ncols=True,
                    disable=not cfg.progress_bar)
-        while self.iteration < t.iterations:
-            spent = budget_spent(t, self.compute.nfe_forward + self.compute.nfe_backward,
-                                 self.training_seconds())
-            if spent:
-                print(f"[rlzoo] {spent} reached")
-                break
+        while not self.stop_reason():
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward/reward']:.3f}", kl=f"{record['kl']:.2e}")
-            if self.iteration % cfg.eval.every == 0 and self.iteration < t.iterations:
+            if self.eval_due() and not self.stop_reason():  # the final evaluation follows the loop
                 metrics = self.run_eval("eval" if cfg.eval.ema else "current")
                 bar.write(f"[eval] iteration {self.iteration}: " + _fmt(metrics))
             if self.iteration % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
+        print(f"[rlzoo] stopped: {self.stop_reason()} ({self.iteration} iterations, "
+              f"{self.nfe_spent:,} model evaluations, {self.training_seconds() / 60:.1f} min of training)")
         self.run_eval("eval" if cfg.eval.ema else "current", grid_name="after")
         self.save_checkpoint()
         return self.write_summary("completed")
 
     def training_seconds(self) -> float:
         return sum(v for k, v in self.compute.wall.items() if k != "eval")
+
+    @property
+    def nfe_spent(self) -> int:
+        return self.compute.nfe_forward + self.compute.nfe_backward
+
+    def stop_reason(self) -> str | None:
+        """Why training stops now (train.iterations or a budget), or None."""
+        if self.iteration >= int(self.cfg.train.iterations):
+            return f"train.iterations={int(self.cfg.train.iterations)} done"
+        spent = budget_spent(self.cfg.train, self.nfe_spent, self.training_seconds())
+        return f"{spent} reached" if spent else None
+
+    def eval_due(self) -> bool:
+        """Every eval.every iterations, or, with eval.every_nfe, each time the compute spent
+        crosses a multiple of it: rows that spend different compute per iteration are then
+        measured at the same compute points."""
+        every_nfe = self.cfg.eval.get("every_nfe")
+        if every_nfe:
+            return self.nfe_spent // int(every_nfe) > self.last_eval_nfe // int(every_nfe)
+        return self.iteration % int(self.cfg.eval.every) == 0
 
 
 def budget_spent(train: DictConfig, nfe: int, training_seconds: float) -> str | None:

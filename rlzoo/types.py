@@ -81,3 +81,4 @@ class LikelihoodTerm:
     noise: Tensor | None = None
     t: Tensor | None = None  # (b,)
     extras: dict = field(default_factory=dict)
+    forwards: int = 2  # model evaluations per row spent on this term (current + old + reference)

@@ -36,15 +36,35 @@ def test_elbo_ratio_is_one(sampler_name, micro_batch):
         assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("sampler_name", [s for s in SAMPLERS if s not in ("euler", "dpm2")])
+SDE_SAMPLERS = [s for s in SAMPLERS if s not in ("euler", "dpm2", "dpm2s")]
+
+
+@pytest.mark.parametrize("sampler_name", SDE_SAMPLERS)
 @pytest.mark.parametrize("micro_batch", [5, 12])
-def test_trajectory_ratio_is_one_and_matches_behaviour_log_probs(sampler_name, micro_batch):
+def test_recorded_log_probs_equal_recomputed_ones(sampler_name, micro_batch):
+    """For every SDE kernel, every stochastic step (the last one included): the log-prob the
+    sampler recorded while drawing = the one recomputed under the behaviour weights, and the
+    current policy's (same weights) agrees with both, to 1e-5 in float32."""
     policy, sampler, rollout = rollout_for(sampler_name, record=True)
-    terms = list(TrajectoryEstimator().terms(policy, rollout, micro_batch, need_reference=False,
-                                             sampler=sampler))
-    assert len(terms) == -(-12 // micro_batch) * int(rollout.stochastic.sum())
-    steps = torch.nonzero(rollout.stochastic).flatten().tolist() * -(-12 // micro_batch)
-    for term, k in zip(terms, steps):
-        assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5
-        # recomputed under the behaviour weights = what the sampler recorded while drawing
+    estimator = TrajectoryEstimator(timestep_fraction=1.0, recompute_old=True)
+    terms = list(estimator.terms(policy, rollout, micro_batch, need_reference=False, sampler=sampler))
+    steps = torch.nonzero(rollout.stochastic).flatten().tolist()
+    assert len(terms) == -(-12 // micro_batch) * len(steps)
+    for term, k in zip(terms, steps * -(-12 // micro_batch)):
+        assert term.log_lik.dtype == torch.float32 and term.forwards == 2
         assert (term.log_lik_old - rollout.log_probs[term.index, k]).abs().max() < 1e-5
+        assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("sampler_name", SDE_SAMPLERS)
+def test_trajectory_reuses_the_recorded_log_probs(sampler_name):
+    """By default the old log-probs are the recorded ones (no forward spent on them), and only
+    the steps k < int(K·0.99) are trained (FlowGRPO: 9 of 10)."""
+    policy, sampler, rollout = rollout_for(sampler_name, record=True)
+    terms = list(TrajectoryEstimator().terms(policy, rollout, 12, need_reference=True, sampler=sampler))
+    trained = [k for k in torch.nonzero(rollout.stochastic).flatten().tolist() if k < 9]
+    assert len(terms) == len(trained)
+    for term, k in zip(terms, trained):
+        assert torch.equal(term.log_lik_old, rollout.log_probs[:, k])
+        assert term.forwards == 2  # current + reference, no old forward
+        assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5

@@ -239,6 +239,17 @@ def test_exact_and_global_std_advantage(rewards):
                           (R - R.mean()) / (R.std(unbiased=False) + 1e-4), atol=TOL)
 
 
+@pytest.mark.parametrize("alpha,beta,c", [(1e-3, 1e-4, 0.1), (0.1, 0.01, 0.1), (1e-3, 0.01, 10.0),
+                                          (1e-3, 0.0, 1.0)])
+def test_exact_advantage_scale_is_beta_over_alpha(rewards, alpha, beta, c):
+    """Paper A: c = beta_kl/alpha (1e-4/1e-3 = 0.1 in the headline recipe); c = 1 without a KL."""
+    R, g = rewards
+    means = torch.tensor([0.5] * 4 + [0.625] * 4, dtype=D)
+    component = adv.ExactAdvantage(alpha=alpha, beta=beta)
+    assert component.c == pytest.approx(c)
+    assert torch.allclose(component(R, g), c * (R - means), atol=TOL)
+
+
 def test_nft_mapping():
     A = torch.tensor([-7.0, -5.0, 0.0, 2.5, 9.0], dtype=D)
     expected = (A.clamp(-5, 5) / 5 / 2 + 0.5).clamp(0, 1)
@@ -251,6 +262,32 @@ def test_kl(xv):
     assert torch.allclose(velocity_kl(v, v_ref), md((v - v_ref) ** 2), atol=TOL)
     s = torch.tensor(0.3, dtype=D)
     assert torch.allclose(sde_mean_kl(v, v_ref, s), md((v - v_ref) ** 2) / (2 * 0.09), atol=TOL)
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.889), (0.667, 0.556), (0.112, 0.001)])
+def test_sde_mean_kl_normalizers(xv, sigma, sigma_next):
+    """FlowGRPO's convention (scripts/train_sd3.py): ‖mu - mu_ref‖² / (2·s²) with s = std_dev_t =
+    eta·sqrt(sigma/(1 - sigma)) before the sqrt(-dt) factor; `step` divides by the step's full
+    variance s²·(-dt), which is 1/|dt| times stronger."""
+    from rlzoo.kl import SDEMeanKL
+    from rlzoo.types import LikelihoodTerm
+
+    x, v, v_ref = xv
+    eta, dt = 0.7, sigma_next - sigma
+    s = eta * math.sqrt(sigma / (1 - (sigma_next if sigma == 1.0 else sigma)))
+
+    def mu(vel):
+        return x * (1 + s**2 / (2 * sigma) * dt) + vel * (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
+
+    flowgrpo = md((mu(v) - mu(v_ref)) ** 2) / (2 * s**2)
+    step, step_ref = (flow_sde_step(x, vel, sigma, sigma_next, eta=eta, sigma_max=sigma_next) for vel in (v, v_ref))
+    term = LikelihoodTerm(index=torch.arange(4), log_lik=step.log_prob, log_lik_old=step.log_prob, weight=1.0,
+                          extras={"mean": step.mean, "mean_ref": step_ref.mean, "std": step.std,
+                                  "kernel_std": step.kernel_std})
+    assert torch.allclose(SDEMeanKL(0.04, normalizer="kernel")(term), flowgrpo, atol=TOL)
+    assert torch.allclose(SDEMeanKL(0.04, normalizer="step")(term), flowgrpo / -dt, atol=TOL)
+    with pytest.raises(ValueError, match="valid: step, kernel"):
+        SDEMeanKL(0.04, normalizer="full")
 
 
 def test_old_policy_schedules():

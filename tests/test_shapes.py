@@ -109,6 +109,44 @@ def test_verifier_rejects_swapped_colour_binding(verifier):
     assert not _verify(verifier, (Obj("blue", "circle", 0), Obj("red", "square", 3)), spec)
 
 
+def _two_colour_render(shape, colour_a, colour_b, pattern):
+    """One object in cell 0 whose ink mixes two palette colours: `blend` = every pixel the mean of
+    the two; `stripes` = alternate rows; `halves` = left half one colour, right half the other."""
+    image = render((Obj(colour_a, shape, 0),), SIZE)
+    other = render((Obj(colour_b, shape, 0),), SIZE)
+    rows = torch.arange(SIZE).view(-1, 1).expand(SIZE, SIZE)
+    cols = torch.arange(SIZE).view(1, -1).expand(SIZE, SIZE)
+    if pattern == "blend":
+        return (image + other) / 2
+    take_other = (rows % 2 == 1) if pattern == "stripes" else (cols >= (SIZE // 2) // 2)
+    return torch.where(take_other, other, image)
+
+
+@pytest.mark.parametrize("pattern", ["blend", "stripes", "halves"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_verifier_rejects_two_coloured_objects(verifier, pattern, shape):
+    """A blob blended from two colours, or striped, is no object of either colour — its mean colour
+    can sit within reach of one of them (red + yellow -> orange), which the old rule accepted."""
+    colours = list(COLOURS)
+    for colour_a, colour_b in [(a, b) for a in colours for b in colours if a < b]:
+        image = _two_colour_render(shape, colour_a, colour_b, pattern)
+        (found,) = verifier.detect(image[None])[0]
+        assert found.colour == "unknown", (pattern, colour_a, colour_b, found)
+        for colour in (colour_a, colour_b):
+            assert not verifier(image[None], [Spec("colors", ((colour, shape),))])[0][0]
+        # it is still an object, of the right shape: a prompt that names no colour is satisfied
+        assert found.shape == shape
+        assert verifier(image[None], [Spec("single_object", ((None, shape),))])[0][0]
+
+
+def test_verifier_keeps_one_coloured_objects_with_dim_edges(verifier):
+    """Hue, not brightness, decides a pixel's colour: a darker copy of an object keeps its colour."""
+    spec = Spec("colors", (("red", "triangle"),))
+    image = render((Obj("red", "triangle", 0),), SIZE)
+    dimmed = (image + 1) / 2 * 0.7 * 2 - 1
+    assert verifier(dimmed[None], [spec])[0][0]
+
+
 def test_verifier_treats_noise_and_blank_images_as_failures(verifier):
     spec = Spec("single_object", ((None, "circle"),))
     blank = -torch.ones(1, 3, SIZE, SIZE)

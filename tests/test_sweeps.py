@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rlzoo.config import ConfigError, check_overrides
 from rlzoo.stats import mean_ci, ratio_ci, t_quantile_975
 from rlzoo.sweeps import sweep_jobs
 
@@ -48,6 +49,16 @@ def test_named_sweep_expands_like_hydra():
     jobs = sweep_jobs(["+sweep=smoke"])
     assert len(jobs) == 8 and ["objective=epg", "sampler=dpm2", "seed=0", "+sweep=smoke"] in jobs
     assert len(sweep_jobs(["+sweep=smoke", "train.lr=1e-3,2e-3"])) == 16
+
+
+def test_sweep_functions_expand_and_are_validated():
+    """Hydra's glob / choice / range work on the command line (they used to be read as a
+    component name and refused), and every value they produce is checked."""
+    jobs = sweep_jobs(["task=toy2d", "objective=glob(pepg*)", "seed=range(0,3)", "sampler=choice(euler,dpm2)"])
+    assert len(jobs) == 2 * 3 * 2
+    assert ["task=toy2d", "objective=pepg_noratio", "seed=2", "sampler=euler"] in jobs
+    with pytest.raises(ConfigError, match="unknown sampler 'heun'"):
+        check_overrides(["sampler=choice(euler,heun)"])
 
 
 def test_a_bad_job_stops_the_sweep_before_any_compute(tmp_path):

@@ -127,7 +127,7 @@ def test_valid_grid_follows_the_rules():
 
     grid = set(valid_grid())
     objectives, samplers = available("objective"), available("sampler")
-    ode = {"euler", "dpm2"}
+    ode = {"euler", "dpm2", "dpm2s"}
     for o in objectives:
         for s in samplers:
             assert (o, "elbo", s) in grid
@@ -169,11 +169,17 @@ def test_minibatches_must_divide_the_groups(capsys, run_dir):
     assert "train.minibatches=3" in err and "4 prompt groups" in err and "valid: 1, 2, 4" in err
 
 
-@pytest.mark.parametrize("window", ["[0,10]", "[3,3]", "[-1,2]"])
+@pytest.mark.parametrize("window", ["[0,11]", "[3,3]", "[-1,2]"])
 def test_mixed_window_inside_the_schedule(capsys, run_dir, window):
     err = fails(capsys, run_dir, "sampler=mixed", "estimator=trajectory", "kl=sde_mean",
                 f"sampler.window={window}")
-    assert "sampler=mixed window=" in err and "0 <= start < end <= 9" in err
+    assert "sampler=mixed: sampler.window=" in err and "0 <= start < end <= 10" in err
+
+
+@pytest.mark.parametrize("window", ["sampler.window_size=6", "sampler.window_range=[8,12]"])
+def test_drawn_window_inside_the_schedule(capsys, run_dir, window):
+    err = fails(capsys, run_dir, "experiment=flowgrpo_fast", window)
+    assert "sampler=mixed: sampler.window_size=" in err and "does not fit the 10-step schedule" in err
 
 
 def test_a_key_the_component_does_not_take(capsys, run_dir):
@@ -203,3 +209,33 @@ def test_a_run_dir_accepts_a_raised_budget_from_another_sweep(run_dir):
     with pytest.raises(ConfigError, match="differs in seed"):
         check_run_dir(compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=4000",
                                       "sweep_name=long", "seed=1"]), run_dir)
+
+
+def test_sde_mean_kl_needs_the_trajectory_estimator(capsys, run_dir):
+    """Used to pass validation and die with KeyError: 'mean' after the base evaluation."""
+    err = fails(capsys, run_dir, "kl=sde_mean", "estimator=elbo")
+    assert "kl=sde_mean" in err and "estimator=elbo" in err and "kl=velocity" in err
+
+
+def test_a_component_argument_is_checked_before_anything_is_written(capsys, run_dir):
+    """Used to fail after config.yaml was written, so the corrected rerun was refused."""
+    err = fails(capsys, run_dir, "estimator.weighting=bogus")
+    assert "estimator=elbo" in err and "'bogus'" in err and "adaptive, t, uniform, exact" in err
+    assert not (run_dir / "config.yaml").exists()
+
+
+def test_a_misspelt_key_is_one_line(capsys, run_dir):
+    """Used to print Hydra's traceback."""
+    err = fails(capsys, run_dir, "train.lr_typo=1")
+    assert "unknown key 'train.lr_typo'" in err and "lr," in err and "+train.lr_typo=" in err
+
+
+@pytest.mark.parametrize("objective", ["nft", "awm"])
+def test_velocity_objectives_need_shared_noise(capsys, run_dir, objective):
+    err = fails(capsys, run_dir, f"objective={objective}", "estimator.shared_noise=false")
+    assert f"objective={objective}" in err and "estimator.shared_noise=true" in err
+
+
+def test_sde_mean_normalizer_is_checked(capsys, run_dir):
+    err = fails(capsys, run_dir, "experiment=flowgrpo", "kl.normalizer=full")
+    assert "kl=sde_mean" in err and "'full'" in err and "step, kernel" in err

@@ -106,6 +106,9 @@ class ELBOEstimator:
                 yield self._term(policy, x0, cond, t, index, need_reference, generator, 1.0 / num)
 
     def _term(self, policy, x0, cond, t, index, need_reference, generator, weight) -> LikelihoodTerm:
+        """One timestep's term. The current and reference models always see the same x_t, so
+        the velocity KL compares them at one point; with `shared_noise` the old model sees it
+        too (the ratio's noise cancels), otherwise it sees an independently noised x_t."""
         draws = []
         for _ in range(self.noise_draws):
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
@@ -114,12 +117,14 @@ class ELBOEstimator:
             x_t, x_t_old = noised(x0, noise, t), noised(x0, old_noise, t)
             with torch.no_grad():
                 v_old = policy.velocity(x_t_old, t, cond, which="old")
-                v_ref = policy.velocity(x_t_old, t, cond, which="reference") if need_reference else None
+                v_ref = policy.velocity(x_t, t, cond, which="reference") if need_reference else None
             v = policy.velocity(x_t, t, cond, which="current")
             draws.append((noise, old_noise, x_t, v, v_old, v_ref))
         log_lik = torch.stack([elbo_term(x0, d[0], t, d[3], self.weighting) for d in draws]).mean(0)
         log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[4], self.weighting) for d in draws]).mean(0)
         noise, _, x_t, v, v_old, v_ref = draws[-1]
         return LikelihoodTerm(index=index, log_lik=log_lik, log_lik_old=log_lik_old.detach(),
-                              weight=weight, velocity=v, velocity_old=v_old, velocity_ref=v_ref,
-                              x_t=x_t, x0=x0, noise=noise, t=t)
+                              weight=weight, velocity=v,
+                              velocity_old=v_old if self.shared_noise else None, velocity_ref=v_ref,
+                              x_t=x_t, x0=x0, noise=noise, t=t,
+                              forwards=self.noise_draws * (2 + int(need_reference)))

@@ -1,5 +1,5 @@
 """The trajectory estimator: per-step Gaussian log-probs of the stored stochastic transitions
-(FlowGRPO / DanceGRPO), recomputed under the current and old policy."""
+(FlowGRPO / DanceGRPO), recomputed under the current policy."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -11,20 +11,35 @@ from rlzoo.types import LikelihoodTerm, Rollout
 
 
 class TrajectoryEstimator:
-    """One term per (micro-batch, stochastic step): log p(x_{k+1} | x_k) under the sampler's kernel.
+    """One term per (micro-batch, trained step): log p(x_{k+1} | x_k) under the sampler's kernel.
 
-    steps: `all` stochastic steps, or an int = a random subset of that many per iteration.
+    Trained steps are the rollout's stochastic steps k < int(K·timestep_fraction) (FlowGRPO's
+    `timestep_fraction` 0.99: the first 9 of 10 steps; its last, near-deterministic step is
+    sampled but not trained); `steps` = `all` of them, or an int = a random subset per iteration.
+
+    Old log-probs: the rollout was drawn by the behaviour policy, which stays fixed until the
+    rollout's last update, so the log-probs recorded while sampling *are* the old log-probs
+    (FlowGRPO reuses them) and cost no model evaluation. `recompute_old=true` recomputes them
+    with the old weights instead (one forward per term; the two agree to 1e-5 in float32,
+    tests/test_consistency.py); it is also what happens when a rollout carries no log-probs.
     """
 
     needs_trajectory = True
 
-    def __init__(self, steps: str | int = "all"):
+    def __init__(self, steps: str | int = "all", timestep_fraction: float = 0.99, recompute_old: bool = False):
         if steps != "all" and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"estimator.steps must be 'all' or a positive int, got {steps!r}")
+        if not 0 < float(timestep_fraction) <= 1:
+            raise ValueError(f"estimator.timestep_fraction must be in (0, 1], got {timestep_fraction!r}")
         self.steps = steps
+        self.timestep_fraction = float(timestep_fraction)
+        self.recompute_old = bool(recompute_old)
 
     def chosen_steps(self, rollout: Rollout, generator: torch.Generator | None) -> list[int]:
-        steps = torch.nonzero(rollout.stochastic).flatten().tolist()
+        trained = int(len(rollout.stochastic) * self.timestep_fraction)
+        steps = [k for k in torch.nonzero(rollout.stochastic).flatten().tolist() if k < trained]
+        if not steps:  # e.g. a window on the last step only: train the stochastic steps there are
+            steps = torch.nonzero(rollout.stochastic).flatten().tolist()
         if self.steps != "all" and self.steps < len(steps):
             order = torch.randperm(len(steps), generator=generator)[: self.steps]
             steps = sorted(steps[i] for i in order.tolist())
@@ -37,6 +52,8 @@ class TrajectoryEstimator:
         steps = self.chosen_steps(rollout, generator)
         sigmas = rollout.sigmas
         batch = rollout.x0.shape[0]
+        recompute = self.recompute_old or rollout.log_probs is None
+        forwards = 1 + int(need_reference) + int(recompute)
         for start in range(0, batch, micro_batch_size):
             index = torch.arange(start, min(start + micro_batch_size, batch))
             cond = rollout.cond.select(index)
@@ -50,14 +67,16 @@ class TrajectoryEstimator:
                                       eta=sampler.eta, x_next=x_next)
 
                 with torch.no_grad():
-                    v_old = policy.velocity(x, t, cond, which="old")
                     v_ref = policy.velocity(x, t, cond, which="reference") if need_reference else None
-                    old = step(v_old)
+                    if recompute:
+                        log_lik_old = step(policy.velocity(x, t, cond, which="old")).log_prob
+                    else:
+                        log_lik_old = rollout.log_probs[index.to(rollout.log_probs.device), k]
                 v = policy.velocity(x, t, cond, which="current")
                 current = step(v)
-                extras = {"mean": current.mean, "mean_old": old.mean, "std": current.std}
+                extras = {"mean": current.mean, "std": current.std, "kernel_std": current.kernel_std}
                 if v_ref is not None:
                     extras["mean_ref"] = step(v_ref).mean
-                yield LikelihoodTerm(index=index, log_lik=current.log_prob, log_lik_old=old.log_prob,
-                                     weight=1.0 / len(steps), velocity=v, velocity_old=v_old,
-                                     velocity_ref=v_ref, x_t=x, t=t, extras=extras)
+                yield LikelihoodTerm(index=index, log_lik=current.log_prob, log_lik_old=log_lik_old,
+                                     weight=1.0 / len(steps), velocity=v, velocity_ref=v_ref,
+                                     x_t=x, t=t, extras=extras, forwards=forwards)

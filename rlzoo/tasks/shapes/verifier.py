@@ -1,10 +1,14 @@
 """A rule-based verifier: read the objects in an image, then check the prompt (GenEval's role).
 
 Per grid cell: pixels brighter than `on_threshold` are "ink". A cell with fewer than `min_pixels`
-ink pixels is empty. Otherwise the colour is the palette colour nearest to the mean ink colour
-(`unknown` if farther than `max_colour_distance`), and the shape is the template with the highest
-IoU against the ink mask over small shifts (`unknown` below `min_iou`). Unknown objects still
-count as objects (they break an exact count) but match no colour or shape.
+ink pixels is empty. Otherwise each ink pixel votes for the palette colour nearest to its hue
+(the pixel and the palette scaled to a maximum channel of 1, so darker edge pixels keep their
+colour; no vote if farther than `max_pixel_distance`). The object's colour is the winning colour
+if it holds at least `min_purity` of the ink pixels and the mean ink colour lies within
+`max_colour_distance` of it, else `unknown`: a blob blended from two colours, or striped, is not
+an object of either colour (a mean colour alone would pass it as one). The shape is the template
+with the highest IoU against the ink mask over small shifts (`unknown` below `min_iou`). Unknown
+objects still count as objects (they break an exact count) but match no colour or shape.
 """
 from __future__ import annotations
 
@@ -17,14 +21,18 @@ from rlzoo.tasks.shapes.scene import COLOURS, GRID, SHAPES, Obj, shape_mask
 
 class Verifier:
     def __init__(self, image_size: int, on_threshold: float = 0.35, min_pixels_fraction: float = 0.12,
-                 max_colour_distance: float = 0.5, min_iou: float = 0.6, max_shift: int = 1):
+                 max_colour_distance: float = 0.5, min_iou: float = 0.6, max_shift: int = 1,
+                 max_pixel_distance: float = 0.25, min_purity: float = 0.9):
         self.image_size = image_size
         self.cell = image_size // GRID
         self.on_threshold = on_threshold
         self.min_pixels = max(2, int(min_pixels_fraction * self.cell**2))
         self.max_colour_distance = max_colour_distance
         self.min_iou = min_iou
+        self.max_pixel_distance = max_pixel_distance
+        self.min_purity = min_purity
         self.palette = torch.tensor(list(COLOURS.values()))
+        self.hues = self.palette / self.palette.amax(-1, keepdim=True)
         # (S, shifts, cell, cell) templates shifted by up to max_shift pixels
         templates = []
         for shape in SHAPES:
@@ -42,9 +50,9 @@ class Verifier:
         cells = rgb.reshape(B, 3, GRID, c, GRID, c).permute(0, 2, 4, 1, 3, 5).reshape(B, GRID * GRID, 3, c, c)
         ink = cells.amax(dim=2) > self.on_threshold  # (B, cells, c, c)
         count = ink.flatten(2).sum(-1)
+        colour_idx, purity = self._majority_colour(cells, ink, count)
         mean_colour = (cells * ink[:, :, None]).flatten(3).sum(-1) / count.clamp_min(1)[..., None]
-        distance = torch.cdist(mean_colour.reshape(-1, 3), self.palette).reshape(B, GRID * GRID, -1)
-        colour_dist, colour_idx = distance.min(-1)
+        colour_dist = (mean_colour - self.palette[colour_idx]).norm(dim=-1)
         inkf = ink.float()[:, :, None, None]  # (B, cells, 1, 1, c, c)
         inter = (inkf * self.templates).flatten(4).sum(-1)
         union = ((inkf + self.templates) > 0).float().flatten(4).sum(-1)
@@ -57,11 +65,24 @@ class Verifier:
             for k in range(GRID * GRID):
                 if count[b, k] < self.min_pixels:
                     continue
-                colour = names[colour_idx[b, k]] if colour_dist[b, k] <= self.max_colour_distance else "unknown"
+                pure = purity[b, k] >= self.min_purity and colour_dist[b, k] <= self.max_colour_distance
+                colour = names[colour_idx[b, k]] if pure else "unknown"
                 shape = shapes[shape_idx[b, k]] if best_iou[b, k] >= self.min_iou else "unknown"
                 objs.append(Obj(colour, shape, k))
             found.append(objs)
         return found
+
+    def _majority_colour(self, cells: Tensor, ink: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, cells) index of the palette colour most ink pixels vote for, and the share of the
+        cell's ink pixels that voted for it."""
+        pixels = cells.permute(0, 1, 3, 4, 2)  # (B, cells, c, c, 3)
+        hue = pixels / pixels.amax(-1, keepdim=True).clamp_min(1e-6)
+        distance = torch.cdist(hue.reshape(-1, 3), self.hues).reshape(*hue.shape[:-1], len(self.hues))
+        nearest_dist, nearest = distance.min(-1)
+        votes_from = ink & (nearest_dist <= self.max_pixel_distance)
+        votes = torch.stack([(votes_from & (nearest == k)).flatten(2).sum(-1) for k in range(len(self.hues))], -1)
+        best = votes.max(-1)
+        return best.indices, best.values / count.clamp_min(1)
 
     def __call__(self, images: Tensor, specs: list[Spec]) -> tuple[Tensor, Tensor]:
         """(strict (B,), soft (B,)) for images and their prompts."""
