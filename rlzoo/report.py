@@ -3,8 +3,9 @@
 Runs are grouped by the overrides that vary across the sweep (seed aside); every cell is a mean
 ± 95% t interval over the group's seeds. Reads only the JSONL files, summary.json and Hydra's
 overrides.yaml of each run, so it works on partial sweeps, on runs that are still going and on
-copies without checkpoints. Writes table.md / table.csv / table.tex / runs.csv and two plots
-(held-out reward vs compute with CI bands; final reward vs KL) into <dir>/report/.
+copies without checkpoints. Writes table.md / table.csv / table.tex / runs.csv and plots
+(held-out reward vs compute with CI bands, also as small multiples; final reward vs KL) into
+<dir>/report/.
 """
 from __future__ import annotations
 
@@ -41,8 +42,35 @@ class Run:
         return self.overrides.get("seed", "0")
 
     def compute_to(self, threshold: float) -> float:
-        """Model evaluations at the first evaluation whose held-out reward reaches `threshold`."""
-        return next((nfe for nfe, reward in self.curve if reward >= threshold), math.nan)
+        """Model evaluations at which the held-out reward first reaches `threshold`, linearly
+        interpolated between the evaluation below it and the first one at or above it (nan if
+        no evaluation reaches it)."""
+        return crossing(self.curve, threshold)
+
+
+def crossing(curve: list[tuple[float, float]], threshold: float) -> float:
+    """First x where the piecewise-linear curve through (x, y) points reaches y = threshold."""
+    for i, (x, y) in enumerate(curve):
+        if y >= threshold:
+            if i == 0:
+                return x
+            x0, y0 = curve[i - 1]
+            return x0 + (threshold - y0) / (y - y0) * (x - x0)
+    return math.nan
+
+
+def kaplan_meier_median(times: list[float], reached: list[bool]) -> float:
+    """Median of the time-to-event from right-censored samples (`reached[i]` False: only known to
+    exceed `times[i]`), by the Kaplan-Meier estimator S(t) = prod over event times t_j <= t of
+    (1 - d_j/n_j): the first event time where S drops to 0.5 or below; nan if it never does."""
+    survival = 1.0
+    for t in sorted({t for t, r in zip(times, reached) if r}):
+        at_risk = sum(1 for u in times if u >= t)
+        events = sum(1 for u, r in zip(times, reached) if r and u == t)
+        survival *= 1 - events / at_risk
+        if survival <= 0.5:
+            return t
+    return math.nan
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -119,6 +147,23 @@ class Row:
             return math.nan
         return min(r.nfe for r in self.done)
 
+    def censored(self, threshold: float) -> bool:
+        """Some completed seeds reached `threshold` and some did not."""
+        reached = [not math.isnan(r.compute_to(threshold)) for r in self.done]
+        return any(reached) and not all(reached)
+
+    def lower_bound_mean(self, threshold: float) -> float:
+        """Mean compute to `threshold` with the seeds that never reached it counted at the compute
+        they spent: a lower bound on the row's mean compute to it."""
+        values = [r.nfe if math.isnan(r.compute_to(threshold)) else r.compute_to(threshold) for r in self.done]
+        return sum(values) / len(values) if values else math.nan
+
+    def median_to(self, threshold: float) -> float:
+        """Kaplan-Meier median compute to `threshold` (seeds that never reach it are censored at
+        the compute they spent)."""
+        times = [r.nfe if math.isnan(r.compute_to(threshold)) else r.compute_to(threshold) for r in self.done]
+        return kaplan_meier_median(times, [not math.isnan(r.compute_to(threshold)) for r in self.done])
+
 
 def group_rows(runs: list[Run]) -> tuple[list[str], list[Row]]:
     keys = varying_keys(runs)
@@ -166,9 +211,7 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
                  _fmt(*row.cell([r.kl for r in done])[:2], digits=4), _fmt_nfe(*row.cell([r.nfe for r in done])[:2])]
         if threshold is not None:
             reached = [r.compute_to(threshold) for r in done]
-            bound = row.never_reached(threshold)  # a lower bound says more than a blank cell
-            line += [_fmt_nfe(*row.cell(reached)[:2]) if math.isnan(bound) else f"> {_fmt_nfe(bound, math.nan)}",
-                     f"{sum(not math.isnan(v) for v in reached)}/{len(done)}"]
+            line += [_compute_to_cell(row, threshold), f"{sum(not math.isnan(v) for v in reached)}/{len(done)}"]
             if baseline:
                 line.append(_ratio_cell(row, base_row, threshold))
         line += [str(len(done)), ", ".join(f"seed {r.seed}" for r in row.failed) or "0"]
@@ -176,18 +219,45 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
     return header, cells
 
 
+def _compute_to_cell(row: Row, threshold: float) -> str:
+    """Every seed reached it: mean ± 95% t interval. Some did not: a lower bound on the mean (those
+    seeds counted at their budget) and the Kaplan-Meier median. None did: above the budget."""
+    bound = row.never_reached(threshold)  # a lower bound says more than a blank cell
+    if not math.isnan(bound):
+        return f"> {_fmt_nfe(bound, math.nan)}"
+    if row.censored(threshold):
+        median = row.median_to(threshold)
+        shown = f"> {_fmt_nfe(min(r.nfe for r in row.done if math.isnan(r.compute_to(threshold))), math.nan)}" \
+            if math.isnan(median) else _fmt_nfe(median, math.nan)
+        return f"≥ {_fmt_nfe(row.lower_bound_mean(threshold), math.nan)} (KM median {shown})"
+    return _fmt_nfe(*row.cell([r.compute_to(threshold) for r in row.done])[:2])
+
+
 def _ratio_cell(row: Row, base: Row | None, threshold: float) -> str:
     if base is None:
         return "-"
     mine = [v for v in (r.compute_to(threshold) for r in row.done) if not math.isnan(v)]
     theirs = [v for v in (r.compute_to(threshold) for r in base.done) if not math.isnan(v)]
+    if base.censored(threshold) or not theirs:
+        return "-"  # no baseline mean to divide by
+    base_mean = sum(theirs) / len(theirs)
     bound = row.never_reached(threshold)
-    if not math.isnan(bound) and theirs:  # censored: budget / baseline's mean is a lower bound
-        return f"> {bound / (sum(theirs) / len(theirs)):.2f}"
+    if not math.isnan(bound):  # censored: budget / baseline's mean is a lower bound
+        return f"> {bound / base_mean:.2f}"
+    if row.censored(threshold):
+        median = row.median_to(threshold)
+        text = f"≥ {row.lower_bound_mean(threshold) / base_mean:.2f}"
+        return text if math.isnan(median) else f"{text} (KM medians {median / median_of(theirs):.2f})"
     ratio, low, high = ratio_ci(mine, theirs)
     if math.isnan(ratio):
         return "-"
     return f"{ratio:.2f}" if math.isnan(low) else f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def median_of(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def to_markdown(header: list[str], cells: list[list[str]]) -> str:
@@ -215,53 +285,113 @@ def to_latex(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _styles(n: int) -> list[tuple[str, str]]:
+    """A distinct (colour, line style) per row: 10 colours, and the style changes with the colour
+    so two rows never share both."""
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#000000",
+               "#bcbd22", "#17becf"]
+    lines = ["-", "--", "-.", ":"]
+    return [(colours[i % len(colours)], lines[(i + i // len(colours)) % len(lines)]) for i in range(n)]
+
+
+def _mean_band(curves: list[list[tuple[float, float]]], low: float, high: float):
+    """(grid, mean, lower, upper) of the curves on a common compute grid; the 95% t band is clipped
+    to [low, high], the metric's range."""
+    import numpy as np
+
+    from rlzoo.stats import t_quantile_975
+
+    grid = np.linspace(0, min(c[-1][0] for c in curves), 60)
+    ys = np.array([np.interp(grid, [p[0] for p in c], [p[1] for p in c]) for c in curves])
+    mean = ys.mean(0)
+    half = (t_quantile_975(len(curves) - 1) * ys.std(0, ddof=1) / np.sqrt(len(curves))
+            if len(curves) > 1 else np.zeros_like(mean))
+    return grid, mean, np.clip(mean - half, low, high), np.clip(mean + half, low, high)
+
+
 def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
-    """curves.png (held-out reward vs model evaluations, mean and 95% band over seeds) and
-    reward_vs_kl.png (final reward vs KL to the reference, one point per row)."""
+    """curves.png (held-out reward vs model evaluations, mean and 95% band over seeds, one colour
+    and line style per row, legend outside the axes), curves_grid.png (small multiples, one panel
+    per row over the others in grey; when there are more than 4 rows) and reward_vs_kl.png
+    (final reward vs KL to the reference, one point per row). Bands are clipped to [0, 1] when every
+    reward lies in it (an accuracy or a rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from rlzoo.stats import t_quantile_975
-
     def name(row: Row) -> str:
         return ", ".join(row.label[k] for k in keys) or "all runs"
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        curves = [r.curve for r in row.runs if len(r.curve) > 1]
-        if not curves:
-            continue
-        grid = np.linspace(0, min(c[-1][0] for c in curves), 50)
-        ys = np.array([np.interp(grid, [p[0] for p in c], [p[1] for p in c]) for c in curves])
-        mean = ys.mean(0)
-        (line,) = ax.plot(grid / 1e6, mean, label=f"{name(row)} (n={len(curves)})")
+    drawn = [(row, [r.curve for r in row.runs if len(r.curve) > 1]) for row in rows]
+    drawn = [(row, curves) for row, curves in drawn if curves]
+    rewards = [y for _, curves in drawn for c in curves for _, y in c]
+    low, high = (0.0, 1.0) if rewards and min(rewards) >= 0 and max(rewards) <= 1 else (-np.inf, np.inf)
+    styles = dict(zip((id(row) for row, _ in drawn), _styles(len(drawn))))
+    bands = {id(row): _mean_band(curves, low, high) for row, curves in drawn}
+    xlabel, ylabel = "model evaluations, forward + backward (millions)", "held-out reward"
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for row, curves in drawn:
+        grid, mean, lower, upper = bands[id(row)]
+        colour, line = styles[id(row)]
+        ax.plot(grid / 1e6, mean, color=colour, linestyle=line, linewidth=1.6, label=f"{name(row)} (n={len(curves)})")
         if len(curves) > 1:
-            half = t_quantile_975(len(curves) - 1) * ys.std(0, ddof=1) / np.sqrt(len(curves))
-            ax.fill_between(grid / 1e6, mean - half, mean + half, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("model evaluations, forward + backward (millions)")
-    ax.set_ylabel("held-out reward")
-    ax.legend(fontsize=7)
+            ax.fill_between(grid / 1e6, lower, upper, color=colour, alpha=0.08, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     paths = [out_dir / "curves.png"]
-    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for row in rows:
+    if len(drawn) > 4:
+        columns = 4
+        panels = (len(drawn) + columns - 1) // columns
+        fig, axes = plt.subplots(panels, columns, figsize=(3.2 * columns, 2.4 * panels), sharex=True, sharey=True,
+                                 squeeze=False)
+        for ax, (row, curves) in zip(axes.flat, drawn):
+            for other, _ in drawn:
+                grid, mean, _, _ = bands[id(other)]
+                ax.plot(grid / 1e6, mean, color="0.8", linewidth=0.8)
+            grid, mean, lower, upper = bands[id(row)]
+            colour, line = styles[id(row)]
+            ax.fill_between(grid / 1e6, lower, upper, color=colour, alpha=0.25, linewidth=0)
+            ax.plot(grid / 1e6, mean, color=colour, linestyle=line, linewidth=1.6)
+            ax.set_title(f"{name(row)} (n={len(curves)})", fontsize=8)
+        for ax in list(axes.flat)[len(drawn):]:
+            ax.axis("off")
+        fig.supxlabel(xlabel, fontsize=9)
+        fig.supylabel(ylabel, fontsize=9)
+        fig.tight_layout()
+        paths.append(out_dir / "curves_grid.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    positive_kl = True
+    for i, row in enumerate(rows):
         kl, kl_half, n = row.cell([r.kl for r in row.done])
         reward, reward_half, _ = row.cell([r.final for r in row.done])
+        colour, _ = _styles(len(rows))[i]
         if n:
-            ax.errorbar(kl, reward, xerr=np.nan_to_num(kl_half), yerr=np.nan_to_num(reward_half),
-                        fmt="o", capsize=3, label=name(row))
+            # intervals clipped to what the quantities can be: KL >= 0, the reward in its range
+            kl_half, reward_half = np.nan_to_num(kl_half), np.nan_to_num(reward_half)
+            xerr = [[min(kl_half, kl)], [kl_half]]
+            yerr = [[reward - max(reward - reward_half, low)], [min(reward + reward_half, high) - reward]]
+            ax.errorbar(kl, reward, xerr=xerr, yerr=yerr, fmt="os^Dv<>p*h"[i % 10], color=colour, capsize=3,
+                        label=name(row))
+            positive_kl = positive_kl and kl > 0
+    if positive_kl and rows:
+        ax.set_xscale("log")  # KLs of different regularisers span orders of magnitude
     ax.set_xlabel("KL to the reference (mean over the last 10% of iterations)")
     ax.set_ylabel("final held-out reward")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     paths.append(out_dir / "reward_vs_kl.png")
-    fig.savefig(paths[1], dpi=120)
+    fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
 
@@ -340,6 +470,11 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     markdown = to_markdown(header, cells)
     notes = [f"\n{len(runs)} runs in {len(rows)} rows; cells are mean ± 95% t interval over seeds "
              f"(completed runs only); compute = forward + backward model evaluations per sample."]
+    if threshold is not None:
+        notes.append(f"NFE to {threshold:g}: where the held-out reward first reaches it, linearly interpolated "
+                     f"between the two evaluations around the crossing. A row where some seeds never reach it "
+                     f"shows a lower bound on its mean (those seeds counted at the compute they spent) and the "
+                     f"Kaplan-Meier median; a row where none does, the compute spent (> budget).")
     for run in runs:
         if run.status != "completed":
             label = ", ".join(f"{k}={run.overrides.get(k, '-')}" for k in [*keys, "seed"])

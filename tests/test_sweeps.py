@@ -142,7 +142,27 @@ def test_wandb_identity_groups_a_sweep_by_its_name():
     assert group == "epg-elbo-dpm2" and name == "epg-elbo-dpm2/seed0"
 
 
-def test_a_row_that_never_reaches_the_threshold_gets_a_lower_bound():
+def test_crossing_is_interpolated_between_evaluations():
+    from rlzoo.report import crossing
+
+    curve = [(0.0, 0.1), (100.0, 0.2), (200.0, 0.6), (300.0, 0.4)]
+    assert crossing(curve, 0.5) == pytest.approx(175.0)  # 100 + (0.5 - 0.2)/(0.6 - 0.2) * 100
+    assert crossing(curve, 0.6) == 200.0 and crossing(curve, 0.05) == 0.0
+    assert math.isnan(crossing(curve, 0.7))
+
+
+def test_kaplan_meier_median_on_known_values():
+    from rlzoo.report import kaplan_meier_median
+
+    # no censoring: the sample median (the first time S(t) <= 0.5)
+    assert kaplan_meier_median([3.0, 1.0, 2.0], [True] * 3) == 2.0
+    # times 1, 2+, 3, 4+ (+ = censored): S(1) = 3/4, S(3) = 3/4 * (1 - 1/2) = 3/8 -> median 3
+    assert kaplan_meier_median([1.0, 2.0, 3.0, 4.0], [True, False, True, False]) == 3.0
+    # one of three reaches: S stays at 2/3, the median is not identified
+    assert math.isnan(kaplan_meier_median([1.0, 5.0, 5.0], [True, False, False]))
+
+
+def test_censored_rows_get_bounds_and_medians():
     from pathlib import Path
 
     from rlzoo.report import Row, Run, table_rows
@@ -155,13 +175,21 @@ def test_a_row_that_never_reaches_the_threshold_gets_a_lower_bound():
                                  run("base", 1, [(100.0, 0.6), (200.0, 0.7)])])
     slow = Row({"row": "slow"}, [run("slow", 0, [(100.0, 0.1), (300.0, 0.2)]),
                                  run("slow", 1, [(100.0, 0.1), (250.0, 0.3)])])
-    header, cells = table_rows(["row"], [base, slow], 0.5, {"row": "base"})
+    part = Row({"row": "part"}, [run("part", 0, [(100.0, 0.1), (300.0, 0.6)]),
+                                 run("part", 1, [(100.0, 0.1), (400.0, 0.2)])])
+    header, cells = table_rows(["row"], [base, slow, part], 0.5, {"row": "base"})
     to, reached, ratio = (header.index(h) for h in ("NFE to 0.5", "reached", "NFE ratio vs row=base"))
-    assert (cells[0][to], cells[0][reached]) == ("150 ± 635", "2/2")
-    assert cells[0][ratio] == "1.00 [0.00, 399.28]"  # itself, as independent samples (t, 1 dof)
+    # base: 180 (interpolated: 100 + 0.4/0.5 * 100) and 100 (its first evaluation is above)
+    low, high = ratio_ci([180.0, 100.0], [180.0, 100.0])[1:]
+    assert (cells[0][to], cells[0][reached]) == ("140 ± 508", "2/2")
+    assert cells[0][ratio] == f"1.00 [{low:.2f}, {high:.2f}]"  # itself, as independent samples (t, 1 dof)
     # Neither seed reached 0.5: compute to it is above 250 (the smaller budget spent), so the
-    # ratio to the baseline's mean of 150 is above 250 / 150.
-    assert (cells[1][to], cells[1][reached], cells[1][ratio]) == ("> 250", "0/2", "> 1.67")
+    # ratio to the baseline's mean of 140 is above 250 / 140.
+    assert (cells[1][to], cells[1][reached], cells[1][ratio]) == ("> 250", "0/2", "> 1.79")
+    # One of two reached (at 260): the mean is at least (260 + 400)/2 = 330; the Kaplan-Meier
+    # median is 260; against the baseline's mean 140 and median 140.
+    assert (cells[2][to], cells[2][reached]) == ("≥ 330 (KM median 260)", "1/2")
+    assert cells[2][ratio] == "≥ 2.36 (KM medians 1.86)"
 
 
 def test_report_puts_several_sweeps_in_one_table(tmp_path):
@@ -183,5 +211,7 @@ def test_report_puts_several_sweeps_in_one_table(tmp_path):
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| experiment | source | final |")
     assert "NFE ratio vs source=main,experiment=paper_a" in lines[0]
-    assert any(line.startswith("| paper_a | main |") and "| 1.00 [0.73, 1.38] |" in line for line in lines)
-    assert any(line.startswith("| flowgrpo | long |") and "| > 1.12 |" in line for line in lines)
+    ratio = lines[0].strip("| ").split(" | ").index("NFE ratio vs source=main,experiment=paper_a")
+    cells = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ") for line in lines[1:]}
+    assert cells[("paper_a", "main")][ratio].startswith("1.00 [")  # the baseline against itself
+    assert cells[("flowgrpo", "long")][ratio] != "-"  # a row of the other sweep gets its ratio
