@@ -1,4 +1,4 @@
-"""Rewards -> advantages, per prompt group (REFERENCE.md, Paper A)."""
+"""Rewards -> advantages, per prompt group (Paper A; docs/math.md)."""
 from __future__ import annotations
 
 import torch

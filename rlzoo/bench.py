@@ -4,8 +4,8 @@ the number of sampler steps grows (a benchmark, not a test: these numbers are ma
     python -m rlzoo.bench [--steps 10 20 40] [--iterations 2] [--out runs/bench] [overrides ...]
 
 Each (estimator, steps) cell runs in its own process, so the peak memory of one cell cannot leak
-into the next: elbo with the DPM-Solver-2 ODE sampler (its default partner) and trajectory with
-the FlowGRPO SDE sampler, same task, batch, micro-batch and optimizer, KL off so that only the
+into the next: elbo with the DPM-Solver++(2M) ODE sampler (its default partner) and trajectory
+with the FlowGRPO SDE sampler, same task, batch, micro-batch and optimizer, KL off so that only the
 estimator differs. After one warm-up iteration the cell times `--iterations` iterations. Peak
 memory is `torch.cuda.max_memory_allocated` on a GPU; on CPU it is the process's peak resident
 set size (ru_maxrss), reported with its growth over the set-up (model, optimizer, data; measured
@@ -48,6 +48,7 @@ def measure(overrides: list[str], iterations: int) -> dict:
             setup = peak_memory_bytes(device)
         trainer.train_step()  # warm-up (allocator pools, optimizer state); its peak counts, its time not
         before = dict(trainer.compute.wall)
+        nfe_before = trainer.nfe_spent
         start = time.perf_counter()
         for _ in range(iterations):
             record = trainer.train_step()
@@ -55,9 +56,10 @@ def measure(overrides: list[str], iterations: int) -> dict:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / iterations
         peak = peak_memory_bytes(device)
+        nfe = (trainer.nfe_spent - nfe_before) / iterations
     split = {k: (trainer.compute.wall[k] - before[k]) / iterations for k in ("rollout", "train")}
     return {"estimator": cfg.estimator.name, "sampler": cfg.sampler.name,
-            "steps": int(cfg.sampler.num_steps), "terms": record["likelihood_terms"],
+            "steps": int(cfg.sampler.num_steps), "terms": record["likelihood_terms"], "nfe_per_iteration": nfe,
             "s_per_iteration": seconds, "rollout_s": split["rollout"], "train_s": split["train"],
             "peak_bytes": peak, "setup_bytes": setup, "device": str(device),
             "batch_size": int(cfg.train.batch_size), "micro_batch_size": int(cfg.train.micro_batch_size)}
@@ -67,11 +69,11 @@ def table(rows: list[dict]) -> str:
     """Markdown table of the cells."""
     gpu = rows and rows[0]["device"].startswith("cuda")
     memory = "peak allocated (MiB)" if gpu else "peak RSS (MiB)"
-    lines = [f"| estimator | sampler | steps | terms/sample | s/iteration | rollout s | train s | "
-             f"{memory} | growth over set-up (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| estimator | sampler | steps | terms/sample | model evaluations/iteration | s/iteration | "
+             f"rollout s | train s | {memory} | growth over set-up (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['estimator']} | {r['sampler']} | {r['steps']} | {r['terms'] // -(-r['batch_size'] // r['micro_batch_size'])} "
-                     f"| {r['s_per_iteration']:.2f} | {r['rollout_s']:.2f} | {r['train_s']:.2f} "
+                     f"| {r['nfe_per_iteration']:,.0f} | {r['s_per_iteration']:.2f} | {r['rollout_s']:.2f} | {r['train_s']:.2f} "
                      f"| {r['peak_bytes'] / 2**20:.0f} | {(r['peak_bytes'] - r['setup_bytes']) / 2**20:.0f} |")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Run directories: JSONL logs, atomic checkpoints, summary.json, optional wandb (DESIGN.md §4)."""
+"""Run directories: JSONL logs, atomic checkpoints, summary.json, optional wandb (README, Runs)."""
 from __future__ import annotations
 
 import json

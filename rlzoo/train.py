@@ -167,7 +167,7 @@ def _job_failed(exc: BaseException) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
     if not (run_dir / "summary.json").exists():  # failed before the trainer could say so
-        atomic_write_json({  # DESIGN.md §4's fixed shape
+        atomic_write_json({  # the fixed shape of summary.json (README, Runs)
             "status": "failed", "iterations": 0, "error": f"{type(exc).__name__}: {exc}",
             "base": None, "final": None, "best": None,
             "compute": {"nfe_forward": 0, "nfe_backward": 0, "wall_s": 0.0, "peak_mem_bytes": 0},

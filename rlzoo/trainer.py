@@ -1,4 +1,4 @@
-"""The RL loop (DESIGN.md §1), readable top to bottom:
+"""The RL loop, readable top to bottom (README, Architecture):
 
     for each iteration:
         prompts -> sampler(old policy) -> Rollout

@@ -1,4 +1,4 @@
-"""The typed boundaries between components (DESIGN.md §1).
+"""The typed boundaries between components (README, Architecture).
 
 Shapes: B = batch, K = sampler steps, `...` = the task's sample shape ((2,) for toy2d,
 (C, H, W) for images).

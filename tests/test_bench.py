@@ -8,7 +8,10 @@ TINY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_
 def test_a_bench_cell_measures_one_estimator():
     row = measure(["estimator=trajectory", "sampler=flow_sde", "sampler.num_steps=5", *TINY], 1)
     assert row["estimator"] == "trajectory" and row["steps"] == 5
-    assert row["terms"] == 2 * 4  # two micro-batches x the 4 stochastic steps of 5
+    assert row["terms"] == 2 * 4  # two micro-batches x the trained steps int(0.99 * 5) = 4
+    # rollout 16 x 5, then per term and row: current forward + backward (no KL: no reference;
+    # old log-probs recorded by the rollout: no old forward)
+    assert row["nfe_per_iteration"] == 16 * 5 + 16 * 4 * 2
     assert row["s_per_iteration"] > 0 and row["peak_bytes"] >= row["setup_bytes"] > 0
     line = table([row]).splitlines()[-1]
-    assert line.startswith("| trajectory | flow_sde | 5 | 4 |")
+    assert line.startswith("| trajectory | flow_sde | 5 | 4 | 208 |")

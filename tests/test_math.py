@@ -1,4 +1,4 @@
-"""Parity of the math layer with REFERENCE.md, on fixed float64 tensors (tolerance 1e-6).
+"""Parity of the math layer with docs/math.md, on fixed float64 tensors (tolerance 1e-6).
 
 Each expected value is written out from the reference formula here, independently of the code.
 """

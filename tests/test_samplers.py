@@ -41,7 +41,7 @@ def test_schedule_is_diffusers_flow_match_euler(num_steps, shift):
 
 @pytest.mark.parametrize("shift,last", [(1.0, 0.001), (3.0, 0.0089)])
 def test_schedule_ends_near_zero_not_at_one_over_k(shift, last):
-    """The peers' 10-step schedule (REFERENCE values): the last non-zero sigma is tiny."""
+    """The peers' 10-step schedule (docs/math.md values): the last non-zero sigma is tiny."""
     sigmas = shifted_sigmas(10, shift, dtype=torch.float64)
     assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
     assert abs(float(sigmas[-2]) - last) < 5e-5

@@ -15,7 +15,7 @@ from rlzoo.tasks.shapes.prompts import (
     RELATIONS,
     split,
 )
-from rlzoo.tasks.shapes.scene import COLOURS, SHAPES, Obj, render
+from rlzoo.tasks.shapes.scene import COLOURS, SHAPES, TWO_COLOUR_PATTERNS, Obj, render, render_two_coloured
 from rlzoo.tasks.shapes.verifier import Verifier
 
 SIZE = 24
@@ -109,27 +109,14 @@ def test_verifier_rejects_swapped_colour_binding(verifier):
     assert not _verify(verifier, (Obj("blue", "circle", 0), Obj("red", "square", 3)), spec)
 
 
-def _two_colour_render(shape, colour_a, colour_b, pattern):
-    """One object in cell 0 whose ink mixes two palette colours: `blend` = every pixel the mean of
-    the two; `stripes` = alternate rows; `halves` = left half one colour, right half the other."""
-    image = render((Obj(colour_a, shape, 0),), SIZE)
-    other = render((Obj(colour_b, shape, 0),), SIZE)
-    rows = torch.arange(SIZE).view(-1, 1).expand(SIZE, SIZE)
-    cols = torch.arange(SIZE).view(1, -1).expand(SIZE, SIZE)
-    if pattern == "blend":
-        return (image + other) / 2
-    take_other = (rows % 2 == 1) if pattern == "stripes" else (cols >= (SIZE // 2) // 2)
-    return torch.where(take_other, other, image)
-
-
-@pytest.mark.parametrize("pattern", ["blend", "stripes", "halves"])
+@pytest.mark.parametrize("pattern", TWO_COLOUR_PATTERNS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_verifier_rejects_two_coloured_objects(verifier, pattern, shape):
     """A blob blended from two colours, or striped, is no object of either colour — its mean colour
     can sit within reach of one of them (red + yellow -> orange), which the old rule accepted."""
     colours = list(COLOURS)
     for colour_a, colour_b in [(a, b) for a in colours for b in colours if a < b]:
-        image = _two_colour_render(shape, colour_a, colour_b, pattern)
+        image = render_two_coloured(shape, colour_a, colour_b, 0, pattern, SIZE)
         (found,) = verifier.detect(image[None])[0]
         assert found.colour == "unknown", (pattern, colour_a, colour_b, found)
         for colour in (colour_a, colour_b):

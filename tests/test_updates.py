@@ -167,3 +167,21 @@ def test_ema_schedules_count_optimizer_steps(tmp_path):
     assert torch.allclose(weights(t.policy.eval), expected_eval, atol=1e-6)
     d = old_policy_decay(1, 2)
     assert torch.allclose(weights(t.policy.old), d * old0 + (1 - d) * after_each[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("need_reference", [False, True])
+def test_trajectory_compute_counts_the_reused_log_probs(tmp_path, need_reference):
+    """Reusing the recorded old log-probs saves one forward per term and row, and the count says so."""
+    kl = ["kl=velocity", "kl.beta=0.01"] if need_reference else ["kl=none"]
+    spent = {}
+    for recompute in (False, True):
+        (tmp_path / str(recompute)).mkdir()
+        t = trainer(tmp_path / str(recompute), [*TINY_TOY, "estimator=trajectory", "sampler=flow_sde",
+                                                f"estimator.recompute_old={recompute}", *kl,
+                                                "train.iterations=1"])
+        t.train_step()
+        spent[recompute] = t.compute.nfe_forward
+    terms = int(4 * 0.99)  # trained steps of the 4-step rollout
+    rollout = 16 * 4
+    assert spent[False] == rollout + 16 * terms * (1 + need_reference)
+    assert spent[True] - spent[False] == 16 * terms

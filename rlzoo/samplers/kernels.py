@@ -1,6 +1,6 @@
 """Single-step transitions x(sigma) -> x(sigma_next) of rectified-flow samplers: pure tensor functions.
 
-Convention (REFERENCE.md): x_t = (1 - t)·x0 + t·eps, the model predicts v ≈ eps - x0,
+Convention (docs/math.md): x_t = (1 - t)·x0 + t·eps, the model predicts v ≈ eps - x0,
 dt = sigma_next - sigma < 0. `sigma` / `sigma_next` are floats or per-sample tensors of shape (B,).
 Every kernel returns `Step(x_next, log_prob, mean, std, kernel_std)`: `log_prob` (B,) is the
 log-density of the given `x_next` if passed, of the drawn one otherwise, reduced by a mean over

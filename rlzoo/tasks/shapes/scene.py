@@ -65,3 +65,25 @@ def render(scene: tuple[Obj, ...], image_size: int) -> Tensor:
         patch = image[:, obj.row * cell:(obj.row + 1) * cell, obj.col * cell:(obj.col + 1) * cell]
         patch[:, mask] = colour.expand(3, cell, cell)[:, mask]
     return image * 2 - 1
+
+
+TWO_COLOUR_PATTERNS = ("blend", "stripes", "halves")
+
+
+def render_two_coloured(shape: str, colour_a: str, colour_b: str, cell: int, pattern: str,
+                        image_size: int) -> Tensor:
+    """(3, H, W) one object whose ink mixes two palette colours — the kind of blob RL learns to
+    draw to satisfy several colour words at once: `blend` = every pixel the mean of the two,
+    `stripes` = alternate rows, `halves` = the left half of the cell one colour, the right half the
+    other. Used to check that the verifier does not read it as either colour."""
+    if pattern not in TWO_COLOUR_PATTERNS:
+        raise ValueError(f"unknown pattern {pattern!r}; valid: {', '.join(TWO_COLOUR_PATTERNS)}")
+    image = render((Obj(colour_a, shape, cell),), image_size)
+    other = render((Obj(colour_b, shape, cell),), image_size)
+    if pattern == "blend":
+        return (image + other) / 2
+    size = image_size // GRID
+    rows = torch.arange(image_size).view(-1, 1).expand(image_size, image_size)
+    cols = torch.arange(image_size).view(1, -1).expand(image_size, image_size)
+    take_other = (rows % 2 == 1) if pattern == "stripes" else (cols % size >= size // 2)
+    return torch.where(take_other, other, image)

@@ -115,9 +115,30 @@ def measure(samples_per_family: int = 2000, image_size: int = 24) -> list[dict]:
     return rows
 
 
+def measure_two_coloured(image_size: int = 24) -> list[dict]:
+    """Per pattern: the share of two-coloured objects (every shape, every pair of colours, every
+    cell) whose colour the verifier reads as `unknown`, and the share still read as the right
+    shape (they stay objects: they break a count)."""
+    from rlzoo.tasks.shapes.scene import TWO_COLOUR_PATTERNS, render_two_coloured
+
+    verifier, names, rows = Verifier(image_size), list(COLOURS), []
+    cases = [(s, a, b, c) for s in SHAPES for a in names for b in names if a < b for c in range(GRID * GRID)]
+    for pattern in TWO_COLOUR_PATTERNS:
+        images = torch.stack([render_two_coloured(s, a, b, c, pattern, image_size) for s, a, b, c in cases])
+        found = [objs[0] if len(objs) == 1 else None for objs in verifier.detect(images)]
+        rows.append({"pattern": pattern, "objects": len(cases),
+                     "colour_unknown": sum(o is not None and o.colour == "unknown" for o in found) / len(cases),
+                     "shape_read": sum(o is not None and o.shape == case[0] for o, case in zip(found, cases)) / len(cases)})
+    return rows
+
+
 if __name__ == "__main__":
     print("| family | held-out prompts | strict on clean renders | agreement on corrupted renders | corrupted renders that are false |")
     print("|---|---|---|---|---|")
     for r in measure():
         print(f"| {r['family']} | {r['prompts']} | {r['clean_strict']:.3f} | {r['corrupted_agreement']:.3f} | "
               f"{r['corrupted_false']:.3f} |")
+    print("\n| two-coloured object | objects | colour read as unknown | shape still read |")
+    print("|---|---|---|---|")
+    for r in measure_two_coloured():
+        print(f"| {r['pattern']} | {r['objects']} | {r['colour_unknown']:.3f} | {r['shape_read']:.3f} |")
