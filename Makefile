@@ -26,7 +26,7 @@ test: $(VENV)
 test-all: $(VENV)
 	$(PY) -m pytest -q -m "slow or not slow"
 
-# A named sweep from experiments/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
+# A named sweep from rlzoo/conf/sweep/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
 # an equal share of the cores. Rerunning the same command skips finished runs, resumes the rest.
 NAME    ?= smoke
 JOBS    ?= 1

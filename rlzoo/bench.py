@@ -47,8 +47,8 @@ def measure(overrides: list[str], iterations: int) -> dict:
         else:
             setup = peak_memory_bytes(device)
         trainer.train_step()  # warm-up (allocator pools, optimizer state); its peak counts, its time not
-        before = dict(trainer.compute.wall)
-        nfe_before = trainer.nfe_spent
+        before = dict(trainer.progress.compute.wall)
+        nfe_before = trainer.progress.compute.nfe
         start = time.perf_counter()
         for _ in range(iterations):
             record = trainer.train_step()
@@ -56,8 +56,8 @@ def measure(overrides: list[str], iterations: int) -> dict:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / iterations
         peak = peak_memory_bytes(device)
-        nfe = (trainer.nfe_spent - nfe_before) / iterations
-    split = {k: (trainer.compute.wall[k] - before[k]) / iterations for k in ("rollout", "train")}
+        nfe = (trainer.progress.compute.nfe - nfe_before) / iterations
+    split = {k: (trainer.progress.compute.wall[k] - before[k]) / iterations for k in ("rollout", "train")}
     return {"estimator": cfg.estimator.name, "sampler": cfg.sampler.name,
             "steps": int(cfg.sampler.num_steps), "terms": record["likelihood_terms"], "nfe_per_iteration": nfe,
             "s_per_iteration": seconds, "rollout_s": split["rollout"], "train_s": split["train"],

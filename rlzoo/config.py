@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: ships with `pip install .`
 GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
-          "logger", "experiment", "row", "sweep")
+          "optimizer", "lr_schedule", "logger", "experiment", "debug", "row", "sweep")
 
 
 class ConfigError(ValueError):
@@ -103,11 +103,12 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
     for key in ("train.iterations", "train.batch_size", "train.group_size", "train.micro_batch_size",
                 "train.inner_epochs", "train.minibatches", "sampler.num_steps", "eval.num_steps", "eval.samples", "eval.every",
-                "eval.batch_size", "checkpoint_every"):
+                "eval.batch_size"):
         _positive(cfg, key, int)
-    for key in ("train.lr", "train.max_grad_norm"):
+    for key in ("optimizer.lr", "train.max_grad_norm"):
         _positive(cfg, key, float)
-    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int)):
+    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int),
+                      ("checkpoint_every", int)):
         if OmegaConf.select(cfg, key) is not None:
             _positive(cfg, key, kind)
     batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
@@ -124,8 +125,8 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
     _validate_ratio(cfg)
     _validate_arguments(cfg)
-    _validate_combination(cfg)
     _validate_construction(cfg)
+    _validate_combination(cfg)
     if check_checkpoint:
         from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
 
@@ -142,14 +143,9 @@ def _component_class(node: DictConfig):
 
 
 def _validate_combination(cfg: DictConfig) -> None:
-    error = combination_error(cfg.objective, cfg.estimator, cfg.sampler)
+    error = combination_error({g: build(cfg[g]) for g in PIPELINE}, {g: _name(cfg[g]) for g in PIPELINE})
     if error:
         raise ConfigError(error)
-    if cfg.kl.get("name") == "sde_mean" and not getattr(_component_class(cfg.estimator), "needs_trajectory", False):
-        raise ConfigError(
-            f"kl=sde_mean compares the SDE transition means of recorded steps, which "
-            f"estimator={cfg.estimator.name} does not compute; use kl=velocity (or estimator=trajectory "
-            f"with a stochastic sampler)")
 
 
 def _validate_ratio(cfg: DictConfig) -> None:
@@ -168,8 +164,10 @@ def _validate_ratio(cfg: DictConfig) -> None:
             f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
 
 
-# Groups instantiated from their YAML by `build` (the model is built by its task).
-BUILT_GROUPS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward")
+# Groups instantiated from their YAML by `build` (the model is built by its task; the optimizer
+# and lr schedule are built as partials, on the policy's parameters and on the optimizer).
+BUILT_GROUPS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward",
+                "optimizer", "lr_schedule")
 
 
 def _validate_arguments(cfg: DictConfig) -> None:
@@ -191,50 +189,87 @@ def _validate_arguments(cfg: DictConfig) -> None:
 
 
 # Components cheap to build from their config alone (no model, no weights): validation builds
-# them, so their own argument checks (an unknown weighting, a window outside the schedule) fail
-# before the run directory is touched.
-LIGHT_GROUPS = ("sampler", "estimator", "objective", "advantage", "kl")
+# them, so their own argument checks (an unknown weighting, a window outside the schedule, a
+# negative learning rate) fail before the run directory is touched.
+LIGHT_GROUPS = ("sampler", "estimator", "objective", "advantage", "kl", "optimizer", "lr_schedule")
 
 
 def _validate_construction(cfg: DictConfig) -> None:
+    import torch
+
+    optimizer = None
     for group in LIGHT_GROUPS:
         try:
-            build(cfg[group])
+            if group == "optimizer":  # on a stand-in parameter: the real ones need the model
+                optimizer = build(cfg.optimizer, _partial_=True)([torch.nn.Parameter(torch.zeros(1))])
+            elif group == "lr_schedule":
+                build(cfg.lr_schedule, _partial_=True)(optimizer)
+            else:
+                build(cfg[group])
         except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
             cause = exc.__cause__ or exc
             message = " ".join(str(cause).split())
-            raise ConfigError(f"{group}={cfg[group].get('name', cfg[group]._target_)}: {message}") from None
+            raise ConfigError(f"{group}={_name(cfg[group])}: {message}") from None
 
 
 def _load(group: str, name: str) -> DictConfig:
     return OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
 
 
-def combination_error(objective: DictConfig, estimator: DictConfig, sampler: DictConfig) -> str | None:
-    """Why this objective × estimator × sampler cannot run, or None."""
-    objective_cls, estimator_cls = _component_class(objective), _component_class(estimator)
-    sampler_cls = _component_class(sampler)
-    if getattr(objective_cls, "needs_velocity", False) and getattr(estimator_cls, "needs_trajectory", False):
-        return (f"objective={objective.name} works on the forward-noised x_t of the final sample, which "
-                f"estimator={estimator.name} does not provide; use estimator=elbo")
-    if getattr(objective_cls, "needs_velocity", False) and estimator.get("shared_noise") is False:
-        return (f"objective={objective.name} compares the current and old velocities at one x_t, but "
-                f"estimator.shared_noise=false noises the old model's input independently; use "
-                f"estimator.shared_noise=true")
-    if getattr(estimator_cls, "needs_trajectory", False) and not getattr(sampler_cls, "keeps_trajectory", False):
-        stochastic = [n for n in available("sampler")
-                      if getattr(_component_class(_load("sampler", n)), "keeps_trajectory", False)]
-        return (f"estimator={estimator.name} needs a stochastic trajectory but sampler={sampler.name} "
-                f"keeps none; use a stochastic sampler ({', '.join(stochastic) or 'none installed'}) "
-                f"or estimator=elbo")
+def _name(node: DictConfig) -> str:
+    return node.get("name", node.get("_target_", "?"))
+
+
+# Who provides what to whom: a sampler's Rollout feeds the estimator, whose LikelihoodTerm feeds
+# the objective and the KL. Each component declares `needs` and `provides` (sets of field names:
+# rlzoo.types.TERM_FIELDS, and "trajectory" for a rollout that keeps its stochastic steps).
+PIPELINE = ("sampler", "estimator", "objective", "kl")
+PROVIDER = {"estimator": "sampler", "objective": "estimator", "kl": "estimator"}
+
+
+def combination_error(components: dict, names: dict) -> str | None:
+    """Why these components cannot run together, or None: some component `needs` a field its
+    provider does not `provide`. The message names both, the provider's own reason when it has
+    one, and the choices of either group that would fit (with their YAML defaults)."""
+    for consumer, provider in PROVIDER.items():
+        missing = sorted(components[consumer].needs - components[provider].provides)
+        if not missing:
+            continue
+        fields = ", ".join(missing)
+        reason = getattr(components[provider], "missing_reason", lambda f: None)(missing[0])
+        message = (f"{consumer}={names[consumer]} needs {fields} from {provider}={names[provider]}, "
+                   f"which does not provide {'it' if len(missing) == 1 else 'them'}")
+        if reason:
+            return f"{message}: {reason}"
+        providers = [n for n in available(provider)
+                     if not components[consumer].needs - _declared(provider, n, "provides")]
+        consumers = [n for n in available(consumer)
+                     if not _declared(consumer, n, "needs") - components[provider].provides]
+        options = [f"{provider}={n}" for n in providers] + [f"{consumer}={n}" for n in consumers]
+        if not options:
+            return f"{message}; no installed choice of either group fits"
+        return f"{message}; use {', '.join(options[:-1])}{' or ' if len(options) > 1 else ''}{options[-1]}"
     return None
 
 
+def _declared(group: str, name: str, what: str) -> frozenset:
+    """A choice's `needs` / `provides` as its class declares them (its YAML defaults)."""
+    return getattr(_component_class(_load(group, name)), what, frozenset())
+
+
 def valid_grid() -> list[tuple[str, str, str]]:
-    """Every (objective, estimator, sampler) that passes `combination_error`."""
-    return [(o, e, s) for o in available("objective") for e in available("estimator")
-            for s in available("sampler")
-            if combination_error(_load("objective", o), _load("estimator", e), _load("sampler", s)) is None]
+    """Every (objective, estimator, sampler) whose declared needs are provided (kl=none)."""
+    grid = []
+    for o in available("objective"):
+        for e in available("estimator"):
+            for s in available("sampler"):
+                declared = {"objective": _declared("objective", o, "needs"),
+                            "estimator": (_declared("estimator", e, "needs"), _declared("estimator", e, "provides")),
+                            "sampler": _declared("sampler", s, "provides")}
+                needs_e, provides_e = declared["estimator"]
+                if not (declared["objective"] - provides_e or needs_e - declared["sampler"]):
+                    grid.append((o, e, s))
+    return grid
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -275,9 +310,13 @@ def build(node: DictConfig, **kwargs):
     return instantiate(params, _recursive_=False, _convert_="all", **kwargs)
 
 
-def build_components(cfg: DictConfig) -> dict:
+def build_components(cfg: DictConfig, loggers: list | None = None):
     """Every component the trainer takes, built from the composed config."""
-    return {group: build(cfg[group]) for group in BUILT_GROUPS}
+    from rlzoo.types import Components
+
+    built = {group: build(cfg[group]) for group in BUILT_GROUPS if group not in ("optimizer", "lr_schedule")}
+    return Components(**built, optimizer=build(cfg.optimizer, _partial_=True),
+                      lr_schedule=build(cfg.lr_schedule, _partial_=True), loggers=list(loggers or []))
 
 
 def override_dict(overrides) -> dict[str, str]:

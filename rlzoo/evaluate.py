@@ -1,38 +1,132 @@
-"""Evaluate a task's base model (or any checkpoint with `model.checkpoint=`) on held-out prompts.
+"""Held-out evaluation with the fixed protocol, and `rlzoo evaluate`.
 
-    python -m rlzoo.evaluate task=shapes [eval.samples=1536] [grid=base.png]
+    rlzoo evaluate run_dir=runs/shapes/paper_a/seed0 [weights=ema|current] [eval.samples=1536]
+    rlzoo evaluate task=shapes [model.checkpoint=...]          # a base model
+
+A trained run is evaluated from its last checkpoint with its own config (the EMA weights when the
+run evaluated EMA weights, unless `weights=` says otherwise); the table goes to
+<run_dir>/evaluations/<weights>.json and the grid next to it. A base model is evaluated from its
+checkpoint (`grid=path.png` saves a grid).
 """
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+from rlzoo.samplers import EulerSampler, Sampler
 
-def main(argv: list[str] | None = None) -> dict:
-    from rlzoo.config import build, compose_config
+WEIGHTS = {"ema": "eval", "current": "current", "base": "reference"}
+
+
+def eval_sampler(cfg) -> EulerSampler:
+    """The evaluation protocol's sampler: Euler ODE, eval.num_steps, the rollout sampler's shift."""
+    return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.shift))
+
+
+def eval_protocol(cfg, task) -> dict:
+    """What summary.json says about how its numbers were measured."""
+    return {"split": "heldout", "sampler": "euler", "num_steps": int(cfg.eval.num_steps),
+            "samples": int(cfg.eval.samples), "weights": "ema" if cfg.eval.ema else "current",
+            "num_prompts": len(task.heldout_prompts()), "seed": int(cfg.eval.seed)}
+
+
+@torch.no_grad()
+def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
+             seed: int, batch_size: int, device: torch.device):
+    """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
+    over the whole evaluation set for a grid)."""
+    prompts = task.heldout_prompts()
+    generator = torch.Generator().manual_seed(seed)
+    ids = task.eval_prompt_ids(num_samples)
+    scores, samples = [], []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        cond = task.conditioning([prompts[i] for i in chunk], prompt_ids=torch.tensor(chunk),
+                                 group_ids=torch.tensor(chunk)).to(device)
+        noise = torch.randn((len(chunk), *task.sample_shape), generator=generator).to(device)
+        rollout = sampler.sample(policy.velocity_fn(view), noise, cond)
+        scores.append(task.score(rollout.x0, cond))
+        samples.append(rollout.x0.cpu())
+    merged = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
+    shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
+    grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
+                                  prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
+    return task.summarize(merged, torch.tensor(ids)), (torch.cat(samples)[shown], grid_cond)
+
+
+def load_run(run_dir: Path, overrides: list[str] = ()):
+    """(config, task, policy) of a trained run, its weights from the last checkpoint."""
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import ConfigError, build
     from rlzoo.policies import Policy
-    from rlzoo.trainer import eval_sampler, evaluate
+    from rlzoo.runs import load_checkpoint
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    grid = next((a.split("=", 1)[1] for a in argv if a.startswith("grid=")), None)
-    cfg = compose_config([a for a in argv if not a.startswith("grid=")])
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds no run (no config.yaml)")
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not checkpoint.exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} has no checkpoint yet ({checkpoint})")
+    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(list(overrides)))
     task = build(cfg.task)
     policy = Policy(task.load_base_model(cfg.model))
-    sampler = eval_sampler(cfg)
+    policy.load_state_dict(load_checkpoint(checkpoint)["policy"])
+    return cfg, task, policy
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rlzoo.config import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except ConfigError as exc:
+        print(f"rlzoo evaluate: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv: list[str]) -> dict:
+    from rlzoo.config import ConfigError, build, compose_config
+    from rlzoo.policies import Policy
+    from rlzoo.runs import CheckpointError, atomic_write_json
+
+    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("run_dir", "weights", "grid"))
+    rest = [a for a in argv if a.split("=", 1)[0] not in options]
+    if "run_dir" in options:
+        try:
+            cfg, task, policy = load_run(Path(options["run_dir"]), rest)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from None
+        weights = options.get("weights", "ema" if cfg.eval.ema else "current")
+    else:
+        cfg = compose_config(rest)
+        task = build(cfg.task)
+        policy = Policy(task.load_base_model(cfg.model))
+        weights = "base"
+    if weights not in WEIGHTS:
+        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(WEIGHTS)}")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     start = time.perf_counter()
-    metrics, (x0, cond) = evaluate(task, policy, "reference", sampler, cfg.eval.samples,
-                                        cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device))
-    print(f"held-out evaluation of {cfg.model.checkpoint}: {cfg.eval.samples} samples, "
+    metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], eval_sampler(cfg), cfg.eval.samples,
+                                   cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device))
+    source = options.get("run_dir", cfg.model.checkpoint)
+    print(f"held-out evaluation of {source} ({weights} weights): {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")
     for key, value in metrics.items():
         print(f"  {key:<28}{value:.3f}")
+    grid = options.get("grid")
+    if "run_dir" in options:
+        out = Path(options["run_dir"]) / "evaluations"
+        atomic_write_json({"weights": weights, "metrics": metrics, "protocol": {**eval_protocol(cfg, task), "weights": weights}},
+                          out / f"{weights}.json")
+        grid = grid or out / f"{weights}.png"
+        print(f"written: {out / f'{weights}.json'}, {grid}")
     if grid:
-        from pathlib import Path
-
         task.save_grid(x0, cond, Path(grid))
     return metrics
 

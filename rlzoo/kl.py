@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from rlzoo.samplers.kernels import mean_dims
+from rlzoo.ops import mean_dims
 from rlzoo.types import LikelihoodTerm
 
 
@@ -23,8 +23,11 @@ def sde_mean_kl(mean: Tensor, mean_ref: Tensor, std: Tensor) -> Tensor:
 
 
 class KL:
-    name = "none"
+    """A per-sample regulariser on a likelihood term, scaled by `beta` in the loss; `needs` lists
+    the LikelihoodTerm fields it reads (checked against the estimator before any compute)."""
+
     needs_reference = False
+    needs = frozenset()
 
     def __init__(self, beta: float = 0.0):
         self.beta = float(beta)
@@ -34,11 +37,11 @@ class KL:
 
 
 class NoKL(KL):
-    name = "none"
+    pass
 
 
 class VelocityKL(KL):
-    name, needs_reference = "velocity", True
+    needs_reference, needs = True, frozenset({"velocity", "velocity_ref"})
 
     def __call__(self, term: LikelihoodTerm) -> Tensor:
         return velocity_kl(term.velocity, term.velocity_ref)
@@ -50,7 +53,7 @@ class SDEMeanKL(KL):
     normalizer: `step` = 2·std² of the step (the exact Gaussian KL; Paper A's port), `kernel` =
     2·kernel_std² (FlowGRPO's code: for flow_sde, std before the sqrt(-dt) factor)."""
 
-    name, needs_reference = "sde_mean", True
+    needs_reference, needs = True, frozenset({"mean", "mean_ref", "std", "kernel_std"})
     NORMALIZERS = ("step", "kernel")
 
     def __init__(self, beta: float = 0.04, normalizer: str = "step"):
@@ -58,7 +61,8 @@ class SDEMeanKL(KL):
         if normalizer not in self.NORMALIZERS:
             raise ValueError(f"unknown kl.normalizer {normalizer!r}; valid: {', '.join(self.NORMALIZERS)}")
         self.normalizer = normalizer
+        self.needs = frozenset({"mean", "mean_ref", "std" if normalizer == "step" else "kernel_std"})
 
     def __call__(self, term: LikelihoodTerm) -> Tensor:
-        std = term.extras["std"] if self.normalizer == "step" else term.extras["kernel_std"]
-        return sde_mean_kl(term.extras["mean"], term.extras["mean_ref"], std)
+        std = term.std if self.normalizer == "step" else term.kernel_std
+        return sde_mean_kl(term.mean, term.mean_ref, std)

@@ -4,7 +4,7 @@
     rlzoo-train task=toy2d objective=pepg sampler=euler
     rlzoo-train --help                            # components per group, instantly
     rlzoo-train --list                            # every valid objective x estimator x sampler
-    rlzoo-train -m +sweep=smoke                   # a named sweep from experiments/
+    rlzoo-train -m +sweep=smoke                   # a named sweep from rlzoo/conf/sweep/
 
 A sweep is validated job by job before the first job starts. Inside a sweep a job that crashes or
 goes non-finite is marked failed in its summary.json and the sweep goes on; rerunning the same
@@ -20,11 +20,11 @@ from rlzoo.config import CONF_DIR, GROUPS, ConfigError, available, check_overrid
 USAGE = """usage: rlzoo-train [group=choice ...] [key=value ...] [-m for a sweep]
 
 Compose a run from one choice per group (Hydra overrides), e.g.
-  rlzoo-train task=toy2d objective=epg estimator=elbo sampler=dpm2 train.lr=1e-4 seed=1
+  rlzoo-train task=toy2d objective=epg estimator=elbo sampler=dpm2 optimizer.lr=1e-4 seed=1
   rlzoo-train experiment=paper_a task=shapes
 Runs write to run_dir (default runs/<task>/<objective>-<estimator>-<sampler>/seed<seed>);
 rerunning the same command resumes there.
-  rlzoo-train -m +sweep=smoke                    # a named sweep (experiments/<name>.yaml)
+  rlzoo-train -m +sweep=smoke                    # a named sweep (rlzoo/conf/sweep/<name>.yaml)
   rlzoo-train -m objective=epg,pepg seed=0,1,2   # an ad-hoc sweep into multirun/adhoc/
 """
 
@@ -45,8 +45,8 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     from omegaconf import OmegaConf
 
     from rlzoo.config import build, build_components, check_run_dir, validate
-    from rlzoo.runs import atomic_write_bytes
-    from rlzoo.trainer import Trainer, print_report
+    from rlzoo.runs import CheckpointError, atomic_write_bytes, is_finished, print_report
+    from rlzoo.trainer import Trainer
 
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -55,10 +55,8 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     if summary_path.exists():
         import json
 
-        from rlzoo.trainer import is_finished
-
         summary = json.loads(summary_path.read_text())
-        if is_finished(summary, cfg):
+        if is_finished(summary, cfg.train):
             print(f"[rlzoo] {run_dir} already completed")
             print_report(summary)
             return
@@ -66,19 +64,23 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
-    components = build_components(cfg)
+    loggers = []
     if cfg.logger.get("_target_"):
         group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
-        components["extra_loggers"] = [build(OmegaConf.merge(cfg.logger, {"group": group}),
-                                             run_dir=run_dir, name=name, run_config=run_config)]
-    trainer = Trainer(cfg, run_dir, components)
+        loggers.append(build(OmegaConf.merge(cfg.logger, {"group": group}), run_dir=run_dir, name=name,
+                             run_config=run_config))
+    trainer = None
     try:
+        trainer = Trainer(cfg, run_dir, build_components(cfg, loggers))
         summary = trainer.fit()
+    except CheckpointError:
+        raise  # the run directory stays as it was; the message says what to do
     except BaseException as exc:
-        trainer.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
+        if trainer is not None:
+            trainer.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        for logger in trainer.loggers:
+        for logger in loggers:
             logger.finish()
     print_report(summary)
 
@@ -143,10 +145,12 @@ def _job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from rlzoo.runs import CheckpointError
+
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         _run_job(cfg, in_sweep)
-    except ConfigError as exc:
+    except (ConfigError, CheckpointError) as exc:
         if in_sweep:
             return _job_failed(exc)
         print(f"rlzoo-train: error: {exc}", file=sys.stderr)
@@ -162,16 +166,12 @@ def _job_failed(exc: BaseException) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from rlzoo.runs import atomic_write_bytes, atomic_write_json
+    from rlzoo.runs import atomic_write_bytes, write_summary
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
     if not (run_dir / "summary.json").exists():  # failed before the trainer could say so
-        atomic_write_json({  # the fixed shape of summary.json (README, Runs)
-            "status": "failed", "iterations": 0, "error": f"{type(exc).__name__}: {exc}",
-            "base": None, "final": None, "best": None,
-            "compute": {"nfe_forward": 0, "nfe_backward": 0, "wall_s": 0.0, "peak_mem_bytes": 0},
-            "run_dir": str(run_dir)}, run_dir / "summary.json")
+        write_summary(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
     print(f"[rlzoo] job {run_dir} failed: {type(exc).__name__}: {exc} (the sweep goes on)",
           file=sys.stderr, flush=True)
 

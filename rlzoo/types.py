@@ -6,6 +6,7 @@ Shapes: B = batch, K = sampler steps, `...` = the task's sample shape ((2,) for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -52,6 +53,9 @@ class Rollout:
     trajectory: Tensor | None = None  # (B, K+1, ...) where an estimator needs it
     log_probs: Tensor | None = None  # (B, K) behaviour log-probs of stochastic steps
     stochastic: Tensor | None = None  # (K,) bool, which steps were stochastic
+    # the sampler's transition kernel at step k: transition(x_k, velocity, k, x_next=...) -> Step
+    # with mean, std, kernel_std and the log-prob of x_next (stochastic samplers only)
+    transition: Callable | None = None
 
     def select(self, index: Tensor) -> "Rollout":
         """The rows `index` of this rollout (a minibatch for one optimizer step)."""
@@ -64,21 +68,54 @@ class Rollout:
 
 @dataclass
 class LikelihoodTerm:
-    """One term of a likelihood estimate (one timestep of the ELBO), for a micro-batch.
+    """One term of a likelihood estimate (one timestep of the ELBO, one step of a trajectory),
+    for a micro-batch of b rows.
 
-    `log_lik` carries gradients to the current policy; the `*_old` / `*_ref` fields do not.
+    `log_lik` carries gradients to the current policy; the `*_old` / `*_ref` fields do not. The
+    optional fields are what objectives and KLs may need; each estimator declares which it fills
+    (`provides`), each consumer which it reads (`needs`), and the validator checks the pair.
     """
 
     index: Tensor  # (b,) which rows of the rollout this micro-batch holds
     log_lik: Tensor  # (b,) current policy
     log_lik_old: Tensor  # (b,) behaviour policy, same noise and x_t
     weight: float  # this term's share of the full estimate (terms of one sample sum to 1)
-    velocity: Tensor | None = None  # (b, ...) current policy
-    velocity_old: Tensor | None = None
-    velocity_ref: Tensor | None = None
+    nfe_forward: int  # model evaluations (forward, per row, summed over rows) spent on this term
+    nfe_backward: int  # differentiable current-model evaluations back-propagated, summed over rows
+    # final-sample estimators: the forward-noised sample and the velocities there
+    velocity: Tensor | None = None  # (b, ...) current policy at x_t
+    velocity_old: Tensor | None = None  # old policy at the same x_t
+    velocity_ref: Tensor | None = None  # reference at the same x_t
     x_t: Tensor | None = None
     x0: Tensor | None = None
     noise: Tensor | None = None
     t: Tensor | None = None  # (b,)
-    extras: dict = field(default_factory=dict)
-    forwards: int = 2  # model evaluations per row spent on this term (current + old + reference)
+    # trajectory estimators: the Gaussian transition x_k -> x_{k+1}
+    mean: Tensor | None = None  # (b, ...) current policy's transition mean
+    mean_ref: Tensor | None = None  # reference's transition mean
+    std: Tensor | float | None = None  # the step's std
+    kernel_std: Tensor | float | None = None  # the kernel's std before the sqrt(-dt) factor
+
+
+# The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations.
+TERM_FIELDS = frozenset({"velocity", "velocity_old", "velocity_ref", "x_t", "x0", "noise", "t",
+                         "mean", "mean_ref", "std", "kernel_std"})
+
+
+@dataclass
+class Components:
+    """Everything the trainer is built from, one field per config group (README, Components).
+
+    `optimizer` and `lr_schedule` are factories (Hydra partials): the optimizer is built on the
+    policy's trainable parameters, the schedule on the optimizer."""
+
+    task: object
+    sampler: object
+    estimator: object
+    objective: object
+    advantage: object
+    kl: object
+    reward: object
+    optimizer: Callable
+    lr_schedule: Callable
+    loggers: list = field(default_factory=list)  # beyond metrics.jsonl / eval.jsonl (e.g. wandb)

@@ -30,7 +30,7 @@ def rollout_for(sampler_name, record):
 def test_elbo_ratio_is_one(sampler_name, micro_batch):
     policy, sampler, rollout = rollout_for(sampler_name, record=False)
     estimator = ELBOEstimator()
-    for term in estimator.terms(policy, rollout, micro_batch, need_reference=True, sampler=sampler,
+    for term in estimator.terms(policy, rollout, micro_batch, need_reference=True,
                                 generator=torch.Generator().manual_seed(2)):
         assert term.log_lik.dtype == torch.float32
         assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5
@@ -47,11 +47,11 @@ def test_recorded_log_probs_equal_recomputed_ones(sampler_name, micro_batch):
     current policy's (same weights) agrees with both, to 1e-5 in float32."""
     policy, sampler, rollout = rollout_for(sampler_name, record=True)
     estimator = TrajectoryEstimator(timestep_fraction=1.0, recompute_old=True)
-    terms = list(estimator.terms(policy, rollout, micro_batch, need_reference=False, sampler=sampler))
+    terms = list(estimator.terms(policy, rollout, micro_batch, need_reference=False))
     steps = torch.nonzero(rollout.stochastic).flatten().tolist()
     assert len(terms) == -(-12 // micro_batch) * len(steps)
     for term, k in zip(terms, steps * -(-12 // micro_batch)):
-        assert term.log_lik.dtype == torch.float32 and term.forwards == 2
+        assert term.log_lik.dtype == torch.float32 and term.nfe_forward == 2 * len(term.index)
         assert (term.log_lik_old - rollout.log_probs[term.index, k]).abs().max() < 1e-5
         assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5
 
@@ -61,10 +61,10 @@ def test_trajectory_reuses_the_recorded_log_probs(sampler_name):
     """By default the old log-probs are the recorded ones (no forward spent on them), and only
     the steps k < int(K·0.99) are trained (FlowGRPO: 9 of 10)."""
     policy, sampler, rollout = rollout_for(sampler_name, record=True)
-    terms = list(TrajectoryEstimator().terms(policy, rollout, 12, need_reference=True, sampler=sampler))
+    terms = list(TrajectoryEstimator().terms(policy, rollout, 12, need_reference=True))
     trained = [k for k in torch.nonzero(rollout.stochastic).flatten().tolist() if k < 9]
     assert len(terms) == len(trained)
     for term, k in zip(terms, trained):
         assert torch.equal(term.log_lik_old, rollout.log_probs[:, k])
-        assert term.forwards == 2  # current + reference, no old forward
+        assert term.nfe_forward == 2 * len(term.index)  # current + reference, no old forward
         assert (term.log_lik.detach() - term.log_lik_old).abs().max() < 1e-5

@@ -282,8 +282,8 @@ def test_sde_mean_kl_normalizers(xv, sigma, sigma_next):
     flowgrpo = md((mu(v) - mu(v_ref)) ** 2) / (2 * s**2)
     step, step_ref = (flow_sde_step(x, vel, sigma, sigma_next, eta=eta, sigma_max=sigma_next) for vel in (v, v_ref))
     term = LikelihoodTerm(index=torch.arange(4), log_lik=step.log_prob, log_lik_old=step.log_prob, weight=1.0,
-                          extras={"mean": step.mean, "mean_ref": step_ref.mean, "std": step.std,
-                                  "kernel_std": step.kernel_std})
+                          nfe_forward=0, nfe_backward=0, mean=step.mean, mean_ref=step_ref.mean, std=step.std,
+                          kernel_std=step.kernel_std)
     assert torch.allclose(SDEMeanKL(0.04, normalizer="kernel")(term), flowgrpo, atol=TOL)
     assert torch.allclose(SDEMeanKL(0.04, normalizer="step")(term), flowgrpo / -dt, atol=TOL)
     with pytest.raises(ValueError, match="valid: step, kernel"):

@@ -120,4 +120,4 @@ def test_ode_samplers_keep_no_trajectory():
     for sampler in (EulerSampler(5), DPM2Sampler(5), DPM2SSampler(5)):
         _, rollout = error(sampler)
         assert rollout.trajectory is None and rollout.log_probs is None
-        assert not sampler.stochastic and not sampler.keeps_trajectory
+        assert not sampler.stochastic and "trajectory" not in sampler.provides

@@ -1,5 +1,5 @@
 """Several updates per rollout (inner_epochs, minibatches), model-evaluation budgets, and the
-recipes in conf/experiment/ running on both built-in tasks."""
+recipes in rlzoo/conf/experiment/ running on both built-in tasks."""
 import math
 
 import pytest
@@ -55,7 +55,7 @@ def test_inner_epochs_start_at_ratio_one_then_move(tmp_path, estimator, sampler)
     overrides = [o for o in TINY_TOY if not o.startswith("sampler.num_steps")] + ["sampler.num_steps=10"]
     t = trainer(tmp_path, [*overrides, f"estimator={estimator}", f"sampler={sampler}",
                            "kl=none", "train.old_policy_schedule=0", "train.inner_epochs=3",
-                           "train.lr=0.05", "train.iterations=1"])
+                           "optimizer.lr=0.05", "train.iterations=1"])
     seen = []
     update = t.update
     t.update = lambda rollout, advantage: seen.append(update(rollout, advantage)) or seen[-1]
@@ -145,7 +145,7 @@ def test_ema_schedules_count_optimizer_steps(tmp_path):
     from rlzoo.old_policy import eval_ema_decay, old_policy_decay
 
     t = trainer(tmp_path, [*TINY_TOY, "train.minibatches=2", "train.old_policy_schedule=1",
-                           "train.lr=0.05", "train.iterations=1"])
+                           "optimizer.lr=0.05", "train.iterations=1"])
 
     def weights(module):
         return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
@@ -161,7 +161,7 @@ def test_ema_schedules_count_optimizer_steps(tmp_path):
 
     t.update = recording_update
     t.train_step()
-    assert t.optimizer_steps == 2 and len(after_each) == 2
+    assert t.progress.optimizer_steps == 2 and len(after_each) == 2
     d1, d2 = eval_ema_decay(1, 0.9), eval_ema_decay(2, 0.9)
     expected_eval = d2 * (d1 * eval0 + (1 - d1) * after_each[0]) + (1 - d2) * after_each[1]
     assert torch.allclose(weights(t.policy.eval), expected_eval, atol=1e-6)
@@ -180,7 +180,7 @@ def test_trajectory_compute_counts_the_reused_log_probs(tmp_path, need_reference
                                                 f"estimator.recompute_old={recompute}", *kl,
                                                 "train.iterations=1"])
         t.train_step()
-        spent[recompute] = t.compute.nfe_forward
+        spent[recompute] = t.progress.compute.nfe_forward
     terms = int(4 * 0.99)  # trained steps of the 4-step rollout
     rollout = 16 * 4
     assert spent[False] == rollout + 16 * terms * (1 + need_reference)

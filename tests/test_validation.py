@@ -68,8 +68,8 @@ def test_corrupt_base_checkpoint(capsys, run_dir, tmp_path):
     ("train.iterations=0", "train.iterations"),
     ("sampler.num_steps=-3", "sampler.num_steps"),
     ("eval.num_steps=0", "eval.num_steps"),
-    ("train.lr=0", "train.lr"),
-    ("train.lr=-0.5", "train.lr"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-0.5", "optimizer.lr"),
     ("train.batch_size=0", "train.batch_size"),
 ])
 def test_non_positive_values(capsys, run_dir, override, key):
@@ -94,10 +94,10 @@ def test_a_run_dir_with_another_config_is_not_reused(capsys, run_dir):
 
     from rlzoo.config import compose_config
 
-    other = compose_config(["task=toy2d", f"run_dir={run_dir}", "train.lr=0.5"])
+    other = compose_config(["task=toy2d", f"run_dir={run_dir}", "optimizer.lr=0.5"])
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(other, resolve=True))
     err = fails(capsys, run_dir)
-    assert "different config (differs in train.lr)" in err
+    assert "different config (differs in optimizer.lr)" in err
 
 
 def test_console_script_reports_the_same_error(run_dir):
@@ -227,7 +227,7 @@ def test_a_component_argument_is_checked_before_anything_is_written(capsys, run_
 def test_a_misspelt_key_is_one_line(capsys, run_dir):
     """Used to print Hydra's traceback."""
     err = fails(capsys, run_dir, "train.lr_typo=1")
-    assert "unknown key 'train.lr_typo'" in err and "lr," in err and "+train.lr_typo=" in err
+    assert "unknown key 'train.lr_typo'" in err and "max_grad_norm," in err and "+train.lr_typo=" in err
 
 
 @pytest.mark.parametrize("objective", ["nft", "awm"])

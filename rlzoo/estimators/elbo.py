@@ -10,20 +10,16 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from rlzoo.samplers.kernels import mean_dims
+from rlzoo.ops import mean_dims, per_sample
 from rlzoo.types import LikelihoodTerm, Rollout
 
 WEIGHTINGS = ("adaptive", "t", "uniform", "exact")
 TIMESTEPS = ("sampler", "uniform", "logit_normal")
 
 
-def _per_sample(t: Tensor, like: Tensor) -> Tensor:
-    return t.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """x_t = (1 - t)·x0 + t·eps, t of shape (B,)."""
-    t = _per_sample(t, x0)
+    t = per_sample(t, x0)
     return (1 - t) * x0 + t * noise
 
 
@@ -36,7 +32,7 @@ def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting:
     exact     term = -mean_d((1 - t)/(t + 1e-3) · (eps - x0 - v)²)
     """
     if weighting in ("adaptive", "t"):
-        x0_hat = noised(x0, noise, t) - _per_sample(t, x0) * velocity
+        x0_hat = noised(x0, noise, t) - per_sample(t, x0) * velocity
         error = x0_hat - x0
         if weighting == "t":
             return -mean_dims(error**2)
@@ -45,7 +41,7 @@ def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting:
     if weighting == "uniform":
         return -mean_dims((noise - x0 - velocity) ** 2)
     if weighting == "exact":
-        tt = _per_sample(t, x0)
+        tt = per_sample(t, x0)
         return -mean_dims((1 - tt) / (tt + 1e-3) * (noise - x0 - velocity) ** 2)
     raise ValueError(f"unknown ELBO weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
 
@@ -59,7 +55,8 @@ class ELBOEstimator:
     num_terms: terms per sample; default int(0.99·K) (9 of 10, as in Paper A's code).
     """
 
-    needs_trajectory = False
+    needs = frozenset()  # any rollout: only its final samples are used
+    provides = frozenset({"velocity", "velocity_old", "velocity_ref", "x_t", "x0", "noise", "t"})
 
     def __init__(self, weighting: str = "adaptive", timesteps: str = "sampler",
                  num_terms: int | None = None, noise_draws: int = 1, shared_noise: bool = True):
@@ -72,8 +69,16 @@ class ELBOEstimator:
         self.num_terms = num_terms
         self.noise_draws = int(noise_draws)
         self.shared_noise = bool(shared_noise)
+        if not self.shared_noise:  # the old velocity is taken at another x_t
+            self.provides = self.provides - {"velocity_old"}
 
-    def terms_per_sample(self, num_sampler_steps: int) -> int:
+    def missing_reason(self, field: str) -> str | None:
+        if field == "velocity_old" and not self.shared_noise:
+            return ("estimator.shared_noise=false noises the old model's input independently, so there is "
+                    "no old velocity at the current x_t; use estimator.shared_noise=true")
+        return None
+
+    def termsper_sample(self, num_sampler_steps: int) -> int:
         if self.num_terms is not None:
             return int(self.num_terms)
         return max(1, int(num_sampler_steps * 0.99))
@@ -82,7 +87,7 @@ class ELBOEstimator:
         """(B, J) timesteps for every sample and term."""
         batch = rollout.x0.shape[0]
         schedule = rollout.sigmas[:-1]
-        num = self.terms_per_sample(len(schedule))
+        num = self.termsper_sample(len(schedule))
         if self.timesteps == "sampler":
             if num > len(schedule):
                 raise ValueError(f"estimator.num_terms={num} exceeds the sampler's {len(schedule)} steps")
@@ -93,7 +98,7 @@ class ELBOEstimator:
         return torch.sigmoid(torch.randn(batch, num, generator=generator))
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
-              sampler=None, generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
+              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
         x0_all = rollout.x0
         timesteps = self.draw_timesteps(rollout, generator).to(x0_all.device)
         num = timesteps.shape[1]
@@ -123,8 +128,11 @@ class ELBOEstimator:
         log_lik = torch.stack([elbo_term(x0, d[0], t, d[3], self.weighting) for d in draws]).mean(0)
         log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[4], self.weighting) for d in draws]).mean(0)
         noise, _, x_t, v, v_old, v_ref = draws[-1]
+        rows = x0.shape[0]
         return LikelihoodTerm(index=index, log_lik=log_lik, log_lik_old=log_lik_old.detach(),
                               weight=weight, velocity=v,
                               velocity_old=v_old if self.shared_noise else None, velocity_ref=v_ref,
                               x_t=x_t, x0=x0, noise=noise, t=t,
-                              forwards=self.noise_draws * (2 + int(need_reference)))
+                              # per noise draw: current + old (+ reference); the current one is back-propagated
+                              nfe_forward=rows * self.noise_draws * (2 + int(need_reference)),
+                              nfe_backward=rows * self.noise_draws)

@@ -1,12 +1,11 @@
 """The trajectory estimator: per-step Gaussian log-probs of the stored stochastic transitions
-(FlowGRPO / DanceGRPO), recomputed under the current policy."""
+(FlowGRPO / DanceGRPO), recomputed under the current policy with the rollout's own kernel."""
 from __future__ import annotations
 
 from typing import Iterator
 
 import torch
 
-from rlzoo.samplers.sde import transition
 from rlzoo.types import LikelihoodTerm, Rollout
 
 
@@ -24,7 +23,8 @@ class TrajectoryEstimator:
     tests/test_consistency.py); it is also what happens when a rollout carries no log-probs.
     """
 
-    needs_trajectory = True
+    needs = frozenset({"trajectory"})  # the recorded x_k, log-probs and the sampler's transition
+    provides = frozenset({"velocity", "velocity_ref", "x_t", "t", "mean", "mean_ref", "std", "kernel_std"})
 
     def __init__(self, steps: str | int = "all", timestep_fraction: float = 0.99, recompute_old: bool = False):
         if steps != "all" and (not isinstance(steps, int) or steps < 1):
@@ -46,11 +46,10 @@ class TrajectoryEstimator:
         return steps
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
-              sampler, generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
+              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
         if rollout.trajectory is None:
             raise ValueError("the trajectory estimator needs a rollout recorded by a stochastic sampler")
         steps = self.chosen_steps(rollout, generator)
-        sigmas = rollout.sigmas
         batch = rollout.x0.shape[0]
         recompute = self.recompute_old or rollout.log_probs is None
         forwards = 1 + int(need_reference) + int(recompute)
@@ -59,12 +58,10 @@ class TrajectoryEstimator:
             cond = rollout.cond.select(index)
             for k in steps:
                 x, x_next = rollout.trajectory[index, k], rollout.trajectory[index, k + 1]
-                sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
-                t = torch.full((len(index),), sigma, dtype=x.dtype, device=x.device)
+                t = torch.full((len(index),), float(rollout.sigmas[k]), dtype=x.dtype, device=x.device)
 
                 def step(v):
-                    return transition(sampler.kernel, x, v, sigma, sigma_next, sigmas,
-                                      eta=sampler.eta, x_next=x_next)
+                    return rollout.transition(x, v, k, x_next=x_next)
 
                 with torch.no_grad():
                     v_ref = policy.velocity(x, t, cond, which="reference") if need_reference else None
@@ -74,9 +71,8 @@ class TrajectoryEstimator:
                         log_lik_old = rollout.log_probs[index.to(rollout.log_probs.device), k]
                 v = policy.velocity(x, t, cond, which="current")
                 current = step(v)
-                extras = {"mean": current.mean, "std": current.std, "kernel_std": current.kernel_std}
-                if v_ref is not None:
-                    extras["mean_ref"] = step(v_ref).mean
                 yield LikelihoodTerm(index=index, log_lik=current.log_prob, log_lik_old=log_lik_old,
-                                     weight=1.0 / len(steps), velocity=v, velocity_ref=v_ref,
-                                     x_t=x, t=t, extras=extras, forwards=forwards)
+                                     weight=1.0 / len(steps), velocity=v, velocity_ref=v_ref, x_t=x, t=t,
+                                     mean=current.mean, std=current.std, kernel_std=current.kernel_std,
+                                     mean_ref=None if v_ref is None else step(v_ref).mean,
+                                     nfe_forward=len(index) * forwards, nfe_backward=len(index))

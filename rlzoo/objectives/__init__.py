@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlzoo.ops import mean_dims, per_sample
 from rlzoo.types import LikelihoodTerm
 
 
@@ -64,11 +65,11 @@ def reinforce_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> T
 
 class Objective:
     """A per-sample loss over one likelihood term. `uses_ratio`: weighs by (or clips) the ratio
-    to the old policy, which is identically 1 when old = current."""
+    to the old policy, which is identically 1 when old = current. `needs`: the LikelihoodTerm
+    fields it reads beyond log_lik / log_lik_old (checked against the estimator before any compute)."""
 
-    name = "objective"
     uses_ratio = True
-    needs_velocity = False
+    needs = frozenset()
     loss_fn = staticmethod(epg_loss)
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
@@ -76,50 +77,40 @@ class Objective:
 
 
 class EPG(Objective):
-    name, loss_fn = "epg", staticmethod(epg_loss)
+    loss_fn = staticmethod(epg_loss)
 
 
 class EPGNoRatio(Objective):
-    name, uses_ratio, loss_fn = "epg_noratio", False, staticmethod(epg_noratio_loss)
+    uses_ratio, loss_fn = False, staticmethod(epg_noratio_loss)
 
 
 class PEPG(Objective):
-    name, loss_fn = "pepg", staticmethod(pepg_loss)
+    loss_fn = staticmethod(pepg_loss)
 
 
 class PEPGNoRatio(Objective):
-    name, uses_ratio, loss_fn = "pepg_noratio", False, staticmethod(pepg_noratio_loss)
+    uses_ratio, loss_fn = False, staticmethod(pepg_noratio_loss)
 
 
 class PAR(Objective):
-    name, loss_fn = "par", staticmethod(par_loss)
+    loss_fn = staticmethod(par_loss)
 
 
 class PARNoRatio(Objective):
-    name, uses_ratio, loss_fn = "par_noratio", False, staticmethod(par_noratio_loss)
+    uses_ratio, loss_fn = False, staticmethod(par_noratio_loss)
 
 
 class Reinforce(Objective):
-    name, uses_ratio, loss_fn = "reinforce", False, staticmethod(reinforce_loss)
+    uses_ratio, loss_fn = False, staticmethod(reinforce_loss)
 
 
 class GRPO(Objective):
-    name = "grpo"
-
     def __init__(self, clip_range: float = 1e-3, adv_clip: float = 5.0):
         self.clip_range = float(clip_range)
         self.adv_clip = float(adv_clip)
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return grpo_loss(term.log_lik, term.log_lik_old, advantage, self.clip_range, self.adv_clip)
-
-
-def _per_sample(t: Tensor, like: Tensor) -> Tensor:
-    return t.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def _mean_d(x: Tensor) -> Tensor:
-    return x.flatten(1).mean(1)
 
 
 def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t: Tensor,
@@ -131,11 +122,11 @@ def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t:
     L  = 5 · (r·ℓ+ + (1-r)·ℓ-) / γ
     """
     v_old = velocity_old.detach()
-    tt = _per_sample(t, x0)
+    tt = per_sample(t, x0)
 
     def adaptive(v):
         error = x_t - tt * v - x0
-        return _mean_d(error**2) / _mean_d(error.detach().abs()).clamp_min(1e-5)
+        return mean_dims(error**2) / mean_dims(error.detach().abs()).clamp_min(1e-5)
 
     positive = adaptive(gamma * velocity + (1 - gamma) * v_old)
     negative = adaptive((1 + gamma) * v_old - gamma * velocity)
@@ -145,14 +136,14 @@ def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t:
 def awm_log_prob(velocity: Tensor, noise: Tensor, x0: Tensor, t: Tensor, power: float = 0.25) -> Tensor:
     """AWM's log-likelihood with the `ghuber` time weighting, per sample:
     ℓ = mean_d( (v - (eps - x0))² ),  logp = -((ℓ + 1e-10)^p - (1e-10)^p)·t/p."""
-    loss = _mean_d((velocity - (noise - x0)) ** 2)
+    loss = mean_dims((velocity - (noise - x0)) ** 2)
     return -((loss + 1e-10) ** power - 1e-10**power) * t.to(loss.dtype) / power
 
 
 class NFT(Objective):
     """DiffusionNFT; maps the advantage to an optimality probability itself."""
 
-    name, uses_ratio, needs_velocity = "nft", False, True
+    uses_ratio, needs = False, frozenset({"velocity", "velocity_old", "x_t", "x0", "t"})
 
     def __init__(self, gamma: float = 1.0, adv_clip: float = 5.0):
         self.gamma, self.adv_clip = float(gamma), float(adv_clip)
@@ -167,7 +158,7 @@ class NFT(Objective):
 class AWM(Objective):
     """Advantage weighted matching: PPO-clip on the ratio of AWM log-likelihoods."""
 
-    name, needs_velocity = "awm", True
+    needs = frozenset({"velocity", "velocity_old", "noise", "x0", "t"})
 
     def __init__(self, clip_range: float = 1.0, power: float = 0.25, adv_clip: float = 5.0):
         self.clip_range, self.power, self.adv_clip = float(clip_range), float(power), float(adv_clip)

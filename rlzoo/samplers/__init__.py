@@ -21,7 +21,8 @@ class Sampler:
     """Common configuration of all samplers: K steps on the shifted flow-matching schedule."""
 
     stochastic = False  # does it draw fresh noise inside the loop (and so define log-probs)?
-    keeps_trajectory = False  # does its Rollout carry trajectory and behaviour log-probs?
+    needs = frozenset()
+    provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0):
         self.num_steps = int(num_steps)

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rlzoo.ops import mean_dims, per_sample
+
 
 class Step(NamedTuple):
     x_next: Tensor
@@ -24,19 +26,6 @@ class Step(NamedTuple):
     mean: Tensor
     std: Tensor
     kernel_std: Tensor
-
-
-def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
-    """A float or (B,) tensor as a tensor broadcastable against `like` (B, ...)."""
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if value.ndim == 0:
-        return value
-    return value.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def mean_dims(x: Tensor) -> Tensor:
-    """mean_d: the mean over all non-batch dimensions, (B, ...) -> (B,)."""
-    return x.flatten(1).mean(dim=1)
 
 
 def gaussian_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -57,7 +46,7 @@ def _draw(mean: Tensor, std: Tensor, noise: Tensor | None, x_next: Tensor | None
 
 def euler_step(x, velocity, sigma, sigma_next, *, eta=0.0, noise=None, x_next=None) -> Step:
     """ODE Euler step: x_next = x + v·dt."""
-    dt = _per_sample(sigma_next, x) - _per_sample(sigma, x)
+    dt = per_sample(sigma_next, x) - per_sample(sigma, x)
     mean = x + velocity * dt
     zero = torch.zeros((), dtype=x.dtype)
     return Step(mean if x_next is None else x_next, None, mean, zero, zero)
@@ -95,10 +84,10 @@ def flow_sde_step(x, velocity, sigma, sigma_next, *, eta=0.7, noise=None, x_next
     mu  = x·(1 + s²/(2·sigma)·dt) + v·(1 + s²·(1 - sigma)/(2·sigma))·dt
     std = s·sqrt(-dt),   kernel_std = s
     """
-    sig = _per_sample(sigma, x)
-    sig_next = _per_sample(sigma_next, x)
+    sig = per_sample(sigma, x)
+    sig_next = per_sample(sigma_next, x)
     denominator_sigma = torch.where(
-        sig == 1.0, _per_sample(sigma_next if sigma_max is None else sigma_max, x), sig
+        sig == 1.0, per_sample(sigma_next if sigma_max is None else sigma_max, x), sig
     )
     s = eta * torch.sqrt(sig / (1 - denominator_sigma))
     dt = sig_next - sig
@@ -116,8 +105,8 @@ def cps_step(x, velocity, sigma, sigma_next, *, eta=0.7, noise=None, x_next=None
     logp = -mean_d((x_next - mu)²)   (the public code drops constants and 1/(2·std²)),
     kernel_std = std (FlowGRPO's std_dev_t for cps).
     """
-    sig = _per_sample(sigma, x)
-    sig_next = _per_sample(sigma_next, x)
+    sig = per_sample(sigma, x)
+    sig_next = per_sample(sigma_next, x)
     std = sig_next * math.sin(eta * math.pi / 2)
     x0_hat = x - sig * velocity
     x1_hat = x + (1 - sig) * velocity
@@ -133,8 +122,8 @@ def dance_sde_step(x, velocity, sigma, sigma_next, *, eta=0.3, noise=None, x_nex
     score = -(x - (1 - sigma)·x̂0)/sigma², mu = x + dt·v - ½·eta²·score·dt, Gaussian logp,
     kernel_std = eta (the std before its sqrt(-dt) factor).
     """
-    sig = _per_sample(sigma, x)
-    sig_next = _per_sample(sigma_next, x)
+    sig = per_sample(sigma, x)
+    sig_next = per_sample(sigma_next, x)
     dt = sig_next - sig
     std = eta * torch.sqrt(sig - sig_next)
     x0_hat = x - sig * velocity

@@ -32,7 +32,7 @@ class SDESampler(Sampler):
     step and which steps were stochastic."""
 
     stochastic = True
-    keeps_trajectory = True
+    provides = frozenset({"trajectory"})
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0, kernel: str = "flow_sde", eta: float = 0.7,
                  window: list[int] | None = None, window_size: int | None = None,
@@ -83,7 +83,15 @@ class SDESampler(Sampler):
         return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.num_steps,
                        trajectory=torch.stack(trajectory, 1) if record else None,
                        log_probs=torch.stack(log_probs, 1) if record else None,
-                       stochastic=stochastic if record else None)
+                       stochastic=stochastic if record else None,
+                       transition=self.transition_fn(sigmas) if record else None)
+
+    def transition_fn(self, sigmas):
+        """This sampler's kernel on `sigmas`, for an estimator: (x_k, velocity, k, x_next) -> Step."""
+        def step(x, velocity, k: int, x_next=None):
+            return transition(self.kernel, x, velocity, float(sigmas[k]), float(sigmas[k + 1]), sigmas,
+                              eta=self.eta, x_next=x_next)
+        return step
 
 
 def window_error(num_steps: int, window, window_size, window_range) -> str | None:

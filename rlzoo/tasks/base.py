@@ -72,8 +72,21 @@ class Task:
     def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:
         return {k: float(v.float().mean()) for k, v in scores.items()}
 
+    def group_conditioning(self, prompt_ids: list[int], group_size: int) -> Conditioning:
+        """Each chosen training prompt repeated `group_size` times; its group id is its position."""
+        prompts = self.train_prompts()
+        repeated = [prompts[i] for i in prompt_ids for _ in range(group_size)]
+        ids = torch.tensor(prompt_ids).repeat_interleave(group_size)
+        groups = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
+        return self.conditioning(repeated, prompt_ids=ids, group_ids=groups)
+
     def build_model(self, model_cfg) -> nn.Module:
-        raise NotImplementedError
+        """The velocity model the model config's `_target_` names, with random weights."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        params = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "checkpoint"}
+        return instantiate(params, _convert_="all")
 
     def load_base_model(self, model_cfg) -> nn.Module:
         state = check_base_checkpoint(model_cfg.checkpoint, self.pretrain_command)

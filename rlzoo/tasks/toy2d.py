@@ -94,11 +94,6 @@ class Toy2DTask(Task):
         ids = torch.zeros(batch_size, dtype=torch.long)
         return x0, self.conditioning(prompts, ids, ids)
 
-    def build_model(self, model_cfg) -> nn.Module:
-        return Toy2DVelocity(hidden=model_cfg.hidden, depth=model_cfg.depth,
-                             time_features=model_cfg.time_features,
-                             angle_harmonics=model_cfg.angle_harmonics)
-
     def save_grid(self, x0: Tensor, cond: Conditioning, path: Path) -> None:
         """Scatter plot of the sample cloud, coloured by prompt, with the target discs."""
         import matplotlib

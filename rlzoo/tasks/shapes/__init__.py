@@ -106,15 +106,6 @@ class ShapesTask(Task):
         ids = torch.zeros(batch_size, dtype=torch.long)
         return torch.stack(images), self.conditioning(captions, ids, ids)
 
-    def build_model(self, model_cfg) -> nn.Module:
-        from rlzoo.tasks.shapes.model import ShapesPolicyModel
-
-        return ShapesPolicyModel(
-            image_size=self.image_size, patch_size=model_cfg.patch_size, num_layers=model_cfg.num_layers,
-            num_attention_heads=model_cfg.num_attention_heads,
-            attention_head_dim=model_cfg.attention_head_dim, text_dim=model_cfg.text_dim,
-            text_layers=model_cfg.text_layers, text_heads=model_cfg.text_heads, max_length=self.max_length)
-
     def save_grid(self, x0: Tensor, cond: Conditioning, path: Path, columns: int = 8) -> None:
         """A PNG grid of samples (upscaled 4×), a green/red bar under each for pass/fail."""
         from PIL import Image
