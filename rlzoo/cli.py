@@ -1,6 +1,9 @@
 """`rlzoo <command>`: the non-training entry points in one place.
 
     rlzoo report <multirun dir> [--threshold X] [--baseline key=value]   # ablation table + plots
+    rlzoo evaluate run_dir=DIR [weights=ema|current] [eval.samples=N]    # evaluate a trained run
+    rlzoo evaluate task=shapes                                           # evaluate a base model
+    rlzoo export run_dir=DIR --out OUT [weights=ema|current]             # weights as safetensors
     rlzoo bench [--steps 10 20 40]                                       # estimator benchmark
     rlzoo train ...                                                      # = rlzoo-train ...
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {"report": "rlzoo.report", "bench": "rlzoo.bench", "train": "rlzoo.train",
-            "evaluate": "rlzoo.evaluate"}
+            "evaluate": "rlzoo.evaluate", "export": "rlzoo.export"}
 
 
 def main(argv: list[str] | None = None) -> None:

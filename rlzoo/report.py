@@ -440,7 +440,7 @@ def export(root: Path, dest: Path) -> Path:
 
 
 def report(root: Path | list[Path], threshold: float | None = None, baseline: str | None = None,
-           out_dir: Path | None = None, plots: bool = True) -> str:
+           out_dir: Path | None = None, plots: bool = True, wandb_project: str | None = None) -> str:
     """Write the table and plots for the runs under `root`; return the Markdown table.
 
     Several roots (e.g. a sweep and a longer run of one of its rows) go into one table: each run
@@ -485,7 +485,23 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     (out_dir / "runs.csv").write_text(runs_csv(runs))
     if plots:
         plot(keys, rows, out_dir)
+    if wandb_project:
+        log_to_wandb(header, cells, out_dir, name=root.name, project=wandb_project)
     return markdown + "\n".join(notes) + "\n"
+
+
+def log_to_wandb(header: list[str], cells: list[list[str]], out_dir: Path, name: str, project: str) -> None:
+    """The table as a wandb.Table and the plots as images, in a run `<sweep>/report` of the
+    sweep's group (offline unless WANDB_MODE says otherwise)."""
+    import os
+
+    import wandb
+
+    run = wandb.init(project=project, name=f"{name}/report", group=name, job_type="report",
+                     mode=os.environ.get("WANDB_MODE", "offline"), dir=str(out_dir), reinit="finish_previous")
+    run.log({"report/table": wandb.Table(columns=header, data=cells),
+             **{f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}})
+    run.finish()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -499,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="row the compute ratios are taken against, e.g. row=paper_a")
     parser.add_argument("--out", default=None, help="output directory (default <root>/report)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--wandb", default=None, metavar="PROJECT",
+                        help="also log the table (wandb.Table) and plots to wandb PROJECT, run <sweep>/report")
     parser.add_argument("--export", default=None, metavar="DIR",
                         help="first copy the runs' JSONL/summary/overrides (no checkpoints) to DIR, "
                              "then report from there (e.g. experiments/results/<sweep>)")
@@ -506,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export and len(args.root) > 1:
         parser.error(f"--export takes one directory, got {len(args.root)}: {' '.join(args.root)}")
     roots = [export(Path(args.root[0]), Path(args.export))] if args.export else [Path(r) for r in args.root]
-    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots))
+    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots, args.wandb))
     print(f"written to {Path(args.out) if args.out else roots[0] / 'report'}/")
 
 

@@ -6,9 +6,7 @@ import pytest
 from rlzoo.config import build_components, compose_config, valid_grid, validate
 from rlzoo.trainer import Trainer
 
-TINY = ["task=toy2d", "train.iterations=2", "train.batch_size=8", "train.group_size=4",
-        "train.micro_batch_size=4", "sampler.num_steps=3", "eval.samples=8", "eval.num_steps=2",
-        "eval.every=2", "progress_bar=false"]
+TINY = ["task=toy2d", "debug=tiny", "train.micro_batch_size=4"]  # two micro-batches per term
 
 
 @pytest.mark.parametrize("objective,estimator,sampler", valid_grid())

@@ -89,3 +89,24 @@ def test_wandb_logger_offline(tmp_path):
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert len(lines(run / "metrics.jsonl")) == 2  # JSONL stays the source of truth
+    images = sorted(p.name for p in (offline[0] / "files" / "media" / "images").rglob("*.png"))
+    assert any(n.startswith("before") for n in images), images
+    assert any(n.startswith("after") for n in images), images
+    history = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+    assert b"compute/nfe" in history  # the x-axis of every chart (define_metric)
+
+
+def test_report_logs_its_table_to_wandb(tmp_path):
+    """`rlzoo report --wandb PROJECT` puts the table in a wandb.Table (offline here)."""
+    import shutil
+
+    from rlzoo.report import report
+
+    root = tmp_path / "sweep"
+    source = REPO / "experiments" / "results" / "toy2d_default"
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("report"))
+    report(root, plots=False, wandb_project="rlzoo-test")
+    offline = list((root / "report" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    tables = list((offline[0] / "files" / "media" / "table").rglob("*.table.json"))
+    assert tables and "final" in tables[0].read_text()

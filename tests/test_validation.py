@@ -239,3 +239,38 @@ def test_velocity_objectives_need_shared_noise(capsys, run_dir, objective):
 def test_sde_mean_normalizer_is_checked(capsys, run_dir):
     err = fails(capsys, run_dir, "experiment=flowgrpo", "kl.normalizer=full")
     assert "kl=sde_mean" in err and "'full'" in err and "step, kernel" in err
+
+
+def test_needs_are_checked_generically(capsys, run_dir, monkeypatch):
+    """A component whose declared needs its provider does not provide is refused by the one
+    generic rule, with no pair rule written for it."""
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "helpers"))
+    err = fails(capsys, run_dir, "objective._target_=needy_components.NeedsScore")
+    assert "needs score from estimator=elbo, which does not provide it" in err
+
+
+def test_combination_error_reads_the_declarations():
+    from types import SimpleNamespace as C
+
+    from rlzoo.config import combination_error
+
+    names = {"sampler": "s", "estimator": "e", "objective": "o", "kl": "k"}
+    fine = {"sampler": C(provides={"trajectory"}), "estimator": C(needs={"trajectory"}, provides={"mean", "x0"}),
+            "objective": C(needs={"x0"}), "kl": C(needs={"mean"})}
+    assert combination_error(fine, names) is None
+    for consumer, broken in (("estimator", {**fine, "sampler": C(provides=set())}),
+                             ("objective", {**fine, "objective": C(needs={"x0", "velocity"})}),
+                             ("kl", {**fine, "kl": C(needs={"mean_ref"})})):
+        error = combination_error(broken, names)
+        assert error.startswith(f"{consumer}={names[consumer]} needs "), error
+
+
+@pytest.mark.parametrize("overrides,needed", [
+    (["estimator=trajectory", "sampler=dpm2"], "trajectory"),
+    (["objective=nft", "estimator=trajectory", "sampler=flow_sde"], "velocity_old, x0"),
+    (["kl=sde_mean", "estimator=elbo"], "mean, mean_ref, std"),
+    (["objective=awm", "estimator.shared_noise=false"], "velocity_old"),
+])
+def test_the_old_pair_rules_are_needs(capsys, run_dir, overrides, needed):
+    err = fails(capsys, run_dir, *overrides)
+    assert f"needs {needed} from" in err

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 
 from rlzoo.types import Conditioning
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Relative paths (rlzoo/tasks/base_models/...) resolve against the directory holding the rlzoo
+# package: the source tree, or site-packages after a non-editable install.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class BaseCheckpointError(ValueError):
@@ -18,7 +20,7 @@ class BaseCheckpointError(ValueError):
 
 def resolve_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else PACKAGE_PARENT / path
 
 
 def sha256_file(path: Path) -> str:

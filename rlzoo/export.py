@@ -1,0 +1,75 @@
+"""`rlzoo export`: a trained run's weights as safetensors, loadable without rlzoo's checkpoint.
+
+    rlzoo export run_dir=runs/shapes/paper_a/seed0 --out exported/ [weights=ema|current]
+
+Writes <out>/model.safetensors (the velocity model's state dict: the EMA weights when the run
+evaluated EMA weights, unless `weights=` says otherwise) and <out>/config.json (the model's config
+with its `_target_`, the task and the run it came from), so
+
+    model = hydra.utils.instantiate(config["model"]); model.load_state_dict(safetensors.torch.load_file(...))
+
+rebuilds it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+VIEWS = {"ema": "eval", "current": "current"}
+
+
+def export(run_dir: Path, out: Path, weights: str | None = None) -> Path:
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from rlzoo.config import ConfigError
+    from rlzoo.runs import atomic_write_bytes, load_checkpoint
+
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not (run_dir / "config.yaml").exists() or not checkpoint.exists():
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds no trained run (needs config.yaml and {checkpoint})")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    weights = weights or ("ema" if cfg.eval.ema else "current")
+    if weights not in VIEWS:
+        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(VIEWS)}")
+    state = load_checkpoint(checkpoint)["policy"][VIEWS[weights]]
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"rlzoo_weights": weights, "run_dir": str(run_dir)})
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "checkpoint"}
+    atomic_write_bytes(out / "config.json", json.dumps(
+        {"model": model, "task": cfg.task.name, "weights": weights, "run_dir": str(run_dir),
+         "iterations": _iterations(run_dir)}, indent=2).encode())
+    return out / "model.safetensors"
+
+
+def _iterations(run_dir: Path) -> int | None:
+    summary = run_dir / "summary.json"
+    return json.loads(summary.read_text()).get("iterations") if summary.exists() else None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from rlzoo.config import ConfigError
+    from rlzoo.runs import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = argv[argv.index("--out") + 1] if "--out" in argv and argv.index("--out") + 1 < len(argv) else None
+    options = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = sorted(set(options) - {"run_dir", "weights"})
+    try:
+        if "run_dir" not in options or out is None or unknown:
+            raise ConfigError("usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current]"
+                              + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
+        path = export(Path(options["run_dir"]), Path(out), options.get("weights"))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"rlzoo export: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"written: {path} and {path.parent / 'config.json'}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
