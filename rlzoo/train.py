@@ -32,7 +32,7 @@ rerunning the same command resumes there.
 def help_text() -> str:
     lines = [USAGE, "groups and their choices:"]
     for group in GROUPS:
-        lines.append(f"  {group:<10} {', '.join(available(group))}")
+        lines.append(f"  {group:<12} {', '.join(available(group))}")
     lines.append("\nrlzoo-train --list prints every valid objective x estimator x sampler;"
                  " Hydra's own help: rlzoo-train --hydra-help")
     return "\n".join(lines)
