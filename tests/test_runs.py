@@ -120,3 +120,13 @@ def test_debug_tiny_keeps_only_the_first_and_last_checkpoint(tmp_path):
     t.save_checkpoint = lambda: (saved.append(t.progress.iteration), save())[1]
     t.fit()
     assert saved == [0, 2]
+
+
+def test_optimizer_and_lr_schedule_are_components(tmp_path):
+    """optimizer=adam builds torch.optim.Adam; lr_schedule=warmup ramps the logged lr linearly
+    over its optimizer steps (LinearLR from start_factor to 1)."""
+    t = trainer(tmp_path, "optimizer=adam", "optimizer.lr=0.01", "lr_schedule=warmup",
+                "lr_schedule.start_factor=0.5", "lr_schedule.total_iters=2")
+    assert type(t.optimizer) is torch.optim.Adam
+    lrs = [t.train_step()["lr"] for _ in range(3)]
+    assert lrs == pytest.approx([0.0075, 0.01, 0.01])

@@ -1,0 +1,27 @@
+"""Run directories and their bookkeeping (README, Runs): files written atomically, compute and
+budgets, summary.json, loggers. The trainer calls these; the math never does."""
+from rlzoo.runs.files import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    read_jsonl,
+    truncate_jsonl,
+)
+from rlzoo.runs.loggers import JsonlLogger, WandbLogger
+from rlzoo.runs.progress import (
+    Compute,
+    Phase,
+    Progress,
+    ProgressBar,
+    budget_spent,
+    is_finished,
+    peak_memory_bytes,
+)
+from rlzoo.runs.summary import format_metrics, iteration_record, merge_update_stats, print_report, write_summary
+
+__all__ = ["CheckpointError", "Compute", "JsonlLogger", "Phase", "Progress", "ProgressBar", "WandbLogger",
+           "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "budget_spent", "format_metrics", "is_finished", "iteration_record",
+           "load_checkpoint", "merge_update_stats", "peak_memory_bytes", "print_report", "read_jsonl",
+           "truncate_jsonl", "write_summary"]

@@ -1,0 +1,169 @@
+"""Where a run stands: compute spent, evaluations recorded, budgets and when to stop."""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+PHASES = ("rollout", "reward", "train", "eval")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
+@dataclass
+class Compute:
+    """Compute spent so far: per-sample model evaluations and wall-clock by phase."""
+
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    wall: dict = field(default_factory=lambda: {p: 0.0 for p in PHASES})
+
+    @property
+    def nfe(self) -> int:
+        """Forward + backward model evaluations per sample: the unit of every budget and table."""
+        return self.nfe_forward + self.nfe_backward
+
+    @property
+    def training_seconds(self) -> float:
+        return sum(v for k, v in self.wall.items() if k != "eval")
+
+    def as_dict(self, device: torch.device) -> dict:
+        return {"nfe_forward": self.nfe_forward, "nfe_backward": self.nfe_backward,
+                "wall_s": sum(self.wall.values()), "wall_split_s": dict(self.wall),
+                "peak_mem_bytes": peak_memory_bytes(device)}
+
+
+class Phase:
+    """Context manager adding the elapsed wall-clock to one phase of `Compute`."""
+
+    def __init__(self, compute: Compute, name: str):
+        self.compute, self.name = compute, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.compute.wall[self.name] += time.perf_counter() - self.start
+
+
+def budget_spent(train, nfe: int, training_seconds: float) -> str | None:
+    """Which training budget (train.max_minutes of wall-clock, train.max_nfe forward + backward
+    model evaluations) is used up, if any."""
+    if train.get("max_minutes") is not None and training_seconds >= float(train.max_minutes) * 60:
+        return f"training wall-clock budget of {train.max_minutes} min"
+    if train.get("max_nfe") is not None and nfe >= int(train.max_nfe):
+        return f"model-evaluation budget of {int(train.max_nfe):,} (forward + backward)"
+    return None
+
+
+@dataclass
+class Progress:
+    """The bookkeeping of a run: iterations and optimizer steps done, compute spent, the held-out
+    evaluations that summary.json reports, and the compute at which `report.threshold` was first
+    reached. Plain values only, so it goes into a weights_only checkpoint as a dict."""
+
+    iteration: int = 0
+    optimizer_steps: int = 0  # the EMA schedules count these, as the peers' global_step
+    compute: Compute = field(default_factory=Compute)
+    base: dict | None = None
+    final: dict | None = None  # the latest evaluation
+    best: dict | None = None
+    reached: dict | None = None
+    last_eval_nfe: int = 0
+
+    def record_eval(self, metrics: dict, threshold: float | None) -> dict:
+        """Note one held-out evaluation; returns its eval.jsonl record."""
+        c = self.compute
+        record = {"iteration": self.iteration, **metrics, "nfe_forward": c.nfe_forward,
+                  "nfe_backward": c.nfe_backward, "wall_s": c.training_seconds}
+        if self.base is None:
+            self.base = metrics
+        self.final, self.last_eval_nfe = metrics, c.nfe
+        if threshold is not None and self.reached is None and metrics["reward"] >= threshold:
+            self.reached = {k: record[k] for k in ("iteration", "nfe_forward", "nfe_backward", "wall_s")}
+        if self.best is None or metrics["reward"] > self.best["reward"]:
+            self.best = {**metrics, "iteration": self.iteration}
+        return record
+
+    def stop_reason(self, train) -> str | None:
+        """Why training stops now (train.iterations or a budget), or None."""
+        if self.iteration >= int(train.iterations):
+            return f"train.iterations={int(train.iterations)} done"
+        spent = budget_spent(train, self.compute.nfe, self.compute.training_seconds)
+        return f"{spent} reached" if spent else None
+
+    def describe_stop(self, train) -> str:
+        c = self.compute
+        return (f"{self.stop_reason(train)} ({self.iteration} iterations, {c.nfe:,} model evaluations, "
+                f"{c.training_seconds / 60:.1f} min of training)")
+
+    def eval_due(self, eval_cfg) -> bool:
+        """Every eval.every iterations, or, with eval.every_nfe, each time the compute spent
+        crosses a multiple of it: rows that spend different compute per iteration are then
+        measured at the same compute points."""
+        every_nfe = eval_cfg.get("every_nfe")
+        if every_nfe:
+            return self.compute.nfe // int(every_nfe) > self.last_eval_nfe // int(every_nfe)
+        return self.iteration % int(eval_cfg.every) == 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Progress":
+        return cls(**{**state, "compute": Compute(**state["compute"])})
+
+
+def is_finished(summary: dict, train) -> bool:
+    """Whether a run's summary already satisfies this config's stopping rule (iterations or a
+    budget), so rerunning it would add nothing; a raised budget or iteration count resumes it."""
+    if summary.get("status") != "completed":
+        return False
+    compute = summary["compute"]
+    return summary["iterations"] >= int(train.iterations) or budget_spent(
+        train, compute["nfe_forward"] + compute["nfe_backward"],
+        compute["wall_s"] - compute["wall_split_s"]["eval"]) is not None
+
+
+class ProgressBar:
+    """tqdm over the budget that decides when the run stops: model evaluations (train.max_nfe),
+    else training minutes (train.max_minutes), else iterations; so total and ETA are honest."""
+
+    def __init__(self, train, progress: Progress, enabled: bool):
+        from tqdm import tqdm
+
+        self.train, self.progress = train, progress
+        if train.get("max_nfe") is not None:
+            self.unit, total = "model evaluations", int(train.max_nfe)
+        elif train.get("max_minutes") is not None:
+            self.unit, total = "training s", round(float(train.max_minutes) * 60)
+        else:
+            self.unit, total = "iterations", int(train.iterations)
+        self.bar = tqdm(total=total, initial=self._done(), desc=f"rl ({self.unit})", unit="",
+                        unit_scale=self.unit == "model evaluations", dynamic_ncols=True, disable=not enabled)
+
+    def _done(self) -> int:
+        p = self.progress
+        if self.unit == "model evaluations":
+            return p.compute.nfe
+        if self.unit == "training s":
+            return round(p.compute.training_seconds)
+        return p.iteration
+
+    def update(self, **postfix) -> None:
+        self.bar.update(min(self._done(), self.bar.total) - self.bar.n)
+        if self.unit != "iterations":
+            postfix = {"it": self.progress.iteration, **postfix}
+        self.bar.set_postfix(**postfix)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()

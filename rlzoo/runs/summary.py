@@ -1,0 +1,64 @@
+"""summary.json: the one file tools read from a run (README, Runs), and its printout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlzoo.runs.files import atomic_write_json
+from rlzoo.runs.progress import Progress
+
+
+def write_summary(run_dir: Path, status: str, progress: Progress | None = None, *,
+                  error: str | None = None, threshold: float | None = None,
+                  eval_protocol: dict | None = None, device: torch.device = torch.device("cpu")) -> dict:
+    """Write summary.json with its fixed shape, for a running, completed or failed run; a run
+    that failed before training started has an empty `Progress`."""
+    progress = progress or Progress()
+    summary = {
+        "status": status, "iterations": progress.iteration, "error": error,
+        "base": progress.base, "final": progress.final, "best": progress.best,
+        "compute": progress.compute.as_dict(device),
+        "threshold": threshold, "threshold_reached": progress.reached,
+        "eval_protocol": eval_protocol, "run_dir": str(run_dir),
+    }
+    atomic_write_json(summary, Path(run_dir) / "summary.json")
+    return summary
+
+
+def print_report(summary: dict) -> None:
+    base, final, best = summary["base"], summary["final"], summary["best"]
+    keys = [k for k in base if isinstance(base[k], (int, float))]
+    print(f"\n{'metric':<28}{'base':>9}{'final':>9}{'best':>9}")
+    for k in keys:
+        print(f"{k:<28}{base[k]:>9.3f}{final[k]:>9.3f}{best.get(k, float('nan')):>9.3f}")
+    c = summary["compute"]
+    print(f"\nNFE forward {c['nfe_forward']:,}  backward {c['nfe_backward']:,}  "
+          f"wall {c['wall_s']:.1f}s  peak memory {c['peak_mem_bytes'] / 2**20:.0f} MiB")
+    print(f"run directory: {summary['run_dir']}")
+
+
+def format_metrics(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def iteration_record(progress: Progress, rewards: dict, advantage: torch.Tensor, updates: list[dict],
+                     optimizer, device: torch.device) -> dict:
+    """The metrics.jsonl line of one iteration: rewards, advantages, update statistics, the
+    learning rate and the compute spent so far."""
+    return {"iteration": progress.iteration,
+            **{f"reward/{k}": float(v.float().mean()) for k, v in rewards.items()},
+            "reward_std": float(rewards["reward"].float().std()),
+            "advantage_abs_mean": float(advantage.abs().mean()), **merge_update_stats(updates),
+            "lr": optimizer.param_groups[0]["lr"],
+            **{k: v for k, v in progress.compute.as_dict(device).items() if k != "wall_split_s"}}
+
+
+def merge_update_stats(updates: list[dict]) -> dict:
+    """One metrics record for an iteration's optimizer steps: means, except the max |log ratio|
+    (a max) and the number of likelihood terms (a sum)."""
+    merged = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+    merged["log_ratio_abs_max"] = max(u["log_ratio_abs_max"] for u in updates)
+    merged["likelihood_terms"] = sum(u["likelihood_terms"] for u in updates)
+    merged["updates"] = len(updates)
+    return merged
