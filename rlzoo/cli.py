@@ -4,6 +4,7 @@
     rlzoo evaluate run_dir=DIR [weights=ema|current] [eval.samples=N]    # evaluate a trained run
     rlzoo evaluate task=shapes                                           # evaluate a base model
     rlzoo export run_dir=DIR --out OUT [weights=ema|current]             # weights as safetensors
+    rlzoo prompts prompts=geneval --out DIR                              # a prompt set's splits as files
     rlzoo bench [--steps 10 20 40]                                       # estimator benchmark
     rlzoo train ...                                                      # = rlzoo-train ...
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {"report": "rlzoo.report", "bench": "rlzoo.bench", "train": "rlzoo.train",
-            "evaluate": "rlzoo.evaluate", "export": "rlzoo.export"}
+            "evaluate": "rlzoo.evaluate", "export": "rlzoo.export",
+            "prompts": "rlzoo.prompts"}
 
 
 def main(argv: list[str] | None = None) -> None:

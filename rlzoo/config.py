@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: ships with `pip install .`
 GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
-          "optimizer", "lr_schedule", "logger", "experiment", "debug", "row", "sweep")
+          "optimizer", "lr_schedule", "logger", "experiment", "debug", "prompts", "row", "sweep")
 
 
 class ConfigError(ValueError):
