@@ -18,6 +18,26 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line."""
 
 
+def one_line_errors(prog: str):
+    """Decorator for a command's `main`: bad input (ConfigError) or a damaged checkpoint
+    (CheckpointError) is one line on stderr and exit code 2, not a traceback."""
+    import functools
+    import sys
+
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            from rlzoo.runs.files import CheckpointError
+
+            try:
+                return main(*args, **kwargs)
+            except (ConfigError, CheckpointError) as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        return run
+    return wrap
+
+
 def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
@@ -125,8 +145,7 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
     _validate_ratio(cfg)
     _validate_arguments(cfg)
-    _validate_construction(cfg)
-    _validate_combination(cfg)
+    _validate_combination(cfg, _validate_construction(cfg))
     if check_checkpoint:
         from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
 
@@ -142,8 +161,8 @@ def _component_class(node: DictConfig):
     return get_class(node._target_)
 
 
-def _validate_combination(cfg: DictConfig) -> None:
-    error = combination_error({g: build(cfg[g]) for g in PIPELINE}, {g: _name(cfg[g]) for g in PIPELINE})
+def _validate_combination(cfg: DictConfig, built: dict) -> None:
+    error = combination_error(built, {g: _name(cfg[g]) for g in PIPELINE})
     if error:
         raise ConfigError(error)
 
@@ -164,10 +183,11 @@ def _validate_ratio(cfg: DictConfig) -> None:
             f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
 
 
-# Groups instantiated from their YAML by `build` (the model is built by its task; the optimizer
-# and lr schedule are built as partials, on the policy's parameters and on the optimizer).
+# Groups instantiated from their YAML by `build` (the model is built by its task); the
+# PARTIAL_GROUPS are built as factories, applied to the policy's parameters and to the optimizer.
 BUILT_GROUPS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward",
                 "optimizer", "lr_schedule")
+PARTIAL_GROUPS = ("optimizer", "lr_schedule")
 
 
 def _validate_arguments(cfg: DictConfig) -> None:
@@ -194,22 +214,24 @@ def _validate_arguments(cfg: DictConfig) -> None:
 LIGHT_GROUPS = ("sampler", "estimator", "objective", "advantage", "kl", "optimizer", "lr_schedule")
 
 
-def _validate_construction(cfg: DictConfig) -> None:
+def _validate_construction(cfg: DictConfig) -> dict:
+    """Build the light components (the optimizer on a stand-in parameter, the real ones need the
+    model; the lr schedule on that optimizer); returns them by group."""
     import torch
 
-    optimizer = None
+    built: dict = {}
     for group in LIGHT_GROUPS:
         try:
-            if group == "optimizer":  # on a stand-in parameter: the real ones need the model
-                optimizer = build(cfg.optimizer, _partial_=True)([torch.nn.Parameter(torch.zeros(1))])
+            built[group] = build(cfg[group], _partial_=group in PARTIAL_GROUPS)
+            if group == "optimizer":
+                built[group] = built[group]([torch.nn.Parameter(torch.zeros(1))])
             elif group == "lr_schedule":
-                build(cfg.lr_schedule, _partial_=True)(optimizer)
-            else:
-                build(cfg[group])
+                built[group] = built[group](built["optimizer"])
         except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
             cause = exc.__cause__ or exc
             message = " ".join(str(cause).split())
             raise ConfigError(f"{group}={_name(cfg[group])}: {message}") from None
+    return built
 
 
 def _load(group: str, name: str) -> DictConfig:
@@ -259,17 +281,12 @@ def _declared(group: str, name: str, what: str) -> frozenset:
 
 def valid_grid() -> list[tuple[str, str, str]]:
     """Every (objective, estimator, sampler) whose declared needs are provided (kl=none)."""
-    grid = []
-    for o in available("objective"):
-        for e in available("estimator"):
-            for s in available("sampler"):
-                declared = {"objective": _declared("objective", o, "needs"),
-                            "estimator": (_declared("estimator", e, "needs"), _declared("estimator", e, "provides")),
-                            "sampler": _declared("sampler", s, "provides")}
-                needs_e, provides_e = declared["estimator"]
-                if not (declared["objective"] - provides_e or needs_e - declared["sampler"]):
-                    grid.append((o, e, s))
-    return grid
+    objectives = {o: _declared("objective", o, "needs") for o in available("objective")}
+    estimators = {e: (_declared("estimator", e, "needs"), _declared("estimator", e, "provides"))
+                  for e in available("estimator")}
+    samplers = {s: _declared("sampler", s, "provides") for s in available("sampler")}
+    return [(o, e, s) for o, needs in objectives.items() for e, (e_needs, e_provides) in estimators.items()
+            for s, s_provides in samplers.items() if not (needs - e_provides or e_needs - s_provides)]
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -314,9 +331,8 @@ def build_components(cfg: DictConfig, loggers: list | None = None):
     """Every component the trainer takes, built from the composed config."""
     from rlzoo.types import Components
 
-    built = {group: build(cfg[group]) for group in BUILT_GROUPS if group not in ("optimizer", "lr_schedule")}
-    return Components(**built, optimizer=build(cfg.optimizer, _partial_=True),
-                      lr_schedule=build(cfg.lr_schedule, _partial_=True), loggers=list(loggers or []))
+    return Components(**{group: build(cfg[group], _partial_=group in PARTIAL_GROUPS) for group in BUILT_GROUPS},
+                      loggers=list(loggers or []))
 
 
 def override_dict(overrides) -> dict[str, str]:

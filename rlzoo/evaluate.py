@@ -16,9 +16,16 @@ from pathlib import Path
 
 import torch
 
+from rlzoo.config import one_line_errors
 from rlzoo.samplers import EulerSampler, Sampler
 
+# `weights=` names -> policy views; a run's checkpoint holds "ema" and "current", a base model "base"
 WEIGHTS = {"ema": "eval", "current": "current", "base": "reference"}
+
+
+def eval_weights(cfg) -> str:
+    """The weights a run's evaluations measure: its EMA (Paper A) or its current weights."""
+    return "ema" if cfg.eval.ema else "current"
 
 
 def eval_sampler(cfg) -> EulerSampler:
@@ -29,7 +36,7 @@ def eval_sampler(cfg) -> EulerSampler:
 def eval_protocol(cfg, task) -> dict:
     """What summary.json says about how its numbers were measured."""
     return {"split": "heldout", "sampler": "euler", "num_steps": int(cfg.eval.num_steps),
-            "samples": int(cfg.eval.samples), "weights": "ema" if cfg.eval.ema else "current",
+            "samples": int(cfg.eval.samples), "weights": eval_weights(cfg),
             "num_prompts": len(task.heldout_prompts()), "seed": int(cfg.eval.seed)}
 
 
@@ -57,51 +64,48 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
     return task.summarize(merged, torch.tensor(ids)), (torch.cat(samples)[shown], grid_cond)
 
 
-def load_run(run_dir: Path, overrides: list[str] = ()):
-    """(config, task, policy) of a trained run, its weights from the last checkpoint."""
+def open_run(run_dir: Path, overrides: list[str] = ()):
+    """(config with `overrides` applied, checkpoint path) of a trained run, or a ConfigError
+    saying what is missing."""
     from omegaconf import OmegaConf
 
-    from rlzoo.config import ConfigError, build
-    from rlzoo.policies import Policy
-    from rlzoo.runs import load_checkpoint
+    from rlzoo.config import ConfigError
+    from rlzoo.runs import checkpoint_path
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} holds no run (no config.yaml)")
-    checkpoint = run_dir / "checkpoints" / "last.pt"
+    checkpoint = checkpoint_path(run_dir)
     if not checkpoint.exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} has no checkpoint yet ({checkpoint})")
-    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(list(overrides))), checkpoint
+
+
+def load_run(run_dir: Path, overrides: list[str] = ()):
+    """(config, task, policy) of a trained run, its weights from the last checkpoint."""
+    from rlzoo.config import build
+    from rlzoo.policies import Policy
+    from rlzoo.runs import load_checkpoint
+
+    cfg, checkpoint = open_run(run_dir, overrides)
     task = build(cfg.task)
     policy = Policy(task.load_base_model(cfg.model))
     policy.load_state_dict(load_checkpoint(checkpoint)["policy"])
     return cfg, task, policy
 
 
+@one_line_errors("rlzoo evaluate")
 def main(argv: list[str] | None = None) -> dict:
-    from rlzoo.config import ConfigError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _main(argv)
-    except ConfigError as exc:
-        print(f"rlzoo evaluate: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _main(argv: list[str]) -> dict:
     from rlzoo.config import ConfigError, build, compose_config
     from rlzoo.policies import Policy
-    from rlzoo.runs import CheckpointError, atomic_write_json
+    from rlzoo.runs import atomic_write_json
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("run_dir", "weights", "grid"))
     rest = [a for a in argv if a.split("=", 1)[0] not in options]
     if "run_dir" in options:
-        try:
-            cfg, task, policy = load_run(Path(options["run_dir"]), rest)
-        except CheckpointError as exc:
-            raise ConfigError(str(exc)) from None
-        weights = options.get("weights", "ema" if cfg.eval.ema else "current")
+        cfg, task, policy = load_run(Path(options["run_dir"]), rest)
+        weights = options.get("weights", eval_weights(cfg))
     else:
         cfg = compose_config(rest)
         task = build(cfg.task)

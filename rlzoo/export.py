@@ -16,7 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-VIEWS = {"ema": "eval", "current": "current"}
+from rlzoo.config import one_line_errors
+from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
+
+TRAINED = ("ema", "current")  # the weights a run's checkpoint holds
 
 
 def export(run_dir: Path, out: Path, weights: str | None = None) -> Path:
@@ -27,14 +30,11 @@ def export(run_dir: Path, out: Path, weights: str | None = None) -> Path:
     from rlzoo.runs import atomic_write_bytes, load_checkpoint
 
     run_dir = Path(run_dir)
-    checkpoint = run_dir / "checkpoints" / "last.pt"
-    if not (run_dir / "config.yaml").exists() or not checkpoint.exists():
-        raise ConfigError(f"run_dir={str(run_dir)!r} holds no trained run (needs config.yaml and {checkpoint})")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    weights = weights or ("ema" if cfg.eval.ema else "current")
-    if weights not in VIEWS:
-        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(VIEWS)}")
-    state = load_checkpoint(checkpoint)["policy"][VIEWS[weights]]
+    cfg, checkpoint = open_run(run_dir)
+    weights = weights or eval_weights(cfg)
+    if weights not in TRAINED:
+        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(TRAINED)}")
+    state = load_checkpoint(checkpoint)["policy"][WEIGHTS[weights]]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,22 +51,18 @@ def _iterations(run_dir: Path) -> int | None:
     return json.loads(summary.read_text()).get("iterations") if summary.exists() else None
 
 
+@one_line_errors("rlzoo export")
 def main(argv: list[str] | None = None) -> Path:
     from rlzoo.config import ConfigError
-    from rlzoo.runs import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     out = argv[argv.index("--out") + 1] if "--out" in argv and argv.index("--out") + 1 < len(argv) else None
     options = dict(a.split("=", 1) for a in argv if "=" in a)
     unknown = sorted(set(options) - {"run_dir", "weights"})
-    try:
-        if "run_dir" not in options or out is None or unknown:
-            raise ConfigError("usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current]"
-                              + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
-        path = export(Path(options["run_dir"]), Path(out), options.get("weights"))
-    except (ConfigError, CheckpointError) as exc:
-        print(f"rlzoo export: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    if "run_dir" not in options or out is None or unknown:
+        raise ConfigError("usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current]"
+                          + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
+    path = export(Path(options["run_dir"]), Path(out), options.get("weights"))
     print(f"written: {path} and {path.parent / 'config.json'}")
     return path
 

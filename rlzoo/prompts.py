@@ -16,6 +16,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlzoo.config import one_line_errors
+
 # The 80 COCO classes GenEval's detector knows, and GenEval's ten colours.
 COCO_OBJECTS = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -51,17 +53,17 @@ def _plural(noun: str) -> str:
 def _geneval_prompt(family: str, rng: random.Random, objects, colors, max_count: int) -> Prompt:
     """One prompt of a GenEval family, with its metadata (GenEval's templates and schema)."""
     coloured = [o for o in objects if o != "person"]  # GenEval asks no colour of a person
+    exclude = None
     if family == "single_object":
         a = rng.choice(objects)
         include, text = [{"class": a, "count": 1}], f"a photo of {_a(a)}"
     elif family == "two_object":
         a, b = rng.sample(objects, 2)
         include, text = [{"class": a, "count": 1}, {"class": b, "count": 1}], f"a photo of {_a(a)} and {_a(b)}"
-    elif family == "counting":
+    elif family == "counting":  # exactly n: n + 1 of them fails
         a, n = rng.choice(objects), rng.randint(2, max_count)
-        return Prompt(f"a photo of {NUMBERS[n]} {_plural(a)}", family,
-                      {"tag": family, "include": [{"class": a, "count": n}],
-                       "exclude": [{"class": a, "count": n + 1}], "prompt": f"a photo of {NUMBERS[n]} {_plural(a)}"})
+        include, text = [{"class": a, "count": n}], f"a photo of {NUMBERS[n]} {_plural(a)}"
+        exclude = [{"class": a, "count": n + 1}]
     elif family == "colors":
         a, c = rng.choice(coloured), rng.choice(colors)
         include, text = [{"class": a, "count": 1, "color": c}], f"a photo of {_a(c)} {a}"
@@ -76,7 +78,8 @@ def _geneval_prompt(family: str, rng: random.Random, objects, colors, max_count:
         text = f"a photo of {_a(c)} {a} and {_a(d)} {b}"
     else:
         raise ValueError(f"unknown GenEval family {family!r}; valid: {', '.join(FAMILIES)}")
-    return Prompt(text, family, {"tag": family, "include": include, "prompt": text})
+    metadata = {"tag": family, "include": include, **({"exclude": exclude} if exclude else {}), "prompt": text}
+    return Prompt(text, family, metadata)
 
 
 def _is_test(text: str, test_fraction: float, seed: int, salt: str = "") -> bool:
@@ -193,23 +196,20 @@ def write(prompt_set: PromptSet, out: Path) -> dict[str, int]:
     return counts
 
 
+@one_line_errors("rlzoo prompts")
 def main(argv: list[str] | None = None) -> None:
     from rlzoo.config import ConfigError, build, compose_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
     out = argv[argv.index("--out") + 1] if "--out" in argv and argv.index("--out") + 1 < len(argv) else None
     overrides = [a for a in argv if "=" in a]
+    if out is None or not any(a.startswith("prompts=") for a in overrides):
+        raise ConfigError("usage: rlzoo prompts prompts=geneval|file [prompts.<key>=...] --out DIR")
+    cfg = compose_config(overrides)
     try:
-        if out is None or not any(a.startswith("prompts=") for a in overrides):
-            raise ConfigError("usage: rlzoo prompts prompts=geneval|file [prompts.<key>=...] --out DIR")
-        cfg = compose_config(overrides)
-        try:
-            prompt_set = build(cfg.prompts)
-        except Exception as exc:  # hydra wraps the constructor's own message
-            raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
-    except ConfigError as exc:
-        print(f"rlzoo prompts: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        prompt_set = build(cfg.prompts)
+    except Exception as exc:  # hydra wraps the constructor's own message
+        raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
     counts = write(prompt_set, Path(out))
     print(f"written to {out}/: {counts['train']} train and {counts['test']} test prompts")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from rlzoo.evaluate import eval_protocol, eval_sampler, evaluate
+from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
 from rlzoo.old_policy import ema_update, eval_ema_decay, old_policy_decay
 from rlzoo.policies import Policy
-from rlzoo.runs import (JsonlLogger, Phase, Progress, ProgressBar, atomic_torch_save, format_metrics,
-                        iteration_record, load_checkpoint, truncate_jsonl, write_summary)
+from rlzoo.runs import (JsonlLogger, Phase, Progress, ProgressBar, atomic_torch_save, checkpoint_path,
+                        format_metrics, iteration_record, load_checkpoint, truncate_jsonl, write_summary)
 from rlzoo.types import Components, Rollout
 
 
@@ -150,7 +150,7 @@ class Trainer:
     # ------------------------------------------------------------------------- measurement
     @property
     def eval_view(self) -> str:  # the policy view evaluations measure (Paper A: an EMA)
-        return "eval" if self.cfg.eval.ema else "current"
+        return WEIGHTS[eval_weights(self.cfg)]
 
     def run_eval(self, view: str, grid_name: str | None = None) -> dict:
         e = self.cfg.eval
@@ -173,7 +173,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- state
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return checkpoint_path(self.run_dir)
 
     def save_checkpoint(self) -> None:
         """Tensors and plain values only, so it loads with weights_only=True."""

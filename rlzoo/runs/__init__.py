@@ -5,6 +5,7 @@ from rlzoo.runs.files import (
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
+    checkpoint_path,
     load_checkpoint,
     read_jsonl,
     truncate_jsonl,
@@ -22,6 +23,6 @@ from rlzoo.runs.progress import (
 from rlzoo.runs.summary import format_metrics, iteration_record, merge_update_stats, print_report, write_summary
 
 __all__ = ["CheckpointError", "Compute", "JsonlLogger", "Phase", "Progress", "ProgressBar", "WandbLogger",
-           "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "budget_spent", "format_metrics", "is_finished", "iteration_record",
+           "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "budget_spent", "checkpoint_path", "format_metrics", "is_finished", "iteration_record",
            "load_checkpoint", "merge_update_stats", "peak_memory_bytes", "print_report", "read_jsonl",
            "truncate_jsonl", "write_summary"]

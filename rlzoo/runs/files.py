@@ -43,6 +43,11 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def checkpoint_path(run_dir: Path) -> Path:
+    """Where a run keeps its checkpoint (the last one; it is overwritten atomically)."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """A checkpoint of tensors and plain values, loaded with `weights_only=True` (no pickled code
     runs). A truncated or foreign file is a one-line `CheckpointError`; the file stays in place."""

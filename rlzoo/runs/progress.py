@@ -125,10 +125,10 @@ def is_finished(summary: dict, train) -> bool:
     budget), so rerunning it would add nothing; a raised budget or iteration count resumes it."""
     if summary.get("status") != "completed":
         return False
-    compute = summary["compute"]
-    return summary["iterations"] >= int(train.iterations) or budget_spent(
-        train, compute["nfe_forward"] + compute["nfe_backward"],
-        compute["wall_s"] - compute["wall_split_s"]["eval"]) is not None
+    c = summary["compute"]
+    compute = Compute(c["nfe_forward"], c["nfe_backward"], c["wall_split_s"])
+    return (summary["iterations"] >= int(train.iterations)
+            or budget_spent(train, compute.nfe, compute.training_seconds) is not None)
 
 
 class ProgressBar:
@@ -138,23 +138,18 @@ class ProgressBar:
     def __init__(self, train, progress: Progress, enabled: bool):
         from tqdm import tqdm
 
-        self.train, self.progress = train, progress
+        self.progress = progress
         if train.get("max_nfe") is not None:
             self.unit, total = "model evaluations", int(train.max_nfe)
+            self._done = lambda: progress.compute.nfe
         elif train.get("max_minutes") is not None:
             self.unit, total = "training s", round(float(train.max_minutes) * 60)
+            self._done = lambda: round(progress.compute.training_seconds)
         else:
             self.unit, total = "iterations", int(train.iterations)
+            self._done = lambda: progress.iteration
         self.bar = tqdm(total=total, initial=self._done(), desc=f"rl ({self.unit})", unit="",
                         unit_scale=self.unit == "model evaluations", dynamic_ncols=True, disable=not enabled)
-
-    def _done(self) -> int:
-        p = self.progress
-        if self.unit == "model evaluations":
-            return p.compute.nfe
-        if self.unit == "training s":
-            return round(p.compute.training_seconds)
-        return p.iteration
 
     def update(self, **postfix) -> None:
         self.bar.update(min(self._done(), self.bar.total) - self.bar.n)
