@@ -119,7 +119,7 @@ def _positive(cfg: DictConfig, key: str, kind=float) -> None:
         raise ConfigError(f"{key} must be a positive int, got {value!r}")
 
 
-def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
+def validate(cfg: DictConfig, check_model: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
     for key in ("train.iterations", "train.batch_size", "train.group_size", "train.micro_batch_size",
                 "train.inner_epochs", "train.minibatches", "sampler.num_steps", "eval.num_steps", "eval.samples", "eval.every",
@@ -144,15 +144,22 @@ def validate(cfg: DictConfig, check_checkpoint: bool = True) -> None:
     if int(cfg.train.old_policy_schedule) not in (0, 1, 2):
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
     _validate_ratio(cfg)
+    _validate_guidance(cfg)
     _validate_arguments(cfg)
     _validate_combination(cfg, _validate_construction(cfg))
-    if check_checkpoint:
-        from rlzoo.tasks.base import BaseCheckpointError, check_base_checkpoint
-
+    if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
-            check_base_checkpoint(cfg.model.checkpoint, f"rlzoo-pretrain task={cfg.task.name}")
-        except BaseCheckpointError as exc:
+            _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
+            for reward in _rewards(cfg):
+                reward.check()
+        except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _rewards(cfg: DictConfig) -> list:
+    """The training reward and the task's evaluation rewards, built (cheap: they load lazily)."""
+    nodes = [cfg.reward, *(cfg.task.get("eval_rewards") or {}).values()]
+    return [build(node) for node in nodes]
 
 
 def _component_class(node: DictConfig):
@@ -181,6 +188,20 @@ def _validate_ratio(cfg: DictConfig) -> None:
             f"train.old_policy_schedule=0 and one update per rollout (train.inner_epochs=1, "
             f"train.minibatches=1) that ratio is always 1; use {alternative}"
             f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
+
+
+def _validate_guidance(cfg: DictConfig) -> None:
+    """Classifier-free guidance scales are >= 1 and need a task with an unconditional input."""
+    task = _component_class(cfg.task)
+    for key in ("sampler.cfg_scale", "eval.cfg_scale"):
+        scale = OmegaConf.select(cfg, key, default=1.0)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale >= 1:
+            raise ConfigError(f"{key} must be a number >= 1 (1 = no guidance), got {scale!r}")
+        if scale != 1 and not getattr(task, "supports_guidance", False):
+            guided = [n for n in available("task") if getattr(_component_class(_load("task", n).task),
+                                                                 "supports_guidance", False)]
+            raise ConfigError(f"{key}={scale} needs an unconditional (empty-prompt) input, which task "
+                              f"{cfg.task.name!r} does not have; use {key}=1 or task={'|'.join(guided) or '?'}")
 
 
 # Groups instantiated from their YAML by `build` (the model is built by its task); the

@@ -37,14 +37,15 @@ def eval_protocol(cfg, task) -> dict:
     """What summary.json says about how its numbers were measured."""
     return {"split": "heldout", "sampler": "euler", "num_steps": int(cfg.eval.num_steps),
             "samples": int(cfg.eval.samples), "weights": eval_weights(cfg),
+            "cfg_scale": float(cfg.eval.get("cfg_scale", 1.0)),
             "num_prompts": len(task.heldout_prompts()), "seed": int(cfg.eval.seed)}
 
 
 @torch.no_grad()
 def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
-             seed: int, batch_size: int, device: torch.device):
+             seed: int, batch_size: int, device: torch.device, cfg_scale: float = 1.0):
     """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
-    over the whole evaluation set for a grid)."""
+    over the whole evaluation set for a grid). `cfg_scale` > 1 samples with classifier-free guidance."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(num_samples)
@@ -52,7 +53,8 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         cond = task.conditioning([prompts[i] for i in chunk], prompt_ids=torch.tensor(chunk),
-                                 group_ids=torch.tensor(chunk)).to(device)
+                                 group_ids=torch.tensor(chunk))
+        cond = task.guided(cond, cfg_scale).to(device)
         noise = torch.randn((len(chunk), *task.sample_shape), generator=generator).to(device)
         rollout = sampler.sample(policy.velocity_fn(view), noise, cond)
         scores.append(task.score(rollout.x0, cond))
@@ -84,12 +86,12 @@ def open_run(run_dir: Path, overrides: list[str] = ()):
 def load_run(run_dir: Path, overrides: list[str] = ()):
     """(config, task, policy) of a trained run, its weights from the last checkpoint."""
     from rlzoo.config import build
-    from rlzoo.policies import Policy
+    from rlzoo.policies import make_policy
     from rlzoo.runs import load_checkpoint
 
     cfg, checkpoint = open_run(run_dir, overrides)
     task = build(cfg.task)
-    policy = Policy(task.load_base_model(cfg.model))
+    policy = make_policy(task.load_base_model(cfg.model), cfg.model)
     policy.load_state_dict(load_checkpoint(checkpoint)["policy"])
     return cfg, task, policy
 
@@ -97,7 +99,7 @@ def load_run(run_dir: Path, overrides: list[str] = ()):
 @one_line_errors("rlzoo evaluate")
 def main(argv: list[str] | None = None) -> dict:
     from rlzoo.config import ConfigError, build, compose_config
-    from rlzoo.policies import Policy
+    from rlzoo.policies import make_policy
     from rlzoo.runs import atomic_write_json
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         cfg = compose_config(rest)
         task = build(cfg.task)
-        policy = Policy(task.load_base_model(cfg.model))
+        policy = make_policy(task.load_base_model(cfg.model), cfg.model)
         weights = "base"
     if weights not in WEIGHTS:
         raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(WEIGHTS)}")
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(int(cfg.threads))
     start = time.perf_counter()
     metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], eval_sampler(cfg), cfg.eval.samples,
-                                   cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device))
+                                   cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device),
+                                   cfg.eval.get("cfg_scale", 1.0))
     source = options.get("run_dir", cfg.model.checkpoint)
     print(f"held-out evaluation of {source} ({weights} weights): {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")

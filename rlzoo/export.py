@@ -20,6 +20,35 @@ from rlzoo.config import one_line_errors
 from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
 
 TRAINED = ("ema", "current")  # the weights a run's checkpoint holds
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the name diffusers' LoRA loader looks for
+
+
+def save_lora(lora_state: dict, settings, out: Path, metadata: dict | None = None) -> Path:
+    """A LoRA as diffusers writes it: <out>/pytorch_lora_weights.safetensors, keys
+    `transformer.<module>.lora_A/B.weight`, with the adapter's rank, alpha and targets as metadata,
+    so `StableDiffusion3Pipeline.load_lora_weights(out)` restores the trained velocity exactly.
+    Written to a temporary directory first, then swapped in: a crash never leaves half a LoRA."""
+    import shutil
+
+    from diffusers import StableDiffusion3Pipeline
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in lora_state.items()}
+    StableDiffusion3Pipeline.save_lora_weights(
+        tmp, transformer_lora_layers=tensors, weight_name=LORA_WEIGHTS,
+        transformer_lora_adapter_metadata={"r": int(settings.rank), "lora_alpha": float(settings.alpha),
+                                           "target_modules": list(settings.target_modules)})
+    if metadata:
+        (tmp / "rlzoo.json").write_text(json.dumps(metadata, indent=2))
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out / LORA_WEIGHTS
 
 
 def export(run_dir: Path, out: Path, weights: str | None = None) -> Path:

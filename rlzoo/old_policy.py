@@ -1,8 +1,6 @@
 """The behaviour ("old") policy and the evaluation EMA (Paper A)."""
 from __future__ import annotations
 
-import torch
-from torch import nn
 
 
 def old_policy_decay(schedule: int, step: int) -> float:
@@ -23,15 +21,3 @@ def old_policy_decay(schedule: int, step: int) -> float:
 def eval_ema_decay(step: int, cap: float = 0.9) -> float:
     """Warm-up EMA decay of the DiffusionNFT lineage: min((1 + s)/(10 + s), cap)."""
     return min((1 + step) / (10 + step), cap)
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """target <- decay·target + (1 - decay)·source, over parameters and float buffers."""
-    for t, s in zip(target.parameters(), source.parameters()):
-        t.lerp_(s, 1.0 - decay)
-    for t, s in zip(target.buffers(), source.buffers()):
-        if t.dtype.is_floating_point:
-            t.lerp_(s, 1.0 - decay)
-        else:
-            t.copy_(s)

@@ -6,6 +6,8 @@ on the command line, exactly as Hydra's basic sweeper expands it.
 """
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from rlzoo.config import ConfigError, compose_config, parse_overrides, validate
 
 
@@ -23,12 +25,13 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 def validate_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job's config passes `validate`, or ConfigError names the first job that does not."""
     jobs = sweep_jobs(overrides)
-    checked_checkpoints: set[str] = set()
+    checked_models: set[str] = set()  # each distinct model config is checked (loaded) once
     for job in jobs:
         try:
             cfg = compose_config(job)
-            validate(cfg, check_checkpoint=cfg.model.checkpoint not in checked_checkpoints)
-            checked_checkpoints.add(cfg.model.checkpoint)
+            model = OmegaConf.to_yaml(cfg.model)
+            validate(cfg, check_model=model not in checked_models)
+            checked_models.add(model)
         except ConfigError as exc:
             raise ConfigError(f"sweep job {' '.join(job)}: {exc}") from None
     return jobs

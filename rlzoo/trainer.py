@@ -20,8 +20,9 @@ import torch
 from omegaconf import DictConfig
 
 from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
-from rlzoo.old_policy import ema_update, eval_ema_decay, old_policy_decay
-from rlzoo.policies import Policy
+from rlzoo.old_policy import eval_ema_decay, old_policy_decay
+from rlzoo.export import save_lora
+from rlzoo.policies import LoraPolicy, make_policy
 from rlzoo.runs import (JsonlLogger, Phase, Progress, ProgressBar, atomic_torch_save, checkpoint_path,
                         format_metrics, iteration_record, load_checkpoint, truncate_jsonl, write_summary)
 from rlzoo.types import Components, Rollout
@@ -49,7 +50,7 @@ class Trainer:
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
         self.advantage, self.kl, self.reward = c.advantage, c.kl, c.reward
         self.loggers = [JsonlLogger(self.run_dir), *c.loggers]
-        self.policy = Policy(self.task.load_base_model(cfg.model).to(self.device))
+        self.policy = make_policy(self.task.load_base_model(cfg.model).to(self.device), cfg.model)
         self.optimizer = c.optimizer(self.policy.parameters())
         self.lr_schedule = c.lr_schedule(self.optimizer)
         self.eval_sampler = eval_sampler(cfg)
@@ -86,11 +87,12 @@ class Trainer:
         batch, group_size = int(train.batch_size), int(train.group_size)
         with Phase(compute, "rollout"):
             prompt_ids = self.task.sample_train_prompts(batch // group_size, self.generator)
-            cond = self.task.group_conditioning(prompt_ids, group_size).to(self.device)
+            cond = self.task.group_conditioning(prompt_ids, group_size)
+            cond = self.task.guided(cond, self.sampler.cfg_scale).to(self.device)
             noise = torch.randn((batch, *self.task.sample_shape), generator=self.generator).to(self.device)
             rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond,
                                           record="trajectory" in self.estimator.needs, generator=self.generator)
-            compute.nfe_forward += batch * rollout.nfe
+            compute.nfe_forward += batch * rollout.nfe * cond.evaluations_per_velocity
 
         with Phase(compute, "reward"):
             rewards = self.reward(self.task, rollout.x0, cond)
@@ -98,7 +100,7 @@ class Trainer:
             advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
 
         with Phase(compute, "train"):
-            self.policy.current.train()
+            self.policy.train()
             updates = []
             for _ in range(int(train.inner_epochs)):  # several updates per rollout: ratios move off 1
                 for rows in minibatch_rows(batch, group_size, int(train.minibatches), self.generator):
@@ -106,8 +108,7 @@ class Trainer:
                     updates.append(self.update(part, advantage[rows.to(advantage.device)]))
             self.progress.iteration += 1
             # the behaviour policy moves once per rollout, after its last update
-            ema_update(self.policy.old, self.policy.current,
-                       old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
+            self.policy.update_old(old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
 
         record = iteration_record(self.progress, rewards, advantage, updates, self.optimizer, self.device)
         self.log("metrics", record)
@@ -143,8 +144,8 @@ class Trainer:
         self.optimizer.step()
         self.lr_schedule.step()
         self.progress.optimizer_steps += 1
-        ema_update(self.policy.eval, self.policy.current, eval_ema_decay(
-            self.progress.optimizer_steps, self.cfg.eval.ema_cap) if self.cfg.eval.ema else 0.0)
+        self.policy.update_eval(eval_ema_decay(self.progress.optimizer_steps, self.cfg.eval.ema_cap)
+                                if self.cfg.eval.ema else 0.0)
         return {**stats, "grad_norm": float(grad_norm)}
 
     # ------------------------------------------------------------------------- measurement
@@ -156,7 +157,7 @@ class Trainer:
         e = self.cfg.eval
         with Phase(self.progress.compute, "eval"):
             metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
-                                           e.samples, e.seed, e.batch_size, self.device)
+                                           e.samples, e.seed, e.batch_size, self.device, e.cfg_scale)
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
         self.log("eval", record)
         if grid_name is not None:
@@ -181,6 +182,9 @@ class Trainer:
                            "optimizer": self.optimizer.state_dict(),
                            "lr_schedule": self.lr_schedule.state_dict(),
                            "generator": self.generator.get_state()}, self.checkpoint_path)
+        if isinstance(self.policy, LoraPolicy):  # the evaluated weights, loadable by diffusers
+            save_lora(self.policy.adapter_state_dict(self.eval_view), self.policy.lora, self.run_dir / "lora",
+                      {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
 
     def load_checkpoint(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)

@@ -16,30 +16,58 @@ from torch import Tensor
 class Conditioning:
     """What the velocity model is conditioned on, for a batch of B samples.
 
-    `inputs` holds the model's own conditioning tensors (token ids, angles, ...), each with a
-    leading batch dimension, so any micro-batch can be cut out with `select`.
+    `inputs` holds the model's own conditioning tensors (token ids, angles, prompt embeddings),
+    each with a leading batch dimension, so any micro-batch can be cut out with `select`.
+
+    Classifier-free guidance: with `guidance_scale` s > 1, `negative` holds the same keys for the
+    empty (negative) prompt and the policy's velocity is v_u + s·(v_c − v_u) (`rlzoo.policies`),
+    which costs two model evaluations (`evaluations_per_velocity`).
     """
 
     prompts: list[str]
     inputs: dict[str, Tensor]
     prompt_ids: Tensor  # (B,) index of the prompt in the task's prompt list
     group_ids: Tensor  # (B,) samples that share a prompt share a group id
+    negative: dict[str, Tensor] | None = None  # the empty prompt's inputs, batch-aligned with `inputs`
+    guidance_scale: float = 1.0
 
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
+
+    @property
+    def evaluations_per_velocity(self) -> int:
+        return 2 if self.guided else 1
+
     def select(self, index: Tensor) -> "Conditioning":
         index = index.to(torch.long)
         picked = index.tolist()
-        return Conditioning(
-            prompts=[self.prompts[i] for i in picked],
-            inputs={k: v[index.to(v.device)] for k, v in self.inputs.items()},
-            prompt_ids=self.prompt_ids[index],
-            group_ids=self.group_ids[index],
-        )
+
+        def rows(inputs):
+            return None if inputs is None else {k: v[index.to(v.device)] for k, v in inputs.items()}
+
+        return replace(self, prompts=[self.prompts[i] for i in picked], inputs=rows(self.inputs),
+                       prompt_ids=self.prompt_ids[index], group_ids=self.group_ids[index],
+                       negative=rows(self.negative))
 
     def to(self, device: torch.device | str) -> "Conditioning":
-        return replace(self, inputs={k: v.to(device) for k, v in self.inputs.items()})
+        def moved(inputs):
+            return None if inputs is None else {k: v.to(device) for k, v in inputs.items()}
+
+        return replace(self, inputs=moved(self.inputs), negative=moved(self.negative))
+
+    def with_guidance(self, scale: float, negative: dict[str, Tensor] | None) -> "Conditioning":
+        """This conditioning guided with scale s (1 = unguided; then `negative` may be None)."""
+        if scale != 1.0 and negative is None:
+            raise ValueError("classifier-free guidance needs the negative prompt's inputs")
+        return replace(self, negative=negative if scale != 1.0 else None, guidance_scale=float(scale))
+
+    def unconditional(self) -> "Conditioning":
+        """The negative prompt's conditioning (unguided), for the v_u half of guidance."""
+        return replace(self, prompts=[""] * len(self), inputs=self.negative, negative=None, guidance_scale=1.0)
 
 
 @dataclass

@@ -11,7 +11,8 @@ from rlzoo import advantages as adv
 from rlzoo import objectives as obj
 from rlzoo.estimators.elbo import elbo_term
 from rlzoo.kl import sde_mean_kl, velocity_kl
-from rlzoo.old_policy import ema_update, eval_ema_decay, old_policy_decay
+from rlzoo.old_policy import eval_ema_decay, old_policy_decay
+from rlzoo.policies import ema_update
 from rlzoo.samplers.kernels import cps_step, dance_sde_step, euler_step, flow_sde_step
 
 TOL = 1e-6

@@ -134,5 +134,6 @@ class ELBOEstimator:
                               velocity_old=v_old if self.shared_noise else None, velocity_ref=v_ref,
                               x_t=x_t, x0=x0, noise=noise, t=t,
                               # per noise draw: current + old (+ reference); the current one is back-propagated
-                              nfe_forward=rows * self.noise_draws * (2 + int(need_reference)),
-                              nfe_backward=rows * self.noise_draws)
+                              # (twice that under classifier-free guidance)
+                              nfe_forward=rows * self.noise_draws * (2 + int(need_reference)) * cond.evaluations_per_velocity,
+                              nfe_backward=rows * self.noise_draws * cond.evaluations_per_velocity)

@@ -75,4 +75,5 @@ class TrajectoryEstimator:
                                      weight=1.0 / len(steps), velocity=v, velocity_ref=v_ref, x_t=x, t=t,
                                      mean=current.mean, std=current.std, kernel_std=current.kernel_std,
                                      mean_ref=None if v_ref is None else step(v_ref).mean,
-                                     nfe_forward=len(index) * forwards, nfe_backward=len(index))
+                                     nfe_forward=len(index) * forwards * cond.evaluations_per_velocity,
+                                     nfe_backward=len(index) * cond.evaluations_per_velocity)

@@ -18,15 +18,21 @@ VelocityFn = Callable[[Tensor, Tensor, Conditioning], Tensor]
 
 
 class Sampler:
-    """Common configuration of all samplers: K steps on the shifted flow-matching schedule."""
+    """Common configuration of all samplers: K steps on the shifted flow-matching schedule, and the
+    classifier-free guidance scale of the rollouts (`cfg_scale`, 1 = off: Paper A; FlowGRPO 4.5).
+    The guidance itself is applied by the policy to every view, so the estimators and the KL see
+    the velocity the sampler used (rlzoo.policies.guided_velocity)."""
 
     stochastic = False  # does it draw fresh noise inside the loop (and so define log-probs)?
     needs = frozenset()
     provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition
 
-    def __init__(self, num_steps: int = 10, shift: float = 1.0):
+    def __init__(self, num_steps: int = 10, shift: float = 1.0, cfg_scale: float = 1.0):
+        if not float(cfg_scale) >= 1.0:
+            raise ValueError(f"sampler.cfg_scale must be >= 1 (1 = no guidance), got {cfg_scale!r}")
         self.num_steps = int(num_steps)
         self.shift = float(shift)
+        self.cfg_scale = float(cfg_scale)
 
     def sigmas(self) -> Tensor:
         return shifted_sigmas(self.num_steps, self.shift)

@@ -14,6 +14,11 @@ from rlzoo.types import Conditioning
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
+# Keys of a model config that configure the policy around the model, not the model's constructor
+# (rlzoo.policies.make_policy).
+POLICY_SETTINGS = ("checkpoint", "lora", "precision", "gradient_checkpointing", "compile", "max_batch_size")
+
+
 class BaseCheckpointError(ValueError):
     pass
 
@@ -45,6 +50,29 @@ def check_base_checkpoint(path: str | Path, pretrain_command: str) -> dict:
     return state
 
 
+def instantiate_model(model_cfg):
+    """What the model config's `_target_` names, built from its keys (the policy settings aside)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    params = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
+              if k not in POLICY_SETTINGS}
+    return instantiate(params, _convert_="all")
+
+
+def check_lora_targets(lora_cfg, module_names: list[str]) -> None:
+    from omegaconf import OmegaConf
+
+    from rlzoo.policies import LoraSettings
+
+    settings = LoraSettings(**OmegaConf.to_container(lora_cfg, resolve=True))
+    missing = settings.unmatched(module_names)
+    if missing:
+        examples = sorted({n.split(".", 2)[-1] for n in module_names if n.count(".") >= 2})[:8]
+        raise ValueError(f"model.lora.target_modules {missing} match no module of the model "
+                         f"(targets match module names as suffixes, e.g. {', '.join(examples)})")
+
+
 class Task:
     name: str = "task"
     sample_shape: tuple[int, ...] = ()
@@ -74,6 +102,19 @@ class Task:
     def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:
         return {k: float(v.float().mean()) for k, v in scores.items()}
 
+    # classifier-free guidance needs an unconditional (empty-prompt) input the model was trained on
+    supports_guidance: bool = False
+
+    def negative_inputs(self, n: int) -> dict[str, Tensor]:
+        """The empty prompt's conditioning inputs for n rows (tasks with `supports_guidance`)."""
+        raise NotImplementedError(f"task {self.name!r} has no unconditional input")
+
+    def guided(self, cond: Conditioning, scale: float) -> Conditioning:
+        """`cond` with classifier-free guidance at `scale` (1 = unchanged)."""
+        if float(scale) == 1.0:
+            return cond
+        return cond.with_guidance(scale, self.negative_inputs(len(cond)))
+
     def group_conditioning(self, prompt_ids: list[int], group_size: int) -> Conditioning:
         """Each chosen training prompt repeated `group_size` times; its group id is its position."""
         prompts = self.train_prompts()
@@ -84,11 +125,19 @@ class Task:
 
     def build_model(self, model_cfg) -> nn.Module:
         """The velocity model the model config's `_target_` names, with random weights."""
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
+        return instantiate_model(model_cfg)
 
-        params = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "checkpoint"}
-        return instantiate(params, _convert_="all")
+    @classmethod
+    def check_model(cls, model_cfg, task_name: str) -> None:
+        """Raise ValueError (one line) when the base weights are missing or `model.lora` targets a
+        module the model does not have; builds the model on the meta device only (no weights)."""
+        check_base_checkpoint(model_cfg.checkpoint, f"rlzoo-pretrain task={task_name}")
+        if model_cfg.get("lora") is not None:
+            from rlzoo.policies import lora_module
+
+            with torch.device("meta"):
+                model = instantiate_model(model_cfg)
+            check_lora_targets(model_cfg.lora, [n for n, _ in lora_module(model).named_modules()])
 
     def load_base_model(self, model_cfg) -> nn.Module:
         state = check_base_checkpoint(model_cfg.checkpoint, self.pretrain_command)

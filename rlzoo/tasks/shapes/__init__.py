@@ -109,29 +109,10 @@ class ShapesTask(Task):
     def save_grid(self, x0: Tensor, cond: Conditioning, path: Path, columns: int = 8, scale: int = 5) -> None:
         """A PNG grid of samples (upscaled `scale`×), each with its prompt underneath and the
         verifier's verdict: a green (pass) or red (fail) frame and PASS / FAIL before the prompt."""
-        import textwrap
+        from rlzoo.tasks.grid import image_grid
 
-        from PIL import Image, ImageDraw
-
-        path.parent.mkdir(parents=True, exist_ok=True)
         n = min(len(x0), 64)
-        strict = self.score(x0[:n], cond.select(torch.arange(n)))["strict"]
-        tile, frame, line_height, lines = self.image_size * scale, 3, 11, 4
-        cell_w, cell_h = tile + 2 * frame + 6, tile + 2 * frame + line_height * lines + 6
-        rows = (n + columns - 1) // columns
-        canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
-        draw = ImageDraw.Draw(canvas)
-        for i in range(n):
-            r, c = divmod(i, columns)
-            x, y = c * cell_w + 3, r * cell_h + 3
-            ok = bool(strict[i])
-            colour = (0, 160, 0) if ok else (200, 0, 0)
-            draw.rectangle([x, y, x + tile + 2 * frame - 1, y + tile + 2 * frame - 1], fill=colour)
-            pixels = ((x0[i].float().cpu() + 1) / 2).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
-            canvas.paste(Image.fromarray(pixels).resize((tile, tile), Image.NEAREST), (x + frame, y + frame))
-            caption = f"{'PASS' if ok else 'FAIL'}: {cond.prompts[i]}"
-            wrapped = textwrap.wrap(caption, width=max(8, (tile + 2 * frame) // 6))[:lines]
-            for k, text in enumerate(wrapped):
-                draw.text((x, y + tile + 2 * frame + 2 + k * line_height), text,
-                          fill=colour if k == 0 else (0, 0, 0))
-        canvas.save(path)
+        strict = self.score(x0[:n], cond.select(torch.arange(n)))["strict"].bool().tolist()
+        captions = [f"{'PASS' if ok else 'FAIL'}: {p}" for ok, p in zip(strict, cond.prompts[:n])]
+        frames = [(0, 160, 0) if ok else (200, 0, 0) for ok in strict]
+        image_grid((x0[:n] + 1) / 2, captions, path, columns=columns, tile=self.image_size * scale, frames=frames)

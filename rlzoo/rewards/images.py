@@ -1,0 +1,200 @@
+"""Image reward models (t2i): PickScore, CLIP score, HPSv2 and the LAION aesthetic predictor.
+
+Each loads lazily, on its first call, from a local path (a directory, or a hub id already in the
+local cache; never downloaded), or — with `tiny=true` — builds a small random model of the same
+classes from config with a fixed seed, for tests and CPU smoke runs. Images reach them as (B, 3, H, W)
+floats in [0, 1], are rounded to uint8 and go through the model's own CLIP image processor, as the
+peers' scorers do (FlowGRPO's pickscore_scorer.py, clip_scorer.py, aesthetic_scorer.py).
+
+Scales are the peers': PickScore = 100·cos/26 (FlowGRPO divides PickScore_v1's logit_scale·cos by 26
+to bring it near [0, 1]); CLIP score = logit_scale·cos/30 (FlowGRPO); HPSv2 = cos (HPSv2's own
+score: image·text features, normalised, no logit scale); aesthetic = the MLP's rating (about 1–10).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from rlzoo.rewards import Reward
+from rlzoo.types import Conditioning
+
+
+def resolve_model_path(path: str | None, what: str, how: str) -> str:
+    """A local directory, or the cached snapshot of a hub id; never a download. ValueError (one
+    line, naming the config key) otherwise."""
+    if not path:
+        raise ValueError(f"{what} is not set; {how}")
+    local = Path(str(path)).expanduser()
+    if local.exists():
+        return str(local)
+    if str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1:
+        raise ValueError(f"{what}={path!r} does not exist; {how}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(str(path), local_files_only=True)
+    except Exception:
+        raise ValueError(f"{what}={path!r} is neither a local path nor a hub id in the local cache; {how}") from None
+
+
+class ImageReward(Reward):
+    """A reward on decoded images: the task decodes the samples once (`task.images`), `score`
+    maps (images, prompts) to a (B,) tensor."""
+
+    name = "image_reward"
+
+    def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+        return {"reward": self.score(task.images(x0), list(cond.prompts))}
+
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        raise NotImplementedError
+
+
+def to_uint8_arrays(images: Tensor) -> list:
+    """(B, 3, H, W) in [0, 1] -> B HxWx3 uint8 arrays (what the peers hand their processors)."""
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return [p.permute(1, 2, 0).cpu().numpy() for p in pixels]
+
+
+def tiny_clip(seed: int, image_size: int = 32, dim: int = 16, projection_dim: int = 16):
+    """(CLIPModel, CLIPProcessor) with random weights at toy size (char-level tokenizer)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from rlzoo.tasks.t2i.model import char_clip_tokenizer
+
+    tokenizer = char_clip_tokenizer(32)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=len(tokenizer), max_position_embeddings=32, bos_token_id=0,
+                         eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=projection_dim)
+    model = CLIPModel(config).eval()
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer)
+    return model, processor
+
+
+class CLIPReward(ImageReward):
+    """scale·logit_scale^(use_logit_scale)·cos(image, text) of a CLIP model (transformers CLIPModel):
+    PickScore, CLIP score and HPSv2 are this with their own weights and scale."""
+
+    def __init__(self, path: str | None = None, processor_path: str | None = None, scale: float = 1.0,
+                 use_logit_scale: bool = True, tiny: bool = False, seed: int = 0, batch_size: int = 32,
+                 device: str | None = None, dtype: str = "float32", name: str = "clip"):
+        self.path, self.processor_path = path, processor_path
+        self.scale, self.use_logit_scale = float(scale), bool(use_logit_scale)
+        self.tiny, self.seed, self.batch_size = bool(tiny), int(seed), int(batch_size)
+        self.device, self.dtype, self.name = device, getattr(torch, dtype), name
+        self._model = None
+
+    def _how(self) -> str:
+        return (f"download the {self.name} weights on a machine with network access (`hf download "
+                f"<repo> --local-dir DIR`), copy DIR here and pass reward.path=DIR, or reward.tiny=true for the "
+                f"random test model")
+
+    def check(self) -> None:
+        if not self.tiny:
+            resolve_model_path(self.path, "reward.path", self._how())
+            if self.processor_path:
+                resolve_model_path(self.processor_path, "reward.processor_path", self._how())
+
+    def load(self):
+        if self._model is None:
+            if self.tiny:
+                model, processor = tiny_clip(self.seed)
+            else:
+                from transformers import CLIPModel, CLIPProcessor
+
+                path = resolve_model_path(self.path, "reward.path", self._how())
+                model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+                processor = CLIPProcessor.from_pretrained(
+                    resolve_model_path(self.processor_path, "reward.processor_path", self._how())
+                    if self.processor_path else path, local_files_only=True)
+            model.requires_grad_(False)
+            self._model, self._processor = model.to(self.dtype), processor
+        return self._model, self._processor
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        model, processor = self.load()
+        device = torch.device(self.device) if self.device else images.device
+        model.to(device)
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            pixels = processor(images=to_uint8_arrays(images[chunk]), return_tensors="pt")["pixel_values"]
+            text = processor(text=prompts[chunk], padding=True, truncation=True, return_tensors="pt")
+            image_embeds = model.get_image_features(pixel_values=pixels.to(device, self.dtype))
+            text_embeds = model.get_text_features(**{k: v.to(device) for k, v in text.items()})
+            image_embeds = _embedding(image_embeds)
+            text_embeds = _embedding(text_embeds)
+            cos = (nn.functional.normalize(image_embeds.float(), dim=-1)
+                   * nn.functional.normalize(text_embeds.float(), dim=-1)).sum(-1)
+            logit = model.logit_scale.exp().float() if self.use_logit_scale else 1.0
+            out.append(self.scale * logit * cos)
+        return torch.cat(out).to(images.device)
+
+
+def _embedding(output) -> Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output with `pooler_output` (5)."""
+    return output if isinstance(output, Tensor) else output.pooler_output
+
+
+class AestheticMLP(nn.Module):
+    """The LAION improved-aesthetic-predictor head (sac+logos+ava1-l14-linearMSE) on a normalised
+    CLIP ViT-L/14 image embedding; dropout layers kept so its state dict loads as released."""
+
+    def __init__(self, dim: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                                    nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+    def forward(self, embed: Tensor) -> Tensor:
+        return self.layers(embed).squeeze(-1)
+
+
+class AestheticReward(CLIPReward):
+    """LAION aesthetic score: MLP(normalised CLIP ViT-L/14 image embedding); `mlp_path` is the
+    released state dict (sac+logos+ava1-l14-linearMSE.pth). Prompts are not used."""
+
+    def __init__(self, mlp_path: str | None = None, **kwargs):
+        super().__init__(**{"name": "aesthetic", **kwargs})
+        self.mlp_path = mlp_path
+
+    def check(self) -> None:
+        super().check()
+        if not self.tiny:
+            resolve_model_path(self.mlp_path, "reward.mlp_path", self._how())
+
+    def load(self):
+        if self._model is None:
+            model, processor = super().load()
+            mlp = AestheticMLP(model.config.projection_dim)
+            if self.tiny:
+                torch.manual_seed(self.seed + 1)
+                mlp = AestheticMLP(model.config.projection_dim)
+            else:
+                path = resolve_model_path(self.mlp_path, "reward.mlp_path", self._how())
+                mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self._mlp = mlp.eval().requires_grad_(False)
+        return self._model, self._processor
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        model, processor = self.load()
+        device = torch.device(self.device) if self.device else images.device
+        model.to(device)
+        self._mlp.to(device)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = processor(images=to_uint8_arrays(images[start:start + self.batch_size]),
+                               return_tensors="pt")["pixel_values"]
+            embed = _embedding(model.get_image_features(pixel_values=pixels.to(device, self.dtype))).float()
+            out.append(self._mlp(nn.functional.normalize(embed, dim=-1)))
+        return torch.cat(out).to(images.device)

@@ -1,0 +1,214 @@
+"""t2i: text-to-image with a Stable Diffusion 3 pipeline (SD3.5-Medium, or `sd3_tiny` on CPU).
+
+The policy samples in the VAE's latent space; latents are decoded (batched, no grad) only for
+rewards, grids and evaluation. Prompts come from a prompt set (the `prompts` group); their text
+embeddings (prompt embeds + pooled, and the empty prompt's for classifier-free guidance) are
+computed once per model and prompt, cached on disk, and the text encoders are then released.
+
+Scores on held-out prompts are the configured evaluation rewards (`eval_rewards`, by name; `reward`
+is the primary one, the training reward unless set otherwise).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model
+from rlzoo.types import Conditioning
+
+EMPTY = ""  # the negative prompt of classifier-free guidance (SD3's default)
+
+
+def _build(node):
+    from rlzoo.config import build
+    from omegaconf import OmegaConf
+
+    return build(OmegaConf.create(node))
+
+
+class TextEmbeddingCache:
+    """Prompt embeddings keyed by (model, prompt text) in one safetensors file per model."""
+
+    def __init__(self, directory: str | Path, model_key: str):
+        self.path = Path(directory).expanduser() / f"{hashlib.sha256(model_key.encode()).hexdigest()[:16]}.safetensors"
+        self.model_key = model_key
+        self._tensors: dict[str, Tensor] = {}
+        if self.path.exists():
+            from safetensors.torch import load_file
+
+            self._tensors = load_file(str(self.path))
+
+    @staticmethod
+    def key(prompt: str) -> str:
+        return hashlib.sha256(prompt.encode()).hexdigest()[:24]
+
+    def missing(self, prompts: list[str]) -> list[str]:
+        return sorted({p for p in prompts if f"{self.key(p)}.embeds" not in self._tensors})
+
+    def add(self, prompts: list[str], embeds: Tensor, pooled: Tensor) -> None:
+        for i, prompt in enumerate(prompts):
+            self._tensors[f"{self.key(prompt)}.embeds"] = embeds[i].detach().cpu().contiguous()
+            self._tensors[f"{self.key(prompt)}.pooled"] = pooled[i].detach().cpu().contiguous()
+
+    def save(self) -> None:
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{id(self)}")
+        save_file(self._tensors, str(tmp), metadata={"model": self.model_key})
+        tmp.replace(self.path)  # atomic: a crash never leaves half a cache
+
+    def get(self, prompts: list[str]) -> dict[str, Tensor]:
+        keys = [self.key(p) for p in prompts]
+        return {"prompt_embeds": torch.stack([self._tensors[f"{k}.embeds"] for k in keys]).float(),
+                "pooled_prompt_embeds": torch.stack([self._tensors[f"{k}.pooled"] for k in keys]).float()}
+
+
+class T2ITask(Task):
+    name = "t2i"
+    supports_guidance = True
+    pretrain_command = "no pretraining: the base model is the pipeline's (model.path)"
+
+    def __init__(self, prompts: dict, eval_rewards: dict | None = None, embedding_cache: str = "~/.cache/rlzoo/text_embeddings",
+                 text_batch_size: int = 32, decode_batch_size: int = 16):
+        if not prompts:
+            raise ValueError("task=t2i needs a prompt set: prompts=geneval or prompts=file prompts.path=...")
+        self.prompt_set = _build(prompts)
+        self._train = [p.text for p in self.prompt_set.train()]
+        self._heldout = [p.text for p in self.prompt_set.test()]
+        self._families = {p.text: p.family for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
+        self._train_index = {p: i for i, p in enumerate(self._train)}
+        self.eval_reward_configs = dict(eval_rewards or {})
+        if "reward" not in self.eval_reward_configs:
+            raise ValueError(f"task.eval_rewards needs a 'reward' entry (the primary held-out reward); "
+                             f"got {sorted(self.eval_reward_configs)}")
+        self._eval_rewards = None
+        self.embedding_cache_dir = embedding_cache
+        self.text_batch_size, self.decode_batch_size = int(text_batch_size), int(decode_batch_size)
+        self.vae = None
+        self.cache: TextEmbeddingCache | None = None
+        self.sample_shape = ()
+
+    # ------------------------------------------------------------------------ prompts
+    def train_prompts(self) -> list[str]:
+        return self._train
+
+    def heldout_prompts(self) -> list[str]:
+        return self._heldout
+
+    def family(self, prompt: str) -> str:
+        return self._families.get(prompt, "file")
+
+    # -------------------------------------------------------------------------- model
+    @staticmethod
+    def source(model_cfg):
+        """The model config's SD3 source (SD3Tiny / SD3Local): cheap, loads nothing."""
+        return instantiate_model(model_cfg)
+
+    @classmethod
+    def check_model(cls, model_cfg, task_name: str) -> None:
+        source = cls.source(model_cfg)
+        source.check()
+        if model_cfg.get("lora") is not None:
+            check_lora_targets(model_cfg.lora, source.module_names())
+
+    def build_model(self, model_cfg) -> nn.Module:
+        """The pipeline's transformer as the velocity model; keeps the VAE for decoding, fills the
+        text-embedding cache for every prompt of the set (and the empty one), releases the text
+        encoders."""
+        from rlzoo.tasks.t2i.model import SD3Velocity
+
+        source = self.source(model_cfg)
+        pipe = source.pipeline()
+        self.vae = pipe.vae.requires_grad_(False).eval()
+        self.cache = TextEmbeddingCache(self.embedding_cache_dir, source.key)
+        missing = self.cache.missing([EMPTY, *self._train, *self._heldout])
+        if missing:
+            self._encode(pipe, missing, source.max_sequence_length)
+            self.cache.save()
+        latent_size = pipe.transformer.config.sample_size
+        self.sample_shape = (pipe.transformer.config.in_channels, latent_size, latent_size)
+        transformer = pipe.transformer
+        del pipe  # the text encoders go with it
+        return SD3Velocity(transformer)
+
+    @torch.no_grad()
+    def _encode(self, pipe, prompts: list[str], max_sequence_length: int) -> None:
+        from diffusers.utils import logging
+
+        device = next(pipe.text_encoder.parameters()).device
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # one "truncated" line per long prompt is noise here
+        try:
+            self._encode_batches(pipe, prompts, max_sequence_length, device)
+        finally:
+            logging.set_verbosity(verbosity)
+
+    def _encode_batches(self, pipe, prompts, max_sequence_length, device) -> None:
+        for start in range(0, len(prompts), self.text_batch_size):
+            chunk = prompts[start:start + self.text_batch_size]
+            embeds, _, pooled, _ = pipe.encode_prompt(chunk, None, None, device=device, do_classifier_free_guidance=False,
+                                                      max_sequence_length=max_sequence_length)
+            self.cache.add(chunk, embeds.float(), pooled.float())
+
+    def load_base_model(self, model_cfg) -> nn.Module:
+        return self.build_model(model_cfg)
+
+    # -------------------------------------------------------------------- conditioning
+    def _embeddings(self, prompts: list[str]) -> dict[str, Tensor]:
+        if self.cache is None:
+            raise RuntimeError("t2i: build the model (task.load_base_model) before asking for conditioning")
+        return self.cache.get(prompts)
+
+    def conditioning(self, prompts, prompt_ids, group_ids) -> Conditioning:
+        return Conditioning(prompts=list(prompts), inputs=self._embeddings(list(prompts)),
+                            prompt_ids=prompt_ids, group_ids=group_ids)
+
+    def negative_inputs(self, n: int) -> dict[str, Tensor]:
+        return {k: v.expand(n, *v.shape[1:]) for k, v in self._embeddings([EMPTY]).items()}
+
+    # ------------------------------------------------------------------------ images
+    @torch.no_grad()
+    def images(self, latents: Tensor) -> Tensor:
+        """VAE-decoded images in [0, 1], (B, 3, H, W), float32; batched, no grad."""
+        vae = self.vae.to(latents.device)
+        dtype = next(vae.parameters()).dtype
+        out = []
+        for start in range(0, len(latents), self.decode_batch_size):
+            z = latents[start:start + self.decode_batch_size].to(dtype)
+            z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+            out.append((vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------------ scores
+    def eval_rewards(self) -> dict:
+        if self._eval_rewards is None:
+            self._eval_rewards = {name: _build(node) for name, node in self.eval_reward_configs.items()}
+        return self._eval_rewards
+
+    def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+        """Every evaluation reward on the decoded images (decoded once)."""
+        images = self.images(x0)
+        return {name: reward.score(images, list(cond.prompts)) for name, reward in self.eval_rewards().items()}
+
+    def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:
+        """Means over samples, and per prompt family (GenEval's tags) where the set has several."""
+        out = {k: float(v.float().mean()) for k, v in scores.items()}
+        families = [self.family(self._heldout[i]) for i in prompt_ids.tolist()]
+        if len(set(families)) > 1:
+            for f in sorted(set(families)):
+                rows = [i for i, g in enumerate(families) if g == f]
+                out.update({f"{k}/{f}": float(v[rows].float().mean()) for k, v in scores.items()})
+        return out
+
+    def save_grid(self, x0: Tensor, cond: Conditioning, path: Path, columns: int = 8) -> None:
+        from rlzoo.tasks.grid import image_grid
+
+        n = min(len(x0), 64)
+        images = self.images(x0[:n])
+        reward = self.score(x0[:n], cond.select(torch.arange(n)))["reward"]
+        captions = [f"{float(r):.3f}: {p}" for r, p in zip(reward, cond.prompts[:n])]
+        image_grid(images, captions, path, columns=columns, tile=max(128, images.shape[-1]))
