@@ -152,8 +152,11 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
             _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
             for reward in _rewards(cfg):
                 reward.check()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        except Exception as exc:  # hydra wraps a constructor's error; report the constructor's own
+            cause = exc.__cause__ or exc
+            if not isinstance(cause, ValueError):
+                raise
+            raise ConfigError(" ".join(str(cause).split())) from None
 
 
 def _rewards(cfg: DictConfig) -> list:
@@ -328,7 +331,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 # names where a sweep writes, so a run copied into another sweep with a larger budget resumes;
 # evaluations draw from their own fixed noise, so how often they happen changes no update).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
-                  "sweep_name", "eval.every", "eval.every_nfe")
+                  "sweep_name", "eval.every", "eval.every_nfe", "task.embedding_cache")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

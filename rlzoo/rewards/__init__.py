@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from rlzoo.types import Conditioning
@@ -34,3 +35,65 @@ class VerifierReward(Reward):
             raise ValueError(f"reward.key={self.key!r} is not a score of task {task.name!r}; "
                              f"valid: {', '.join(sorted(scores))}")
         return {**scores, "reward": scores[self.key]}
+
+
+NORMALIZATIONS = ("group", "batch", "none")
+
+
+def normalized(reward: Tensor, group_ids: Tensor, how: str, eps: float = 1e-6) -> Tensor:
+    """(r − mean) / (std + eps) within each prompt group (`group`), over the batch (`batch`), or r."""
+    if how == "none":
+        return reward
+    if how == "batch":
+        return (reward - reward.mean()) / (reward.std(unbiased=False) + eps)
+    out = torch.empty_like(reward)
+    for g in group_ids.unique():
+        rows = group_ids == g
+        out[rows] = (reward[rows] - reward[rows].mean()) / (reward[rows].std(unbiased=False) + eps)
+    return out
+
+
+class MixReward(Reward):
+    """reward = Σ_k w_k · normalize(r_k): several rewards, each normalised before mixing (per prompt
+    group by default, so a reward with a larger scale does not drown the others). Each part's raw
+    score is returned as `<name>` for logging. `rewards` maps names to reward configs; `tiny`, when
+    set, is passed to every part that has that switch."""
+
+    def __init__(self, rewards: dict, weights: dict | None = None, normalize: str = "group",
+                 tiny: bool | None = None):
+        from omegaconf import OmegaConf
+
+        from rlzoo.config import build
+
+        if not rewards:
+            raise ValueError("reward=mix needs reward.rewards: {name: reward config, ...}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown reward.normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
+        weights = dict(weights or {name: 1.0 for name in rewards})
+        if set(weights) != set(rewards):
+            raise ValueError(f"reward.weights names {sorted(weights)} differ from reward.rewards {sorted(rewards)}")
+        if tiny is not None:
+            rewards = {k: {**v, "tiny": bool(tiny)} if "tiny" in v else v for k, v in rewards.items()}
+        self.parts = {name: build(OmegaConf.create(node)) for name, node in rewards.items()}
+        self.weights = {k: float(v) for k, v in weights.items()}
+        self.normalize = normalize
+
+    def check(self) -> None:
+        for part in self.parts.values():
+            part.check()
+
+    def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+        from rlzoo.rewards.images import ImageReward
+
+        images = task.images(x0) if any(isinstance(p, ImageReward) for p in self.parts.values()) else None
+        return self._mix({name: (part.score_images(images, cond, task) if isinstance(part, ImageReward)
+                                 else part(task, x0, cond))["reward"] for name, part in self.parts.items()}, cond)
+
+    def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
+        return self._mix({name: part.score_images(images, cond, task)["reward"]
+                          for name, part in self.parts.items()}, cond)
+
+    def _mix(self, raw: dict[str, Tensor], cond: Conditioning) -> dict[str, Tensor]:
+        groups = cond.group_ids.to(next(iter(raw.values())).device)
+        mixed = sum(self.weights[k] * normalized(r.float(), groups, self.normalize) for k, r in raw.items())
+        return {"reward": mixed, **raw}

@@ -40,13 +40,17 @@ def resolve_model_path(path: str | None, what: str, how: str) -> str:
 
 
 class ImageReward(Reward):
-    """A reward on decoded images: the task decodes the samples once (`task.images`), `score`
-    maps (images, prompts) to a (B,) tensor."""
+    """A reward on decoded images: the task decodes the samples once (`task.images`);
+    `score_images` maps them (with the conditioning, and the task for prompt metadata) to
+    {"reward": (B,), other per-sample scores}; `score` is the (B,) reward of (images, prompts)."""
 
     name = "image_reward"
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
-        return {"reward": self.score(task.images(x0), list(cond.prompts))}
+        return self.score_images(task.images(x0), cond, task)
+
+    def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
+        return {"reward": self.score(images, list(cond.prompts))}
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         raise NotImplementedError

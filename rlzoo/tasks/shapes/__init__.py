@@ -6,6 +6,9 @@ probability an image is rendered from a *corrupted* version of its caption (one 
 count or relation changed), as web alt-text often is. The model learns to render cleanly but to
 follow the prompt only loosely — mediocre at composition, as SD3.5-M without CFG is on GenEval —
 and the right answer stays inside its distribution, so RL can find and sharpen it.
+
+A share of pretraining captions (`caption_dropout`) is the empty prompt, so the model also learns
+the unconditional velocity and classifier-free guidance (`sampler.cfg_scale`) is meaningful here.
 """
 from __future__ import annotations
 
@@ -26,8 +29,14 @@ class ShapesTask(Task):
     name = "shapes"
     pretrain_command = "rlzoo-pretrain task=shapes"
 
-    def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.6, max_length: int = 8, reward_soft_weight: float = 0.0):
+    supports_guidance = True
+
+    def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.6,
+                 max_length: int = 8, reward_soft_weight: float = 0.0, caption_dropout: float = 0.0):
+        if not 0 <= caption_dropout < 1:
+            raise ValueError(f"task.caption_dropout must be in [0, 1), got {caption_dropout!r}")
         self.image_size = image_size
+        self.caption_dropout = caption_dropout
         self.sample_shape = (3, image_size, image_size)
         self.caption_noise = caption_noise
         self.max_length = max_length
@@ -73,6 +82,12 @@ class ShapesTask(Task):
         return Conditioning(prompts=list(prompts), inputs={"tokens": tokenize(prompts, self.max_length)},
                             prompt_ids=prompt_ids, group_ids=group_ids)
 
+    def negative_inputs(self, n: int) -> dict[str, Tensor]:
+        """The empty prompt: all padding tokens (what caption dropout trained on)."""
+        from rlzoo.tasks.shapes.model import tokenize
+
+        return {"tokens": tokenize([""] * n, self.max_length)}
+
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         strict, soft = self.verifier(x0, [spec_of(p) for p in cond.prompts])
         w = self.reward_soft_weight
@@ -95,14 +110,15 @@ class ShapesTask(Task):
 
     def pretrain_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Conditioning]:
         """Renders of random prompts (family first); with probability caption_noise the image
-        shows a corrupted version of its caption."""
+        shows a corrupted version of its caption; with probability caption_dropout the caption is
+        the empty prompt (with caption_dropout = 0 no draw is made: the stream is the old one)."""
         rng = random.Random(int(torch.randint(2**31, (1,), generator=generator)))
         captions, images = [], []
         for _ in range(batch_size):
             spec = rng.choice(self._all_by_family[rng.choice(FAMILIES)])
             shown = corrupt(spec, rng) if rng.random() < self.caption_noise else spec
-            captions.append(spec.text)
             images.append(render(sample_scene(shown, rng), self.image_size))
+            captions.append("" if self.caption_dropout and rng.random() < self.caption_dropout else spec.text)
         ids = torch.zeros(batch_size, dtype=torch.long)
         return torch.stack(images), self.conditioning(captions, ids, ids)
 

@@ -80,6 +80,7 @@ class T2ITask(Task):
         self._train = [p.text for p in self.prompt_set.train()]
         self._heldout = [p.text for p in self.prompt_set.test()]
         self._families = {p.text: p.family for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
+        self._metadata = {p.text: p.metadata for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
         self._train_index = {p: i for i, p in enumerate(self._train)}
         self.eval_reward_configs = dict(eval_rewards or {})
         if "reward" not in self.eval_reward_configs:
@@ -189,10 +190,21 @@ class T2ITask(Task):
             self._eval_rewards = {name: _build(node) for name, node in self.eval_reward_configs.items()}
         return self._eval_rewards
 
+    def metadata(self, prompt: str) -> dict:
+        """The prompt set's metadata of a prompt (GenEval's tag / include / exclude), or {}."""
+        return self._metadata.get(prompt, {})
+
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
-        """Every evaluation reward on the decoded images (decoded once)."""
+        """Every evaluation reward on the decoded images (decoded once): `name` is its reward,
+        `name/key` any other score it returns (a mix's parts, a remote server's extras)."""
         images = self.images(x0)
-        return {name: reward.score(images, list(cond.prompts)) for name, reward in self.eval_rewards().items()}
+        out = {}
+        for name, reward in self.eval_rewards().items():
+            scores = (reward.score_images(images, cond, self) if hasattr(reward, "score_images")
+                      else reward(self, x0, cond))
+            out[name] = scores["reward"]
+            out.update({f"{name}/{k}": v for k, v in scores.items() if k != "reward"})
+        return out
 
     def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:
         """Means over samples, and per prompt family (GenEval's tags) where the set has several."""

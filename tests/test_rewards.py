@@ -1,0 +1,215 @@
+"""Reward components beyond the verifier: the remote reward against stub servers on 127.0.0.1,
+the mix, and the tiny image reward models."""
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
+from rlzoo.rewards import MixReward, normalized
+from rlzoo.rewards.remote import RemoteReward, RemoteRewardError
+from rlzoo.rewards.server import serve
+from rlzoo.types import Conditioning
+
+
+@pytest.fixture
+def server():
+    """Start a reward server on a free port with the given handler or scorer; stopped afterwards."""
+    started = []
+
+    def start(scorer=None, handler=None):
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler) if handler else serve(scorer, port=0)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        started.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/"
+
+    yield start
+    for srv in started:
+        srv.shutdown()
+        srv.server_close()
+
+
+def cond_of(prompts, groups=None):
+    ids = torch.arange(len(prompts))
+    return Conditioning(list(prompts), {}, ids, ids if groups is None else torch.tensor(groups))
+
+
+def test_remote_reward_scores_what_the_server_answers(server):
+    seen = {}
+
+    def scorer(images, prompts, metadata):
+        seen.update(shapes=[i.shape for i in images], prompts=prompts, metadata=metadata)
+        return [float(i[..., 0].mean()) / 255 for i in images], {"green": [float(i[..., 1].mean()) / 255 for i in images]}
+
+    reward = RemoteReward(url=server(scorer), batch_size=2)
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = reward.score_images(images, cond_of(["a", "b", "c"]))
+    pixels = (images * 255).round() / 255  # what travelled: uint8 PNGs
+    assert torch.allclose(out["reward"], pixels[:, 0].mean((1, 2)), atol=1e-6)
+    assert torch.allclose(out["green"], pixels[:, 1].mean((1, 2)), atol=1e-6)
+    assert seen["prompts"] == ["c"] and seen["shapes"] == [(8, 8, 3)] and seen["metadata"] == [{}]  # last batch
+
+
+class Slow(BaseHTTPRequestHandler):
+    def do_POST(self):
+        time.sleep(1.5)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def counting_handler(status: int, body: bytes, calls: list):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            calls.append(1)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def test_remote_reward_times_out_with_bounded_retries(server):
+    reward = RemoteReward(url=server(handler=Slow), timeout=0.2, retries=1, backoff=0.01)
+    start = time.perf_counter()
+    with pytest.raises(RemoteRewardError, match=r"failed after 2 tries: no answer within 0.2s"):
+        reward.score(torch.rand(1, 3, 4, 4), ["a"])
+    assert time.perf_counter() - start < 1.2  # two timeouts of 0.2 s, not a hang
+
+
+def test_remote_reward_retries_server_errors_then_stops(server):
+    calls = []
+    reward = RemoteReward(url=server(handler=counting_handler(503, b"busy", calls)), retries=2, backoff=0.01)
+    with pytest.raises(RemoteRewardError, match="failed after 3 tries: HTTP 503"):
+        reward.score(torch.rand(2, 3, 4, 4), ["a", "b"])
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"<html>not json</html>", "not JSON"),
+    (json.dumps({"scores": [1.0]}).encode(), "without 2 finite 'scores'"),
+    (json.dumps({"scores": [1.0, float("nan")]}).encode(), "without 2 finite 'scores'"),
+    (json.dumps({"result": 1}).encode(), "without 2 finite 'scores'"),
+])
+def test_remote_reward_garbage_is_a_clear_error_without_retries(server, body, message):
+    calls = []
+    reward = RemoteReward(url=server(handler=counting_handler(200, body, calls)), retries=3, backoff=0.01)
+    with pytest.raises(RemoteRewardError, match=message) as info:
+        reward.score(torch.rand(2, 3, 4, 4), ["a", "b"])
+    assert "reward.url=http://127.0.0.1:" in str(info.value) and len(calls) == 1
+
+
+def test_refused_connection_is_retried_then_reported():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reward = RemoteReward(url=f"http://127.0.0.1:{port}/", retries=1, backoff=0.01, timeout=1)
+    with pytest.raises(RemoteRewardError, match="failed after 2 tries"):
+        reward.score(torch.rand(1, 3, 4, 4), ["a"])
+
+
+def test_remote_without_url_is_one_line_before_any_model():
+    with pytest.raises(ConfigError, match=r"reward.url is not set"):
+        validate(compose_config(["task=t2i", "model=sd3_tiny", "reward=remote", "debug=tiny"]))
+
+
+def test_a_failing_remote_reward_leaves_the_run_as_it_was(server, tmp_path):
+    """Garbage from the server: the run stops with the one-line reason in summary.json; the
+    iteration-0 checkpoint and the logs hold nothing from the failed iteration."""
+    calls = []
+    url = server(handler=counting_handler(200, b"garbage", calls))
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlzoo.train", "task=t2i", "model=sd3_tiny", "reward=remote", f"reward.url={url}",
+         "~task.eval_rewards", "+task.eval_rewards={reward:{_target_:rlzoo.rewards.images.CLIPReward,tiny:true}}",
+         "debug=tiny",
+         f"task.embedding_cache={tmp_path / 'embeddings'}", f"run_dir={run_dir}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "not JSON" in summary["error"]
+    metrics = run_dir / "metrics.jsonl"
+    assert summary["iterations"] == 0 and (not metrics.exists() or metrics.read_text() == "")
+    assert (run_dir / "checkpoints").exists()  # the iteration-0 checkpoint, written before the failure
+    assert calls == [1]
+
+
+def test_normalized_within_groups_in_float64():
+    r = torch.tensor([1.0, 3.0, 10.0, 30.0, 50.0], dtype=torch.float64)
+    g = torch.tensor([0, 0, 1, 1, 1])
+    out = normalized(r, g, "group", eps=0.0)
+    assert torch.allclose(out[:2], torch.tensor([-1.0, 1.0], dtype=torch.float64), atol=1e-12)
+    third = torch.tensor([10.0, 30.0, 50.0], dtype=torch.float64)
+    assert torch.allclose(out[2:], (third - 30) / third.std(unbiased=False), atol=1e-12)
+    assert torch.allclose(normalized(r, g, "batch", eps=0.0), (r - r.mean()) / r.std(unbiased=False), atol=1e-12)
+
+
+class Constant:
+    def __init__(self, values):
+        self.values = torch.tensor(values)
+
+    def score_images(self, images, cond, task=None):
+        return {"reward": self.values}
+
+    def check(self):
+        pass
+
+
+def test_mix_is_the_weighted_sum_of_group_normalised_rewards():
+    mix = MixReward.__new__(MixReward)
+    mix.parts = {"a": Constant([1.0, 2.0, 3.0, 5.0]), "b": Constant([100.0, 100.0, 0.0, 400.0])}
+    mix.weights, mix.normalize = {"a": 0.25, "b": 2.0}, "group"
+    cond = cond_of(["p", "p", "q", "q"], groups=[0, 0, 1, 1])
+    out = mix.score_images(torch.zeros(4, 3, 2, 2), cond)
+    expected = 0.25 * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + 2.0 * torch.tensor([0.0, 0.0, -1.0, 1.0])
+    assert torch.allclose(out["reward"], expected, atol=1e-5)
+    assert torch.equal(out["b"], mix.parts["b"].values)
+
+
+def test_mix_yaml_builds_tiny_parts_and_rejects_mismatched_weights():
+    node = OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "mix.yaml"), {"tiny": True})
+    mix = build(node)
+    assert all(part.tiny for part in mix.parts.values())
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = mix.score_images(images, cond_of(["a cat", "a cat", "a dog", "a dog"], [0, 0, 1, 1]))
+    assert set(out) == {"reward", "pickscore", "clip_score"} and out["reward"].shape == (4,)
+    with pytest.raises(ValueError, match=r"reward.weights names \['x'\] differ"):
+        MixReward(rewards={"a": {"_target_": "rlzoo.rewards.VerifierReward"}}, weights={"x": 1.0})
+
+
+@pytest.mark.parametrize("name", ["clip_score", "hpsv2", "aesthetic"])
+def test_tiny_image_rewards_score_images(name):
+    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / f"{name}.yaml"), {"tiny": True}))
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    scores = reward.score(images, ["a cat", "a dog", "a red car"])
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    assert torch.equal(scores, reward.score(images, ["a cat", "a dog", "a red car"]))  # deterministic
+
+
+def test_hpsv2_is_the_plain_cosine():
+    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "hpsv2.yaml"), {"tiny": True}))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    scores = reward.score(images, ["a cat", "two dogs"])
+    assert scores.abs().max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("name", ["pickscore", "clip_score", "hpsv2", "aesthetic"])
+def test_missing_reward_weights_are_one_line_before_any_model(name):
+    with pytest.raises(ConfigError, match=r"reward.path is not set; download the .* weights") as info:
+        validate(compose_config(["task=t2i", "model=sd3_tiny", f"reward={name}", "debug=tiny"]))
+    assert "\n" not in str(info.value)
