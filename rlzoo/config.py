@@ -145,6 +145,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
     _validate_ratio(cfg)
     _validate_guidance(cfg)
+    _validate_policy_settings(cfg.model)
     _validate_arguments(cfg)
     _validate_combination(cfg, _validate_construction(cfg))
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
@@ -191,6 +192,26 @@ def _validate_ratio(cfg: DictConfig) -> None:
             f"train.old_policy_schedule=0 and one update per rollout (train.inner_epochs=1, "
             f"train.minibatches=1) that ratio is always 1; use {alternative}"
             f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
+
+
+def _validate_policy_settings(model: DictConfig) -> None:
+    """model.precision / lora / gradient_checkpointing / compile / max_batch_size (rlzoo.policies)."""
+    from rlzoo.policies import PRECISIONS, LoraSettings
+
+    precision = model.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown model.precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    for key in ("gradient_checkpointing", "compile"):
+        if not isinstance(model.get(key, False), bool):
+            raise ConfigError(f"model.{key} must be true or false, got {model.get(key)!r}")
+    rows = model.get("max_batch_size")
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+        raise ConfigError(f"model.max_batch_size must be a positive int or null, got {rows!r}")
+    if model.get("lora") is not None:
+        try:
+            LoraSettings(**OmegaConf.to_container(model.lora, resolve=True))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.lora: {' '.join(str(exc).split())}") from None
 
 
 def _validate_guidance(cfg: DictConfig) -> None:

@@ -310,3 +310,49 @@ def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path)
     for job, summary in summaries.items():
         assert summary["status"] == "completed", (job, summary.get("error"))
         assert (sweep / job / "lora" / "pytorch_lora_weights.safetensors").exists(), job
+
+
+def velocity_and_grads(tmp_path, **settings):
+    task = tiny_task(tmp_path)
+    cfg = OmegaConf.merge(lora_cfg(), settings)
+    policy = make_policy(task.load_base_model(cfg), cfg)
+    randomize(policy, "current", seed=7)
+    x, sigma, cond = batch(task)
+    v = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
+    v.square().mean().backward()
+    return policy, v.detach(), [p.grad.clone() for p in policy.parameters()]
+
+
+def test_bf16_keeps_lora_weights_and_velocities_in_fp32(tmp_path):
+    ref_policy, v32, g32 = velocity_and_grads(tmp_path)
+    policy, v16, g16 = velocity_and_grads(tmp_path, precision="bf16")
+    assert v16.dtype == torch.float32 and all(p.dtype == torch.float32 for p in policy.parameters())
+    frozen = [p for n, p in policy.model.named_parameters() if "lora_" not in n]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert (v16 - v32).abs().max() < 0.05 * v32.abs().max()
+    assert (v16 - v32).abs().max() > 0  # it did run in bf16
+    cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in g16]),
+                                                torch.cat([g.flatten() for g in g32]), dim=0)
+    assert cos > 0.99
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    _, v, grads = velocity_and_grads(tmp_path)
+    policy, v_ckpt, grads_ckpt = velocity_and_grads(tmp_path, gradient_checkpointing=True)
+    assert policy.model.transformer.gradient_checkpointing
+    assert torch.allclose(v, v_ckpt, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_ckpt))
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_velocity(tmp_path):
+    _, v, grads = velocity_and_grads(tmp_path)
+    _, v_compiled, grads_compiled = velocity_and_grads(tmp_path, compile=True)
+    assert torch.allclose(v, v_compiled, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, grads_compiled))
+
+
+def test_unknown_precision_is_one_line_before_any_model(monkeypatch):
+    monkeypatch.setattr(SD3Tiny, "pipeline", lambda self: pytest.fail("model built"))
+    with pytest.raises(ConfigError, match=r"unknown model.precision 'fp8'; valid: fp32, tf32, bf16"):
+        validate(compose("model.precision=fp8"))
