@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], eval_sampler(cfg), cfg.eval.samples,
                                    cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device),
                                    cfg.eval.get("cfg_scale", 1.0))
-    source = options.get("run_dir", cfg.model.checkpoint)
+    source = options.get("run_dir") or cfg.model.get("checkpoint") or cfg.model.get("path") or cfg.model._target_
     print(f"held-out evaluation of {source} ({weights} weights): {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")
     for key, value in metrics.items():

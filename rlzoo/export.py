@@ -1,5 +1,10 @@
 """`rlzoo export`: a trained run's weights as safetensors, loadable without rlzoo's checkpoint.
 
+A LoRA run (`model.lora`, e.g. task=t2i) exports its adapter as diffusers writes one
+(<out>/pytorch_lora_weights.safetensors): `StableDiffusion3Pipeline.load_lora_weights(out)` loads it.
+Training already leaves the evaluated weights' LoRA in <run_dir>/lora at every checkpoint.
+Full fine-tuning runs (the toy tasks):
+
     rlzoo export run_dir=runs/shapes/paper_a/seed0 --out exported/ [weights=ema|current]
 
 Writes <out>/model.safetensors (the velocity model's state dict: the EMA weights when the run
@@ -64,6 +69,12 @@ def export(run_dir: Path, out: Path, weights: str | None = None) -> Path:
     if weights not in TRAINED:
         raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(TRAINED)}")
     state = load_checkpoint(checkpoint)["policy"][WEIGHTS[weights]]
+    if cfg.model.get("lora") is not None:  # a LoRA run: the adapter, as diffusers loads it
+        from rlzoo.policies import LoraSettings
+
+        settings = LoraSettings(**OmegaConf.to_container(cfg.model.lora, resolve=True))
+        return save_lora(state, settings, Path(out), {"weights": weights, "run_dir": str(run_dir),
+                                                      "iterations": _iterations(run_dir)})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise ConfigError("usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current]"
                           + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
     path = export(Path(options["run_dir"]), Path(out), options.get("weights"))
-    print(f"written: {path} and {path.parent / 'config.json'}")
+    print(f"written: {', '.join(str(p) for p in sorted(path.parent.iterdir()))}")
     return path
 
 

@@ -147,6 +147,15 @@ def test_elbo_other_weightings(elbo_inputs, weighting):
     assert torch.allclose(elbo_term(x0, noise, t, v, weighting), expected, atol=TOL)
 
 
+@pytest.mark.parametrize("weighting, power", [("adaptive", 1), ("uniform", 2), ("t", 0), ("exact", 0)])
+def test_elbo_under_guidance_scales_as_paper_a(elbo_inputs, weighting, power):
+    """With guidance scale s the adaptive term is divided by s and the uniform one by s² (REFERENCE,
+    ELBO); the others are unchanged."""
+    x0, noise, t, v = elbo_inputs
+    unguided = elbo_term(x0, noise, t, v, weighting)
+    assert torch.allclose(elbo_term(x0, noise, t, v, weighting, guidance_scale=4.5), unguided / 4.5**power, atol=TOL)
+
+
 def test_elbo_unknown_weighting(elbo_inputs):
     with pytest.raises(ValueError, match="valid: adaptive, t, uniform, exact"):
         elbo_term(*elbo_inputs, weighting="snr")

@@ -23,13 +23,17 @@ def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     return (1 - t) * x0 + t * noise
 
 
-def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting: str = "adaptive") -> Tensor:
+def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting: str = "adaptive",
+              guidance_scale: float = 1.0) -> Tensor:
     """One ELBO term per sample, (B, ...) -> (B,). With x̂0 = x_t - t·v:
 
-    adaptive  w = sg(mean_d |x̂0 - x0|).clamp_min(1e-5)  (float64);  term = -mean_d((x̂0 - x0)² / w)
+    adaptive  w = sg(mean_d |x̂0 - x0|).clamp_min(1e-5)  (float64);  term = -mean_d((x̂0 - x0)² / w) / s
     t         term = -mean_d((x̂0 - x0)²)
-    uniform   term = -mean_d((eps - x0 - v)²)
+    uniform   term = -mean_d((eps - x0 - v)²) / s²
     exact     term = -mean_d((1 - t)/(t + 1e-3) · (eps - x0 - v)²)
+
+    v is the velocity the rollout used (guided when s = guidance_scale > 1); Paper A's code scales
+    the adaptive term by 1/s and the uniform term by 1/s² (no-ops without guidance).
     """
     if weighting in ("adaptive", "t"):
         x0_hat = noised(x0, noise, t) - per_sample(t, x0) * velocity
@@ -37,9 +41,9 @@ def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting:
         if weighting == "t":
             return -mean_dims(error**2)
         w = mean_dims(error.detach().abs().double()).clamp_min(1e-5)
-        return (-mean_dims(error.double() ** 2) / w).to(x0.dtype)
+        return (-mean_dims(error.double() ** 2) / w / guidance_scale).to(x0.dtype)
     if weighting == "uniform":
-        return -mean_dims((noise - x0 - velocity) ** 2)
+        return -mean_dims((noise - x0 - velocity) ** 2) / guidance_scale**2
     if weighting == "exact":
         tt = per_sample(t, x0)
         return -mean_dims((1 - tt) / (tt + 1e-3) * (noise - x0 - velocity) ** 2)
@@ -125,8 +129,9 @@ class ELBOEstimator:
                 v_ref = policy.velocity(x_t, t, cond, which="reference") if need_reference else None
             v = policy.velocity(x_t, t, cond, which="current")
             draws.append((noise, old_noise, x_t, v, v_old, v_ref))
-        log_lik = torch.stack([elbo_term(x0, d[0], t, d[3], self.weighting) for d in draws]).mean(0)
-        log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[4], self.weighting) for d in draws]).mean(0)
+        s = cond.guidance_scale
+        log_lik = torch.stack([elbo_term(x0, d[0], t, d[3], self.weighting, s) for d in draws]).mean(0)
+        log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[4], self.weighting, s) for d in draws]).mean(0)
         noise, _, x_t, v, v_old, v_ref = draws[-1]
         rows = x0.shape[0]
         return LikelihoodTerm(index=index, log_lik=log_lik, log_lik_old=log_lik_old.detach(),

@@ -70,6 +70,9 @@ class ShapesPolicyModel(nn.Module):
     def trainable_parameters(self):
         return self.transformer.parameters()
 
+    def lora_module(self) -> nn.Module:  # model.lora adapts the MMDiT, as on SD3.5
+        return self.transformer
+
     def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         hidden, pooled = self.text_encoder(cond.inputs["tokens"])
         timestep = (sigma.to(x.dtype) * 1000).expand(x.shape[0])  # SD3 convention: t in [0, 1000]
