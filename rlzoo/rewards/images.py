@@ -124,25 +124,38 @@ class CLIPReward(ImageReward):
             self._model, self._processor = model.to(self.dtype), processor
         return self._model, self._processor
 
+    def _device(self, images: Tensor) -> torch.device:
+        return torch.device(self.device) if self.device else images.device
+
     @torch.no_grad()
-    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        """(B, D) CLIP image embeddings (float32, not normalised) of images in [0, 1]."""
         model, processor = self.load()
-        device = torch.device(self.device) if self.device else images.device
+        device = self._device(images)
         model.to(device)
         out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = processor(images=to_uint8_arrays(images[start:start + self.batch_size]),
+                               return_tensors="pt")["pixel_values"]
+            out.append(_embedding(model.get_image_features(pixel_values=pixels.to(device, self.dtype))).float())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def text_embeddings(self, prompts: list[str], device: torch.device) -> Tensor:
+        model, processor = self.load()
+        out = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            pixels = processor(images=to_uint8_arrays(images[chunk]), return_tensors="pt")["pixel_values"]
-            text = processor(text=prompts[chunk], padding=True, truncation=True, return_tensors="pt")
-            image_embeds = model.get_image_features(pixel_values=pixels.to(device, self.dtype))
-            text_embeds = model.get_text_features(**{k: v.to(device) for k, v in text.items()})
-            image_embeds = _embedding(image_embeds)
-            text_embeds = _embedding(text_embeds)
-            cos = (nn.functional.normalize(image_embeds.float(), dim=-1)
-                   * nn.functional.normalize(text_embeds.float(), dim=-1)).sum(-1)
-            logit = model.logit_scale.exp().float() if self.use_logit_scale else 1.0
-            out.append(self.scale * logit * cos)
-        return torch.cat(out).to(images.device)
+            text = processor(text=prompts[start:start + self.batch_size], padding=True, truncation=True,
+                             return_tensors="pt")
+            out.append(_embedding(model.get_text_features(**{k: v.to(device) for k, v in text.items()})).float())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        image = nn.functional.normalize(self.image_embeddings(images), dim=-1)
+        text = nn.functional.normalize(self.text_embeddings(prompts, self._device(images)), dim=-1)
+        logit = self._model.logit_scale.exp().float() if self.use_logit_scale else 1.0
+        return (self.scale * logit * (image * text).sum(-1)).to(images.device)
 
 
 def _embedding(output) -> Tensor:
@@ -179,11 +192,9 @@ class AestheticReward(CLIPReward):
     def load(self):
         if self._model is None:
             model, processor = super().load()
+            torch.manual_seed(self.seed + 1)  # the tiny head's random weights; a released one is loaded
             mlp = AestheticMLP(model.config.projection_dim)
-            if self.tiny:
-                torch.manual_seed(self.seed + 1)
-                mlp = AestheticMLP(model.config.projection_dim)
-            else:
+            if not self.tiny:
                 path = resolve_model_path(self.mlp_path, "reward.mlp_path", self._how())
                 mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             self._mlp = mlp.eval().requires_grad_(False)
@@ -191,14 +202,6 @@ class AestheticReward(CLIPReward):
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        model, processor = self.load()
-        device = torch.device(self.device) if self.device else images.device
-        model.to(device)
-        self._mlp.to(device)
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = processor(images=to_uint8_arrays(images[start:start + self.batch_size]),
-                               return_tensors="pt")["pixel_values"]
-            embed = _embedding(model.get_image_features(pixel_values=pixels.to(device, self.dtype))).float()
-            out.append(self._mlp(nn.functional.normalize(embed, dim=-1)))
-        return torch.cat(out).to(images.device)
+        embed = nn.functional.normalize(self.image_embeddings(images), dim=-1)
+        self._mlp.to(embed.device)
+        return self._mlp(embed).to(images.device)
