@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # rlzoo on a CUDA GPU (device=cuda), in one short script for a lent GPU machine:
 #   1. every recipe (rlzoo/conf/experiment) and every row of Paper A's table (rlzoo/conf/row) trains 2
-#      iterations on shapes (the recipes on toy2d too), so a tensor left on the wrong device fails;
+#      iterations on shapes (the recipes on toy2d and on t2i's sd3_tiny with LoRA too, and a guided
+#      bf16 t2i run), so a tensor left on the wrong device fails;
 #   2. the default recipe on toy2d (its 200 iterations) and on shapes exactly as `make run` runs it
 #      (its budget of 2 M model evaluations), with held-out evaluation;
 #   3. `make bench` (python -m rlzoo.bench) on the GPU.
@@ -19,21 +20,29 @@ FAST="eval.samples=96 eval.every=1000 checkpoint_every=1000 progress_bar=false"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/device.txt"
 
 echo "== 1. every recipe and row, 2 iterations, device=$DEVICE (jobs in parallel)" | tee "$OUT/components.txt"
-check() {  # task choice: 2 iterations, then ok or FAIL with the error's last lines
-  local dir="$RUNS/$1/${2//[=+]/_}"
-  mkdir -p "$RUNS/$1"
-  if $PY -m rlzoo.train device=$DEVICE task=$1 "$2" threads=2 train.iterations=2 train.max_minutes=null \
-      $FAST run_dir="$dir" > "$dir.log" 2>&1; then echo "ok    $1 $2"
-  else echo "FAIL  $1 $2: $(grep -v '^$' "$dir.log" | tail -2 | tr '\n' ' ')"; fi
+check() {  # task choice [overrides...]: 2 iterations, then ok or FAIL with the error's last lines
+  local task=$1 choice=$2
+  shift 2
+  local dir="$RUNS/$task/${choice//[=+]/_}"
+  mkdir -p "$RUNS/$task"
+  if $PY -m rlzoo.train device=$DEVICE task=$task "$choice" "$@" threads=2 train.iterations=2 train.max_minutes=null \
+      $FAST run_dir="$dir" > "$dir.log" 2>&1; then echo "ok    $task $choice $*"
+  else echo "FAIL  $task $choice $*: $(grep -v '^$' "$dir.log" | tail -2 | tr '\n' ' ')"; fi
 }
 for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm}; do
   check toy2d "$choice" > "$RUNS/toy2d_${choice//[=+]/_}.result" &
 done
 for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm} \
-              +row={epg_traj_sde,epg_elbo_sde,epg_elbo_ode,pepg_elbo_sde,pepg_elbo_ode,par_elbo_sde,par_elbo_ode,grpo_elbo_ode}; do
+              +row={epg_traj_sde,epg_traj_sde_cfg,epg_elbo_sde,epg_elbo_ode,pepg_elbo_sde,pepg_elbo_ode,par_elbo_sde,par_elbo_ode,grpo_elbo_ode}; do
   check shapes "$choice" > "$RUNS/shapes_${choice//[=+]/_}.result" &
 done
+for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm}; do  # SD3 classes, LoRA, on the GPU
+  check t2i "$choice" model=sd3_tiny reward.tiny=true sampler.num_steps=6 task.embedding_cache="$RUNS/emb" \
+    > "$RUNS/t2i_${choice//[=+]/_}.result" &
+done
 wait
+check t2i sampler.cfg_scale=4.5 model=sd3_tiny reward.tiny=true model.precision=bf16 \
+  model.gradient_checkpointing=true task.embedding_cache="$RUNS/emb" > "$RUNS/t2i_guided_bf16.result"
 cat "$RUNS"/*.result | tee -a "$OUT/components.txt"
 
 echo "== 2. default recipe, held-out evaluation" | tee "$OUT/training.txt"
