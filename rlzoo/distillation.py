@@ -1,0 +1,44 @@
+"""Distribution matching (Paper B, arXiv 2603.28460, and its DMD / DMD2 baseline): pure tensor math.
+
+Notation: a student sample x (B, ...); at a noise level t, x_t = (1 - t)·x + t·ε; the frozen teacher
+("real score") and the online critic ("fake score", trained by flow matching on student samples)
+each predict x̂0 = x_t - t·v.
+
+    DMD gradient (DMD2's code):   g = nan_to_num( (x̂_fake - x̂_real) / mean_d |x - x̂_real| )
+    DMD loss:                     L = ½ · mean_{b,d}( (x - sg(x - g))² )     so ∂L/∂x = g / (B·D)
+    critic loss (flow matching):  L = mean_{b,d}( (v_fake(x_t, t) - (ε - x))² )
+    R_dm (INFERRED, experimental): R_dm(x) = ELBO_teacher(x) - ELBO_critic(x), both terms with the
+        same ε and t: a Monte-Carlo estimate of log p_teacher(x) - log p_student(x) (the critic
+        tracks the student's distribution). Paper B's exact equation was not available to us.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlzoo.estimators.elbo import elbo_term
+from rlzoo.ops import mean_dims, per_sample
+
+
+def dmd_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
+    """g = nan_to_num((x̂_fake - x̂_real) / mean_d |x - x̂_real|), per sample; no clamp (0/0 -> 0)."""
+    scale = per_sample(mean_dims((x - x0_real).abs()), x)
+    return torch.nan_to_num((x0_fake - x0_real) / scale)
+
+
+def dmd_loss(x: Tensor, gradient: Tensor) -> Tensor:
+    """½·mean((x - sg(x - g))²): a scalar whose gradient on x is g / (B·D)."""
+    target = (x - gradient).detach()
+    return 0.5 * ((x - target) ** 2).mean()
+
+
+def flow_matching_loss(velocity: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
+    """The critic's denoising loss: mean((v(x_t, t) - (ε - x0))²) (the pretraining loss)."""
+    return ((velocity - (noise - x0)) ** 2).mean()
+
+
+def distribution_matching_reward(x0: Tensor, noise: Tensor, t: Tensor, velocity_teacher: Tensor,
+                                 velocity_critic: Tensor, weighting: str = "exact") -> Tensor:
+    """R_dm per sample (INFERRED): ELBO term of the teacher minus that of the critic at the same
+    (ε, t), (B, ...) -> (B,). Positive where the teacher finds x likelier than the student does."""
+    return elbo_term(x0, noise, t, velocity_teacher, weighting) - elbo_term(x0, noise, t, velocity_critic, weighting)
