@@ -96,6 +96,9 @@ class Trainer:
 
         with Phase(compute, "reward"):
             rewards = self.reward(self.task, rollout.x0, cond)
+            spent = self.reward.observe(self.task, rollout)  # a learnt reward's own step (Paper B's critic)
+            compute.nfe_forward += spent.get("nfe_forward", 0)
+            compute.nfe_backward += spent.get("nfe_backward", 0)
             advantage = self.advantage(rewards["reward"], cond.group_ids.to(rewards["reward"].device))
             advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
 
@@ -180,7 +183,7 @@ class Trainer:
         """Tensors and plain values only, so it loads with weights_only=True."""
         atomic_torch_save({"progress": self.progress.state_dict(), "policy": self.policy.state_dict(),
                            "optimizer": self.optimizer.state_dict(),
-                           "lr_schedule": self.lr_schedule.state_dict(),
+                           "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
                            "generator": self.generator.get_state()}, self.checkpoint_path)
         if isinstance(self.policy, LoraPolicy):  # the evaluated weights, loadable by diffusers
             save_lora(self.policy.adapter_state_dict(self.eval_view), self.policy.lora, self.run_dir / "lora",
@@ -192,6 +195,7 @@ class Trainer:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.reward.load_state_dict(state.get("reward", {}))
         self.generator.set_state(state["generator"].cpu())
         for name in ("metrics", "eval"):
             truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)

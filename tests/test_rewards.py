@@ -213,3 +213,31 @@ def test_missing_reward_weights_are_one_line_before_any_model(name):
     with pytest.raises(ConfigError, match=r"reward.path is not set; download the .* weights") as info:
         validate(compose_config(["task=t2i", "model=sd3_tiny", f"reward={name}", "debug=tiny"]))
     assert "\n" not in str(info.value)
+
+
+def test_a_stateful_reward_is_observed_counted_and_resumed(tmp_path):
+    """The trainer calls observe once per iteration, counts the model evaluations it reports,
+    checkpoints its state and restores it on resume."""
+    import os
+    from pathlib import Path
+
+    from rlzoo.runs import load_checkpoint
+
+    helpers = str(Path(__file__).parent / "helpers")
+    env = {**os.environ, "PYTHONPATH": helpers + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def run(run_dir, *overrides):
+        result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=toy2d", "debug=tiny", f"run_dir={run_dir}",
+                                 *overrides], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads((run_dir / "summary.json").read_text())
+
+    plain = run(tmp_path / "plain")
+    stateful = run(tmp_path / "stateful", "reward._target_=stateful_rewards.CountingReward")
+    assert stateful["compute"]["nfe_forward"] - plain["compute"]["nfe_forward"] == 2 * 10 * 8  # 2 iterations x 8 rows
+    assert stateful["compute"]["nfe_backward"] - plain["compute"]["nfe_backward"] == 2 * 8
+    state = load_checkpoint(tmp_path / "stateful" / "checkpoints" / "last.pt")["reward"]
+    assert int(state["observed"]) == 2
+    run(tmp_path / "stateful", "reward._target_=stateful_rewards.CountingReward", "train.iterations=3")
+    state = load_checkpoint(tmp_path / "stateful" / "checkpoints" / "last.pt")["reward"]
+    assert int(state["observed"]) == 3  # resumed from 2, not restarted from 0

@@ -13,13 +13,28 @@ from rlzoo.types import Conditioning
 
 
 class Reward:
-    """What every reward component has: a call, and a check of its files before any compute."""
+    """What every reward component has: a call, a check of its files before any compute, and —
+    for a reward that learns while the policy trains (Paper B's R_dm and its critic) — a training
+    hook and a state. A stateless reward keeps the no-op defaults."""
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def check(self) -> None:
         """Raise ValueError (one line) when a file the reward needs is missing; loads nothing."""
+
+    def observe(self, task, rollout) -> dict[str, int]:
+        """Called by the trainer once per iteration with the iteration's rollout (after the rewards
+        were computed on it); returns the model evaluations it spent, {"nfe_forward": ...,
+        "nfe_backward": ...} summed over rows, which the compute record counts."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the reward as it was (checkpointed with the policy)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class VerifierReward(Reward):
@@ -81,6 +96,20 @@ class MixReward(Reward):
     def check(self) -> None:
         for part in self.parts.values():
             part.check()
+
+    def observe(self, task, rollout) -> dict[str, int]:
+        spent: dict[str, int] = {}
+        for part in self.parts.values():
+            for key, n in part.observe(task, rollout).items():
+                spent[key] = spent.get(key, 0) + n
+        return spent
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state.get(name, {}))
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         from rlzoo.rewards.images import ImageReward
