@@ -146,6 +146,9 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     _validate_ratio(cfg)
     _validate_guidance(cfg)
     _validate_policy_settings(cfg.model)
+    if getattr(_component_class(cfg.reward), "needs_teacher", False) and cfg.model.get("lora") is not None:
+        raise ConfigError(f"reward={cfg.reward.get('name', 'dm')} with model.lora is not built yet (its critic "
+                          f"would be a fourth adapter); use a task without LoRA (toy2d, shapes)")
     _validate_arguments(cfg)
     _validate_combination(cfg, _validate_construction(cfg))
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)

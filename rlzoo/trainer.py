@@ -51,6 +51,7 @@ class Trainer:
         self.advantage, self.kl, self.reward = c.advantage, c.kl, c.reward
         self.loggers = [JsonlLogger(self.run_dir), *c.loggers]
         self.policy = make_policy(self.task.load_base_model(cfg.model).to(self.device), cfg.model)
+        self.reward.attach(self.policy)  # a learnt reward (Paper B's R_dm) takes the teacher here
         self.optimizer = c.optimizer(self.policy.parameters())
         self.lr_schedule = c.lr_schedule(self.optimizer)
         self.eval_sampler = eval_sampler(cfg)

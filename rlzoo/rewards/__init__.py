@@ -23,6 +23,10 @@ class Reward:
     def check(self) -> None:
         """Raise ValueError (one line) when a file the reward needs is missing; loads nothing."""
 
+    def attach(self, policy) -> None:
+        """Called by the trainer once the policy is built (a reward that needs the teacher, i.e.
+        the policy's frozen reference view, takes it here)."""
+
     def observe(self, task, rollout) -> dict[str, int]:
         """Called by the trainer once per iteration with the iteration's rollout (after the rewards
         were computed on it); returns the model evaluations it spent, {"nfe_forward": ...,
