@@ -131,3 +131,33 @@ def test_dm_reward_runs_in_a_toy2d_run_and_bad_settings_fail_before_any_model(tm
             validate(compose_config(["task=toy2d", "reward=dm", override]))
     with pytest.raises(ConfigError, match="reward=dm with model.lora is not built yet"):
         validate(compose_config(["task=t2i", "model=sd3_tiny", "reward=dm", "debug=tiny"]))
+
+
+def test_frechet_distance_equals_torchmetrics_fid_formula():
+    """The oracle is torchmetrics' own FID computation on the same means and covariances."""
+    from torchmetrics.image.fid import _compute_fid
+
+    from rlzoo.distances import frechet_distance
+
+    a = fixed(500, 2, seed=20) @ torch.tensor([[1.0, 0.3], [0.0, 0.5]], dtype=D) + 1.0
+    b = fixed(400, 2, seed=21) * 0.7 - 0.2
+    expected = _compute_fid(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+    assert torch.allclose(frechet_distance(a, b), expected.to(D), atol=1e-6)
+    assert abs(float(frechet_distance(a, a))) < 1e-9
+
+
+def test_sliced_wasserstein_of_shifted_gaussians():
+    """Two samples of one isotropic Gaussian, one shifted by m: SW2² = E_θ (m·θ)² = |m|²/D up to
+    the sampling noise of the quantiles; identical sets are at distance 0."""
+    from rlzoo.distances import sliced_wasserstein
+
+    x = fixed(5000, 2, seed=22)
+    m = torch.tensor([0.8, -0.6], dtype=D)  # |m| = 1
+    g = torch.Generator().manual_seed(0)
+    sw = sliced_wasserstein(x, x + m, projections=500, generator=g)
+    assert abs(float(sw) ** 2 - 0.5) < 0.05  # 3 sigma of 500 random directions
+    assert float(sliced_wasserstein(x, x, generator=g)) < 1e-12
+    # 1-D sets of equal size: the RMS distance of the sorted values (every direction is ±1)
+    a, b = fixed(100, 1, seed=23), fixed(100, 1, seed=24) * 2
+    expected = (a.flatten().sort().values - b.flatten().sort().values).square().mean().sqrt()
+    assert torch.allclose(sliced_wasserstein(a, b, projections=8, generator=g), expected, atol=1e-12)
