@@ -63,7 +63,8 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
     shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
     grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
                                   prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
-    return task.summarize(merged, torch.tensor(ids)), (torch.cat(samples)[shown], grid_cond)
+    metrics = {**task.summarize(merged, torch.tensor(ids)), **task.sample_metrics(torch.cat(samples), torch.tensor(ids))}
+    return metrics, (torch.cat(samples)[shown], grid_cond)
 
 
 def open_run(run_dir: Path, overrides: list[str] = ()):

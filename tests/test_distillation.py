@@ -161,3 +161,37 @@ def test_sliced_wasserstein_of_shifted_gaussians():
     a, b = fixed(100, 1, seed=23), fixed(100, 1, seed=24) * 2
     expected = (a.flatten().sort().values - b.flatten().sort().values).square().mean().sqrt()
     assert torch.allclose(sliced_wasserstein(a, b, projections=8, generator=g), expected, atol=1e-12)
+
+
+def test_toy2d_log_density_is_the_data_mixture():
+    """Against torch.distributions' own Gaussian mixture, and the data sampler against it: data
+    points are likelier than points off the modes."""
+    import math
+
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    from rlzoo.tasks.toy2d import Toy2DTask
+
+    task = Toy2DTask()
+    angle = torch.tensor([0.0, 1.0, 2.5, 4.0], dtype=D)
+    x = fixed(4, 2, seed=30) * 2
+    for b in range(4):
+        centres = torch.stack([task.target(angle[b:b + 1] + o)[0] for o in (0.0, 2 * math.pi / 3, -2 * math.pi / 3)])
+        mixture = MixtureSameFamily(Categorical(torch.tensor([0.3, 0.35, 0.35], dtype=D)),
+                                    Independent(Normal(centres, torch.full_like(centres, 0.3)), 1))
+        assert torch.allclose(task.log_density(x[b:b + 1], angle[b:b + 1])[0], mixture.log_prob(x[b]), atol=TOL)
+    data = task.sample_data(angle.float().repeat(500), torch.Generator().manual_seed(1))
+    assert task.log_density(data.double(), angle.repeat(500)).mean() > task.log_density(x, angle).mean()
+
+
+def test_toy2d_evaluation_reports_distances_to_the_data():
+    from rlzoo.config import build, compose_config
+    from rlzoo.evaluate import eval_sampler, evaluate
+    from rlzoo.policies import make_policy
+
+    cfg = compose_config(["task=toy2d", "eval.samples=240"])
+    task = build(cfg.task)
+    policy = make_policy(task.load_base_model(cfg.model), cfg.model)
+    metrics, _ = evaluate(task, policy, "reference", eval_sampler(cfg), 240, 0, 240, torch.device("cpu"))
+    assert {"fd_data", "sw_data", "nll"} <= set(metrics)
+    assert 0 < metrics["sw_data"] < 1.0 and metrics["fd_data"] > 0

@@ -99,6 +99,11 @@ class Task:
         """Per-sample scores; `reward` is the primary one."""
         raise NotImplementedError
 
+    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor) -> dict[str, float]:
+        """Metrics of the whole evaluation sample set (distribution distances), next to the means
+        of the per-sample scores; none by default."""
+        return {}
+
     def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:
         return {k: float(v.float().mean()) for k, v in scores.items()}
 

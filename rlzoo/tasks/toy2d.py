@@ -78,18 +78,52 @@ class Toy2DTask(Task):
         return self.radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
 
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
-        distance = (x0.float() - self.target(cond.inputs["angle"].to(x0.device).float())).norm(dim=1)
+        angle = cond.inputs["angle"].to(x0.device).float()
+        distance = (x0.float() - self.target(angle)).norm(dim=1)
         hit = (distance < self.hit_radius).float()
-        return {"reward": hit, "hit": hit, "distance": distance}
+        return {"reward": hit, "hit": hit, "distance": distance, "nll": -self.log_density(x0.float(), angle)}
+
+    # The data distribution in closed form: per angle θ, three Gaussians (std mode_std) at the
+    # target (weight p_target) and at θ ± 120° (weight (1 - p_target)/2 each).
+    MODE_OFFSETS = (0.0, 2 * math.pi / 3, -2 * math.pi / 3)
+
+    def log_density(self, x: Tensor, angle: Tensor) -> Tensor:
+        """log p_data(x | θ), (B, 2), (B,) -> (B,)."""
+        weights = torch.tensor([self.p_target, (1 - self.p_target) / 2, (1 - self.p_target) / 2],
+                               dtype=x.dtype, device=x.device)
+        centres = torch.stack([self.target(angle + o) for o in self.MODE_OFFSETS], dim=1).to(x.dtype)  # (B, 3, 2)
+        sq = (x[:, None, :] - centres).square().sum(-1)
+        log_normal = -sq / (2 * self.mode_std**2) - math.log(2 * math.pi * self.mode_std**2)
+        return torch.logsumexp(weights.log() + log_normal, dim=1)
+
+    def sample_data(self, angle: Tensor, generator: torch.Generator) -> Tensor:
+        """Points of the data distribution at the given angles."""
+        u = torch.rand(angle.shape[0], generator=generator)
+        offset = torch.where(u < self.p_target, 0.0,
+                             torch.where(u < (1 + self.p_target) / 2, self.MODE_OFFSETS[1], self.MODE_OFFSETS[2]))
+        return self.target(angle + offset) + self.mode_std * torch.randn(angle.shape[0], 2, generator=generator)
+
+    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor) -> dict[str, float]:
+        """Distances of the samples to the data distribution, per held-out angle (as many data
+        points as samples, a fixed seed), averaged over angles: Fréchet (fd_data) and sliced
+        Wasserstein-2 (sw_data). Exact per-sample likelihood is `nll` in the scores."""
+        from rlzoo.distances import frechet_distance, sliced_wasserstein
+
+        generator = torch.Generator().manual_seed(0)
+        fd, sw = [], []
+        for i in sorted(set(prompt_ids.tolist())):
+            points = x0[prompt_ids == i].float().cpu()
+            angle = torch.full((len(points),), self.angle_of(self._heldout[i]))
+            data = self.sample_data(angle, generator)
+            if len(points) > 2:  # a covariance needs a few points (debug runs have one per angle)
+                fd.append(float(frechet_distance(points, data)))
+            sw.append(float(sliced_wasserstein(points, data, projections=64, generator=generator)))
+        return {**({"fd_data": sum(fd) / len(fd)} if fd else {}), "sw_data": sum(sw) / len(sw)}
 
     def pretrain_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Conditioning]:
         """Data of the base model: any angle; target mode with probability p_target."""
         angle = torch.rand(batch_size, generator=generator) * 2 * math.pi
-        u = torch.rand(batch_size, generator=generator)
-        offset = torch.where(u < self.p_target, 0.0,
-                             torch.where(u < (1 + self.p_target) / 2, 2 * math.pi / 3, -2 * math.pi / 3))
-        centre = self.target(angle + offset)
-        x0 = centre + self.mode_std * torch.randn(batch_size, 2, generator=generator)
+        x0 = self.sample_data(angle, generator)
         prompts = [f"angle {math.degrees(a):.3f}" for a in angle.tolist()]
         ids = torch.zeros(batch_size, dtype=torch.long)
         return x0, self.conditioning(prompts, ids, ids)
