@@ -137,6 +137,9 @@ class Policy:
         """eval <- decay·eval + (1 - decay)·current."""
         ema_update(self.eval, self.current, decay)
 
+    def export_adapter(self, view: str, out, metadata: dict) -> None:
+        """Write a view's adapter where diffusers can load it; full fine-tuning has none."""
+
     def state_dict(self) -> dict:
         return {v: self.module(v).state_dict() for v in ("current", "old", "eval")}
 
@@ -283,6 +286,12 @@ class LoraPolicy(Policy):
 
     def update_eval(self, decay: float) -> None:
         self._ema("eval", decay)
+
+    def export_adapter(self, view: str, out, metadata: dict) -> None:
+        """<out>/pytorch_lora_weights.safetensors: the view's LoRA as diffusers loads it."""
+        from rlzoo.export import save_lora
+
+        save_lora(self.adapter_state_dict(view), self.lora, out, metadata)
 
     def adapter_state_dict(self, view: str = "current") -> dict[str, Tensor]:
         """One view's LoRA weights in peft's adapter-free naming (what diffusers' LoRA loader reads)."""

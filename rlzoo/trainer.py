@@ -21,8 +21,7 @@ from omegaconf import DictConfig
 
 from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
 from rlzoo.old_policy import eval_ema_decay, old_policy_decay
-from rlzoo.export import save_lora
-from rlzoo.policies import LoraPolicy, make_policy
+from rlzoo.policies import make_policy
 from rlzoo.runs import (JsonlLogger, Phase, Progress, ProgressBar, atomic_torch_save, checkpoint_path,
                         format_metrics, iteration_record, load_checkpoint, truncate_jsonl, write_summary)
 from rlzoo.types import Components, Rollout
@@ -97,9 +96,7 @@ class Trainer:
 
         with Phase(compute, "reward"):
             rewards = self.reward(self.task, rollout.x0, cond)
-            spent = self.reward.observe(self.task, rollout)  # a learnt reward's own step (Paper B's critic)
-            compute.nfe_forward += spent.get("nfe_forward", 0)
-            compute.nfe_backward += spent.get("nfe_backward", 0)
+            compute.add(**self.reward.observe(self.task, rollout))  # a learnt reward's step (Paper B's critic)
             advantage = self.advantage(rewards["reward"], cond.group_ids.to(rewards["reward"].device))
             advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
 
@@ -186,9 +183,8 @@ class Trainer:
                            "optimizer": self.optimizer.state_dict(),
                            "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
                            "generator": self.generator.get_state()}, self.checkpoint_path)
-        if isinstance(self.policy, LoraPolicy):  # the evaluated weights, loadable by diffusers
-            save_lora(self.policy.adapter_state_dict(self.eval_view), self.policy.lora, self.run_dir / "lora",
-                      {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
+        self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
+                                   {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
 
     def load_checkpoint(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)

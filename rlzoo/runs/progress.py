@@ -29,6 +29,11 @@ class Compute:
         """Forward + backward model evaluations per sample: the unit of every budget and table."""
         return self.nfe_forward + self.nfe_backward
 
+    def add(self, nfe_forward: int = 0, nfe_backward: int = 0) -> None:
+        """Count model evaluations a component reports spending (e.g. a learnt reward's step)."""
+        self.nfe_forward += int(nfe_forward)
+        self.nfe_backward += int(nfe_backward)
+
     @property
     def training_seconds(self) -> float:
         return sum(v for k, v in self.wall.items() if k != "eval")
