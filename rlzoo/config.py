@@ -355,7 +355,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 # names where a sweep writes, so a run copied into another sweep with a larger budget resumes;
 # evaluations draw from their own fixed noise, so how often they happen changes no update).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
-                  "sweep_name", "eval.every", "eval.every_nfe", "task.embedding_cache")
+                  "sweep_name", "eval.every", "eval.every_nfe", "eval.teacher_steps", "task.embedding_cache")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

@@ -37,19 +37,24 @@ def eval_protocol(cfg, task) -> dict:
     """What summary.json says about how its numbers were measured."""
     return {"split": "heldout", "sampler": "euler", "num_steps": int(cfg.eval.num_steps),
             "samples": int(cfg.eval.samples), "weights": eval_weights(cfg),
-            "cfg_scale": float(cfg.eval.get("cfg_scale", 1.0)),
+            "cfg_scale": float(cfg.eval.get("cfg_scale", 1.0)), "teacher_steps": cfg.eval.get("teacher_steps"),
             "num_prompts": len(task.heldout_prompts()), "seed": int(cfg.eval.seed)}
 
 
 @torch.no_grad()
 def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
-             seed: int, batch_size: int, device: torch.device, cfg_scale: float = 1.0):
+             seed: int, batch_size: int, device: torch.device, cfg_scale: float = 1.0,
+             teacher_steps: int | None = None):
     """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
-    over the whole evaluation set for a grid). `cfg_scale` > 1 samples with classifier-free guidance."""
+    over the whole evaluation set for a grid). `cfg_scale` > 1 samples with classifier-free guidance.
+    With `teacher_steps`, the teacher (the reference view) also samples the same noise with that
+    many Euler steps, and the task's set metrics compare the samples with the teacher's too
+    (Paper B's "FID vs teacher")."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(num_samples)
-    scores, samples = [], []
+    teacher_sampler = EulerSampler(int(teacher_steps), sampler.shift) if teacher_steps else None
+    scores, samples, teacher = [], [], []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         cond = task.conditioning([prompts[i] for i in chunk], prompt_ids=torch.tensor(chunk),
@@ -57,13 +62,16 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
         cond = task.guided(cond, cfg_scale).to(device)
         noise = torch.randn((len(chunk), *task.sample_shape), generator=generator).to(device)
         rollout = sampler.sample(policy.velocity_fn(view), noise, cond)
+        if teacher_sampler is not None:
+            teacher.append(teacher_sampler.sample(policy.velocity_fn("reference"), noise, cond).x0.cpu())
         scores.append(task.score(rollout.x0, cond))
         samples.append(rollout.x0.cpu())
     merged = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
     shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
     grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
                                   prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
-    metrics = {**task.summarize(merged, torch.tensor(ids)), **task.sample_metrics(torch.cat(samples), torch.tensor(ids))}
+    metrics = {**task.summarize(merged, torch.tensor(ids)),
+               **task.sample_metrics(torch.cat(samples), torch.tensor(ids), torch.cat(teacher) if teacher else None)}
     return metrics, (torch.cat(samples)[shown], grid_cond)
 
 
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], eval_sampler(cfg), cfg.eval.samples,
                                    cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device),
-                                   cfg.eval.get("cfg_scale", 1.0))
+                                   cfg.eval.get("cfg_scale", 1.0), cfg.eval.get("teacher_steps"))
     source = options.get("run_dir") or cfg.model.get("checkpoint") or cfg.model.get("path") or cfg.model._target_
     print(f"held-out evaluation of {source} ({weights} weights): {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")

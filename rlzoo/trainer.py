@@ -158,7 +158,8 @@ class Trainer:
         e = self.cfg.eval
         with Phase(self.progress.compute, "eval"):
             metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
-                                           e.samples, e.seed, e.batch_size, self.device, e.cfg_scale)
+                                           e.samples, e.seed, e.batch_size, self.device, e.cfg_scale,
+                                           e.get("teacher_steps"))
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
         self.log("eval", record)
         if grid_name is not None:

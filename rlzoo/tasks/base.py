@@ -99,9 +99,10 @@ class Task:
         """Per-sample scores; `reward` is the primary one."""
         raise NotImplementedError
 
-    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor) -> dict[str, float]:
-        """Metrics of the whole evaluation sample set (distribution distances), next to the means
-        of the per-sample scores; none by default."""
+    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor, teacher: Tensor | None = None) -> dict[str, float]:
+        """Metrics of the whole evaluation sample set (distribution distances, also to the
+        teacher's samples of the same noise when given), next to the means of the per-sample
+        scores; none by default."""
         return {}
 
     def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]:

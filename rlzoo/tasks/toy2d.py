@@ -103,22 +103,28 @@ class Toy2DTask(Task):
                              torch.where(u < (1 + self.p_target) / 2, self.MODE_OFFSETS[1], self.MODE_OFFSETS[2]))
         return self.target(angle + offset) + self.mode_std * torch.randn(angle.shape[0], 2, generator=generator)
 
-    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor) -> dict[str, float]:
-        """Distances of the samples to the data distribution, per held-out angle (as many data
-        points as samples, a fixed seed), averaged over angles: Fréchet (fd_data) and sliced
-        Wasserstein-2 (sw_data). Exact per-sample likelihood is `nll` in the scores."""
+    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor, teacher: Tensor | None = None) -> dict[str, float]:
+        """Distances of the samples, per held-out angle and averaged over angles, to the data
+        distribution (as many fresh data points as samples, a fixed seed) and, when given, to the
+        teacher's samples: Fréchet (fd_data, fd_teacher) and sliced Wasserstein-2 (sw_data,
+        sw_teacher). The exact per-sample likelihood is `nll` in the scores."""
         from rlzoo.distances import frechet_distance, sliced_wasserstein
 
         generator = torch.Generator().manual_seed(0)
-        fd, sw = [], []
+        distances: dict[str, list[float]] = {}
         for i in sorted(set(prompt_ids.tolist())):
-            points = x0[prompt_ids == i].float().cpu()
+            rows = prompt_ids == i
+            points = x0[rows].float().cpu()
             angle = torch.full((len(points),), self.angle_of(self._heldout[i]))
-            data = self.sample_data(angle, generator)
-            if len(points) > 2:  # a covariance needs a few points (debug runs have one per angle)
-                fd.append(float(frechet_distance(points, data)))
-            sw.append(float(sliced_wasserstein(points, data, projections=64, generator=generator)))
-        return {**({"fd_data": sum(fd) / len(fd)} if fd else {}), "sw_data": sum(sw) / len(sw)}
+            references = {"data": self.sample_data(angle, generator)}
+            if teacher is not None:
+                references["teacher"] = teacher[rows].float().cpu()
+            for name, reference in references.items():
+                if len(points) > 2:  # a covariance needs a few points (debug runs have one per angle)
+                    distances.setdefault(f"fd_{name}", []).append(float(frechet_distance(points, reference)))
+                distances.setdefault(f"sw_{name}", []).append(
+                    float(sliced_wasserstein(points, reference, projections=64, generator=generator)))
+        return {key: sum(values) / len(values) for key, values in distances.items()}
 
     def pretrain_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Conditioning]:
         """Data of the base model: any angle; target mode with probability p_target."""
