@@ -367,10 +367,13 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def build(node: DictConfig, **kwargs):
-    """Instantiate a component; its `name` key labels runs and is not a constructor argument."""
+def build(node: DictConfig | dict, **kwargs):
+    """Instantiate a component (a config node, or the plain dict a component holds for a nested
+    one); its `name` key labels runs and is not a constructor argument."""
     from hydra.utils import instantiate
 
+    if not isinstance(node, DictConfig):  # a config node keeps its parent (interpolations resolve)
+        node = OmegaConf.create(node)
     params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
     return instantiate(params, _recursive_=False, _convert_="all", **kwargs)
 

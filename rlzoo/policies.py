@@ -28,6 +28,12 @@ VIEWS = ("current", "old", "reference", "eval")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def check_view(which: str) -> str:
+    if which not in VIEWS:
+        raise ValueError(f"unknown policy view {which!r}; valid: {', '.join(VIEWS)}")
+    return which
+
+
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     if hasattr(model, "trainable_parameters"):
         return list(model.trainable_parameters())
@@ -97,16 +103,13 @@ class Policy:
         return clone.eval()
 
     def module(self, which: str) -> nn.Module:
-        if which not in VIEWS:
-            raise ValueError(f"unknown policy view {which!r}; valid: {', '.join(VIEWS)}")
-        return getattr(self, which)
+        return getattr(self, check_view(which))
 
     def _forward(self, which: str, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         return self.module(which)(x, sigma, cond)
 
     def velocity(self, x: Tensor, sigma: Tensor, cond: Conditioning, which: str = "current") -> Tensor:
-        if which not in VIEWS:
-            raise ValueError(f"unknown policy view {which!r}; valid: {', '.join(VIEWS)}")
+        check_view(which)
         rows = x.shape[0]
         step = rows if not self.max_batch_size else max(1, self.max_batch_size // cond.evaluations_per_velocity)
         if step < rows:  # split the batch so one forward never holds more than max_batch_size rows
@@ -194,10 +197,15 @@ class LoraSettings:
         return LoraConfig(r=int(self.rank), lora_alpha=float(self.alpha), init_lora_weights=init,
                           target_modules=list(self.target_modules))
 
-    def unmatched(self, module_names: list[str]) -> list[str]:
-        """Targets that match no module name (peft's rule: equal, or a suffix after a dot)."""
-        return [t for t in self.target_modules
-                if not any(n == t or n.endswith("." + t) for n in module_names)]
+    def check_targets(self, module_names: list[str]) -> None:
+        """ValueError naming the targets that match no module name (peft's rule: equal, or a
+        suffix after a dot), with examples of names that would."""
+        missing = [t for t in self.target_modules
+                   if not any(n == t or n.endswith("." + t) for n in module_names)]
+        if missing:
+            examples = sorted({n.split(".", 2)[-1] for n in module_names if n.count(".") >= 2})[:8]
+            raise ValueError(f"model.lora.target_modules {missing} match no module of the model "
+                             f"(targets match module names as suffixes, e.g. {', '.join(examples)})")
 
 
 def lora_module(model: nn.Module) -> nn.Module:
@@ -216,9 +224,7 @@ class LoraPolicy(Policy):
         self.model = model
         model.requires_grad_(False)
         target = lora_module(model)
-        missing = lora.unmatched([n for n, _ in target.named_modules()])
-        if missing:
-            raise ValueError(f"model.lora.target_modules {missing} match no module of the model")
+        lora.check_targets([n for n, _ in target.named_modules()])
         with warnings.catch_warnings():  # peft warns that a model holds several adapters: it is meant to
             warnings.simplefilter("ignore")
             for adapter in ADAPTERS.values():
@@ -261,9 +267,7 @@ class LoraPolicy(Policy):
         self._active = which
 
     def module(self, which: str) -> nn.Module:
-        if which not in VIEWS:
-            raise ValueError(f"unknown policy view {which!r}; valid: {', '.join(VIEWS)}")
-        self._activate(which)
+        self._activate(check_view(which))
         return self.model
 
     def _forward(self, which, x, sigma, cond):
@@ -336,7 +340,7 @@ def make_policy(model: nn.Module, model_cfg) -> Policy:
         settings = OmegaConf.to_container(lora, resolve=True) if not isinstance(lora, dict) else dict(lora)
         policy = LoraPolicy(model, LoraSettings(**settings), precision=precision)
     policy.max_batch_size = get("max_batch_size", None)
-    if get("compile", False):
-        for view in ("current", "old", "reference", "eval"):  # one module for all views under LoRA
-            lora_module(policy.module(view)).compile()
+    if get("compile", False):  # each distinct module once (under LoRA all views share one)
+        for target in {id(m): m for m in (lora_module(policy.module(v)) for v in VIEWS)}.values():
+            target.compile()
     return policy

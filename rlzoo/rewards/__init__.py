@@ -80,8 +80,6 @@ class MixReward(Reward):
 
     def __init__(self, rewards: dict, weights: dict | None = None, normalize: str = "group",
                  tiny: bool | None = None):
-        from omegaconf import OmegaConf
-
         from rlzoo.config import build
 
         if not rewards:
@@ -93,7 +91,7 @@ class MixReward(Reward):
             raise ValueError(f"reward.weights names {sorted(weights)} differ from reward.rewards {sorted(rewards)}")
         if tiny is not None:
             rewards = {k: {**v, "tiny": bool(tiny)} if "tiny" in v else v for k, v in rewards.items()}
-        self.parts = {name: build(OmegaConf.create(node)) for name, node in rewards.items()}
+        self.parts = {name: build(node) for name, node in rewards.items()}
         self.weights = {k: float(v) for k, v in weights.items()}
         self.normalize = normalize
 

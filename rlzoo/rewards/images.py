@@ -12,31 +12,12 @@ score: image·text features, normalised, no logit scale); aesthetic = the MLP's 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
 from rlzoo.rewards import Reward
+from rlzoo.tasks.base import resolve_weights
 from rlzoo.types import Conditioning
-
-
-def resolve_model_path(path: str | None, what: str, how: str) -> str:
-    """A local directory, or the cached snapshot of a hub id; never a download. ValueError (one
-    line, naming the config key) otherwise."""
-    if not path:
-        raise ValueError(f"{what} is not set; {how}")
-    local = Path(str(path)).expanduser()
-    if local.exists():
-        return str(local)
-    if str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1:
-        raise ValueError(f"{what}={path!r} does not exist; {how}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(str(path), local_files_only=True)
-    except Exception:
-        raise ValueError(f"{what}={path!r} is neither a local path nor a hub id in the local cache; {how}") from None
 
 
 class ImageReward(Reward):
@@ -104,9 +85,9 @@ class CLIPReward(ImageReward):
 
     def check(self) -> None:
         if not self.tiny:
-            resolve_model_path(self.path, "reward.path", self._how())
+            resolve_weights(self.path, "reward.path", self._how())
             if self.processor_path:
-                resolve_model_path(self.processor_path, "reward.processor_path", self._how())
+                resolve_weights(self.processor_path, "reward.processor_path", self._how())
 
     def load(self):
         if self._model is None:
@@ -115,10 +96,10 @@ class CLIPReward(ImageReward):
             else:
                 from transformers import CLIPModel, CLIPProcessor
 
-                path = resolve_model_path(self.path, "reward.path", self._how())
+                path = resolve_weights(self.path, "reward.path", self._how())
                 model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
                 processor = CLIPProcessor.from_pretrained(
-                    resolve_model_path(self.processor_path, "reward.processor_path", self._how())
+                    resolve_weights(self.processor_path, "reward.processor_path", self._how())
                     if self.processor_path else path, local_files_only=True)
             model.requires_grad_(False)
             self._model, self._processor = model.to(self.dtype), processor
@@ -187,7 +168,7 @@ class AestheticReward(CLIPReward):
     def check(self) -> None:
         super().check()
         if not self.tiny:
-            resolve_model_path(self.mlp_path, "reward.mlp_path", self._how())
+            resolve_weights(self.mlp_path, "reward.mlp_path", self._how())
 
     def load(self):
         if self._model is None:
@@ -195,7 +176,7 @@ class AestheticReward(CLIPReward):
             torch.manual_seed(self.seed + 1)  # the tiny head's random weights; a released one is loaded
             mlp = AestheticMLP(model.config.projection_dim)
             if not self.tiny:
-                path = resolve_model_path(self.mlp_path, "reward.mlp_path", self._how())
+                path = resolve_weights(self.mlp_path, "reward.mlp_path", self._how())
                 mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             self._mlp = mlp.eval().requires_grad_(False)
         return self._model, self._processor

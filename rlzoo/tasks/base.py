@@ -28,6 +28,24 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else PACKAGE_PARENT / path
 
 
+def resolve_weights(path: str | None, key: str, how: str, kind: str = "local path") -> str:
+    """Where pretrained weights are: a local path, or the cached snapshot of a hub id; never a
+    download. ValueError (one line, naming the config key and `how` to get them) otherwise."""
+    if not path:
+        raise ValueError(f"{key} is not set; {how}")
+    local = Path(str(path)).expanduser()
+    if local.exists():
+        return str(local)
+    if str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1:
+        raise ValueError(f"{key}={path!r} does not exist; {how}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(str(path), local_files_only=True)
+    except Exception:
+        raise ValueError(f"{key}={path!r} is neither a {kind} nor a hub id in the local cache; {how}") from None
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -65,12 +83,7 @@ def check_lora_targets(lora_cfg, module_names: list[str]) -> None:
 
     from rlzoo.policies import LoraSettings
 
-    settings = LoraSettings(**OmegaConf.to_container(lora_cfg, resolve=True))
-    missing = settings.unmatched(module_names)
-    if missing:
-        examples = sorted({n.split(".", 2)[-1] for n in module_names if n.count(".") >= 2})[:8]
-        raise ValueError(f"model.lora.target_modules {missing} match no module of the model "
-                         f"(targets match module names as suffixes, e.g. {', '.join(examples)})")
+    LoraSettings(**OmegaConf.to_container(lora_cfg, resolve=True)).check_targets(module_names)
 
 
 class Task:

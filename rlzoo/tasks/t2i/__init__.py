@@ -22,13 +22,6 @@ from rlzoo.types import Conditioning
 EMPTY = ""  # the negative prompt of classifier-free guidance (SD3's default)
 
 
-def _build(node):
-    from rlzoo.config import build
-    from omegaconf import OmegaConf
-
-    return build(OmegaConf.create(node))
-
-
 class TextEmbeddingCache:
     """Prompt embeddings keyed by (model, prompt text) in one safetensors file per model."""
 
@@ -76,12 +69,12 @@ class T2ITask(Task):
                  text_batch_size: int = 32, decode_batch_size: int = 16):
         if not prompts:
             raise ValueError("task=t2i needs a prompt set: prompts=geneval or prompts=file prompts.path=...")
-        self.prompt_set = _build(prompts)
+        from rlzoo.config import build
+
+        self.prompt_set = build(prompts)
         self._train = [p.text for p in self.prompt_set.train()]
         self._heldout = [p.text for p in self.prompt_set.test()]
-        self._families = {p.text: p.family for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
-        self._metadata = {p.text: p.metadata for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
-        self._train_index = {p: i for i, p in enumerate(self._train)}
+        self._prompts = {p.text: p for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
         self.eval_reward_configs = dict(eval_rewards or {})
         if "reward" not in self.eval_reward_configs:
             raise ValueError(f"task.eval_rewards needs a 'reward' entry (the primary held-out reward); "
@@ -101,7 +94,7 @@ class T2ITask(Task):
         return self._heldout
 
     def family(self, prompt: str) -> str:
-        return self._families.get(prompt, "file")
+        return self._prompts[prompt].family if prompt in self._prompts else "file"
 
     # -------------------------------------------------------------------------- model
     @staticmethod
@@ -144,16 +137,14 @@ class T2ITask(Task):
         verbosity = logging.get_verbosity()
         logging.set_verbosity_error()  # one "truncated" line per long prompt is noise here
         try:
-            self._encode_batches(pipe, prompts, max_sequence_length, device)
+            for start in range(0, len(prompts), self.text_batch_size):
+                chunk = prompts[start:start + self.text_batch_size]
+                embeds, _, pooled, _ = pipe.encode_prompt(chunk, None, None, device=device,
+                                                          do_classifier_free_guidance=False,
+                                                          max_sequence_length=max_sequence_length)
+                self.cache.add(chunk, embeds.float(), pooled.float())
         finally:
             logging.set_verbosity(verbosity)
-
-    def _encode_batches(self, pipe, prompts, max_sequence_length, device) -> None:
-        for start in range(0, len(prompts), self.text_batch_size):
-            chunk = prompts[start:start + self.text_batch_size]
-            embeds, _, pooled, _ = pipe.encode_prompt(chunk, None, None, device=device, do_classifier_free_guidance=False,
-                                                      max_sequence_length=max_sequence_length)
-            self.cache.add(chunk, embeds.float(), pooled.float())
 
     def load_base_model(self, model_cfg) -> nn.Module:
         return self.build_model(model_cfg)
@@ -187,17 +178,21 @@ class T2ITask(Task):
     # ------------------------------------------------------------------------ scores
     def eval_rewards(self) -> dict:
         if self._eval_rewards is None:
-            self._eval_rewards = {name: _build(node) for name, node in self.eval_reward_configs.items()}
+            from rlzoo.config import build
+
+            self._eval_rewards = {name: build(node) for name, node in self.eval_reward_configs.items()}
         return self._eval_rewards
 
     def metadata(self, prompt: str) -> dict:
         """The prompt set's metadata of a prompt (GenEval's tag / include / exclude), or {}."""
-        return self._metadata.get(prompt, {})
+        return self._prompts[prompt].metadata if prompt in self._prompts else {}
 
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         """Every evaluation reward on the decoded images (decoded once): `name` is its reward,
         `name/key` any other score it returns (a mix's parts, a remote server's extras)."""
-        images = self.images(x0)
+        return self._scores(x0, cond, self.images(x0))
+
+    def _scores(self, x0: Tensor, cond: Conditioning, images: Tensor) -> dict[str, Tensor]:
         out = {}
         for name, reward in self.eval_rewards().items():
             scores = (reward.score_images(images, cond, self) if hasattr(reward, "score_images")
@@ -221,6 +216,6 @@ class T2ITask(Task):
 
         n = min(len(x0), 64)
         images = self.images(x0[:n])
-        reward = self.score(x0[:n], cond.select(torch.arange(n)))["reward"]
+        reward = self._scores(x0[:n], cond.select(torch.arange(n)), images)["reward"]  # decoded once
         captions = [f"{float(r):.3f}: {p}" for r, p in zip(reward, cond.prompts[:n])]
         image_grid(images, captions, path, columns=columns, tile=max(128, images.shape[-1]))

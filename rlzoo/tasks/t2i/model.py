@@ -87,23 +87,13 @@ class SD3Local(SD3Source):
         how = (f"fetch the weights on a machine with network access (`hf download "
                f"stabilityai/stable-diffusion-3.5-medium --local-dir DIR`, after accepting the licence "
                f"on the hub), copy DIR here and pass model.path=DIR")
-        if not self.path:
-            raise ValueError(f"model.path is not set; {how}")
-        path = Path(str(self.path)).expanduser()
-        if path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise ValueError(f"model.path={self.path!r} is not a diffusers pipeline directory "
-                                 f"(no model_index.json); {how}")
-            return str(path)
-        if str(self.path).startswith(("/", ".", "~")) or str(self.path).count("/") != 1:
-            raise ValueError(f"model.path={self.path!r} does not exist; {how}")
-        from huggingface_hub import snapshot_download
+        from rlzoo.tasks.base import resolve_weights
 
-        try:
-            return snapshot_download(str(self.path), local_files_only=True)
-        except Exception:
-            raise ValueError(f"model.path={self.path!r} is neither a directory nor a hub id in the "
-                             f"local cache; {how}") from None
+        path = resolve_weights(self.path, "model.path", how, kind="directory")
+        if not (Path(path) / "model_index.json").exists():
+            raise ValueError(f"model.path={self.path!r} is not a diffusers pipeline directory "
+                             f"(no model_index.json); {how}")
+        return path
 
     def check(self) -> None:
         self.resolved()
