@@ -146,11 +146,10 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     _validate_ratio(cfg)
     _validate_guidance(cfg)
     _validate_policy_settings(cfg.model)
-    if getattr(_component_class(cfg.reward), "needs_teacher", False) and cfg.model.get("lora") is not None:
-        raise ConfigError(f"reward={cfg.reward.get('name', 'dm')} with model.lora is not built yet (its critic "
-                          f"would be a fourth adapter); use a task without LoRA (toy2d, shapes)")
     _validate_arguments(cfg)
-    _validate_combination(cfg, _validate_construction(cfg))
+    built = _validate_construction(cfg)
+    _validate_combination(cfg, built)
+    _validate_distillation(cfg, built["objective"])
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
             _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
@@ -179,6 +178,31 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
     error = combination_error(built, {g: _name(cfg[g]) for g in PIPELINE})
     if error:
         raise ConfigError(error)
+
+
+def _validate_distillation(cfg: DictConfig, objective) -> None:
+    """Paper B's components: a critic needs a teacher (a pretrained base model) and valid critic
+    settings; a guided DMD teacher needs a task with an empty prompt."""
+    try:
+        reward = build(cfg.reward)
+    except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
+        raise ConfigError(f"reward={_name(cfg.reward)}: {' '.join(str(exc.__cause__ or exc).split())}") from None
+    if not needs_critic(objective, reward):
+        return
+    users = [f"objective={_name(cfg.objective)}"] if getattr(objective, "needs_critic", False) else []
+    users += [f"reward={_name(cfg.reward)}"] if needs_critic(None, reward) else []
+    if cfg.model.get("teacher", True) is False:
+        raise ConfigError(f"{' and '.join(users)} distils from the base model as teacher, but model.teacher="
+                          f"false ({cfg.model._target_.rsplit('.', 1)[-1]} has random weights); use a pretrained model "
+                          f"(task=toy2d, task=shapes, model=sd35m) or model.teacher=true for a plumbing test")
+    try:
+        build(cfg.critic)
+    except Exception as exc:
+        raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
+    scale = float(getattr(objective, "teacher_cfg_scale", 1.0))
+    if scale != 1.0 and not _component_class(cfg.task).supports_guidance:
+        raise ConfigError(f"objective.teacher_cfg_scale={scale:g} needs classifier-free guidance, which "
+                          f"task={cfg.task.name} does not support; use objective.teacher_cfg_scale=1")
 
 
 def _validate_ratio(cfg: DictConfig) -> None:
@@ -295,14 +319,17 @@ def _name(node: DictConfig) -> str:
 # rlzoo.types.TERM_FIELDS, and "trajectory" for a rollout that keeps its stochastic steps).
 PIPELINE = ("sampler", "estimator", "objective", "kl")
 PROVIDER = {"estimator": "sampler", "objective": "estimator", "kl": "estimator"}
+# (consumer, provider, the consumer's attribute listing what it needs from that provider)
+LINKS = (*((c, p, "needs") for c, p in PROVIDER.items()), ("objective", "sampler", "sampler_needs"))
 
 
 def combination_error(components: dict, names: dict) -> str | None:
     """Why these components cannot run together, or None: some component `needs` a field its
     provider does not `provide`. The message names both, the provider's own reason when it has
     one, and the choices of either group that would fit (with their YAML defaults)."""
-    for consumer, provider in PROVIDER.items():
-        missing = sorted(components[consumer].needs - components[provider].provides)
+    for consumer, provider, attribute in LINKS:
+        needs = getattr(components[consumer], attribute, frozenset())
+        missing = sorted(needs - components[provider].provides)
         if not missing:
             continue
         fields = ", ".join(missing)
@@ -311,10 +338,9 @@ def combination_error(components: dict, names: dict) -> str | None:
                    f"which does not provide {'it' if len(missing) == 1 else 'them'}")
         if reason:
             return f"{message}: {reason}"
-        providers = [n for n in available(provider)
-                     if not components[consumer].needs - _declared(provider, n, "provides")]
+        providers = [n for n in available(provider) if not needs - _declared(provider, n, "provides")]
         consumers = [n for n in available(consumer)
-                     if not _declared(consumer, n, "needs") - components[provider].provides]
+                     if not _declared(consumer, n, attribute) - components[provider].provides]
         options = [f"{provider}={n}" for n in providers] + [f"{consumer}={n}" for n in consumers]
         if not options:
             return f"{message}; no installed choice of either group fits"
@@ -329,12 +355,14 @@ def _declared(group: str, name: str, what: str) -> frozenset:
 
 def valid_grid() -> list[tuple[str, str, str]]:
     """Every (objective, estimator, sampler) whose declared needs are provided (kl=none)."""
-    objectives = {o: _declared("objective", o, "needs") for o in available("objective")}
+    objectives = {o: (_declared("objective", o, "needs"), _declared("objective", o, "sampler_needs"))
+                  for o in available("objective")}
     estimators = {e: (_declared("estimator", e, "needs"), _declared("estimator", e, "provides"))
                   for e in available("estimator")}
     samplers = {s: _declared("sampler", s, "provides") for s in available("sampler")}
-    return [(o, e, s) for o, needs in objectives.items() for e, (e_needs, e_provides) in estimators.items()
-            for s, s_provides in samplers.items() if not (needs - e_provides or e_needs - s_provides)]
+    return [(o, e, s) for o, (needs, o_sampler) in objectives.items()
+            for e, (e_needs, e_provides) in estimators.items() for s, s_provides in samplers.items()
+            if not (needs - e_provides or e_needs - s_provides or o_sampler - s_provides)]
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -382,8 +410,15 @@ def build_components(cfg: DictConfig, loggers: list | None = None):
     """Every component the trainer takes, built from the composed config."""
     from rlzoo.types import Components
 
-    return Components(**{group: build(cfg[group], _partial_=group in PARTIAL_GROUPS) for group in BUILT_GROUPS},
-                      loggers=list(loggers or []))
+    built = {group: build(cfg[group], _partial_=group in PARTIAL_GROUPS) for group in BUILT_GROUPS}
+    critic = build(cfg.critic) if needs_critic(built["objective"], built["reward"]) else None
+    return Components(**built, loggers=list(loggers or []), critic=critic)
+
+
+def needs_critic(objective, reward) -> bool:
+    """Whether DMD's fake score is needed: objective=dmd / dmdr, or reward=dm (also inside a mix)."""
+    parts = getattr(reward, "parts", {}).values()
+    return any(getattr(c, "needs_critic", False) for c in (objective, reward, *parts))
 
 
 def override_dict(overrides) -> dict[str, str]:

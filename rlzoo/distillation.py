@@ -7,6 +7,7 @@ each predict x̂0 = x_t - t·v.
     DMD gradient (DMD2's code):   g = nan_to_num( (x̂_fake - x̂_real) / mean_d |x - x̂_real| )
     DMD loss:                     L = ½ · mean_{b,d}( (x - sg(x - g))² )     so ∂L/∂x = g / (B·D)
     critic loss (flow matching):  L = mean_{b,d}( (v_fake(x_t, t) - (ε - x))² )
+    alternative R_dm (dmd_norm):  R(x) = −sqrt(mean_d g²)
     R_dm (INFERRED, experimental): R_dm(x) = ELBO_teacher(x) - ELBO_critic(x), both terms with the
         same ε and t: a Monte-Carlo estimate of log p_teacher(x) - log p_student(x) (the critic
         tracks the student's distribution). Paper B's exact equation was not available to us.
@@ -24,6 +25,16 @@ def dmd_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
     """g = nan_to_num((x̂_fake - x̂_real) / mean_d |x - x̂_real|), per sample; no clamp (0/0 -> 0)."""
     scale = per_sample(mean_dims((x - x0_real).abs()), x)
     return torch.nan_to_num((x0_fake - x0_real) / scale)
+
+
+def dmd_gradient_norm_reward(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
+    """R(x) = −sqrt(mean_d g²), the alternative R_dm: minus the RMS of DMD's gradient, (B, ...) -> (B,)."""
+    return -mean_dims(dmd_gradient(x, x0_real, x0_fake) ** 2).sqrt()
+
+
+def x0_prediction(x_t: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
+    """x̂0 = x_t − t·v (rectified flow: x_t = (1 − t)·x0 + t·ε, v = ε − x0)."""
+    return x_t - per_sample(t, x_t) * velocity
 
 
 def dmd_loss(x: Tensor, gradient: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from rlzoo.types import Conditioning
 
-VIEWS = ("current", "old", "reference", "eval")
+VIEWS = ("current", "old", "reference", "eval", "critic")  # critic: only after add_critic()
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -95,6 +95,7 @@ class Policy:
         self.old = self._frozen_copy(model)
         self.reference = self._frozen_copy(model if reference is None else reference)
         self.eval = self._frozen_copy(model)
+        self.critic = None  # DMD's fake score (Paper B), made by add_critic()
 
     @staticmethod
     def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -103,7 +104,22 @@ class Policy:
         return clone.eval()
 
     def module(self, which: str) -> nn.Module:
-        return getattr(self, check_view(which))
+        module = getattr(self, check_view(which))
+        if module is None:
+            raise ValueError(f"this policy has no {which!r} view (add_critic() makes it)")
+        return module
+
+    def add_critic(self) -> list[nn.Parameter]:
+        """The "critic" view (DMD's fake score): a trainable copy of the reference (the teacher),
+        trained on the same parameters the policy trains; returns them for its optimizer."""
+        trainable = {n for n, p in self.current.named_parameters() if p.requires_grad}
+        self.critic = copy.deepcopy(self.reference).train()
+        for n, p in self.critic.named_parameters():
+            p.requires_grad_(n in trainable)
+        return self.critic_parameters()
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return trainable_parameters(self.module("critic"))
 
     def _forward(self, which: str, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         return self.module(which)(x, sigma, cond)
@@ -143,8 +159,13 @@ class Policy:
     def export_adapter(self, view: str, out, metadata: dict) -> None:
         """Write a view's adapter where diffusers can load it; full fine-tuning has none."""
 
+    @property
+    def saved_views(self) -> tuple[str, ...]:
+        """The views a checkpoint holds (the reference is the base model, never saved)."""
+        return ("current", "old", "eval") + (("critic",) if self.critic is not None else ())
+
     def state_dict(self) -> dict:
-        return {v: self.module(v).state_dict() for v in ("current", "old", "eval")}
+        return {v: self.module(v).state_dict() for v in self.saved_views}
 
     def load_state_dict(self, state: dict) -> None:
         for view, weights in state.items():
@@ -166,6 +187,7 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
 # ----------------------------------------------------------------------------------- LoRA
 # peft adapter names of the three trained views ("eval" cannot name a submodule: nn.Module.eval)
 ADAPTERS = {"current": "current", "old": "old", "eval": "ema"}
+TRAINABLE_VIEWS = ("current", "critic")  # the views whose adapters take gradients
 LORA_INITS = ("gaussian", "default", "zeros")
 
 
@@ -242,6 +264,35 @@ class LoraPolicy(Policy):
         self._active = None
         self._activate("current")
 
+    @property
+    def critic(self):  # the critic is an adapter here, not a module copy
+        return self.adapter_params.get("critic")
+
+    def add_critic(self) -> list[nn.Parameter]:
+        """The "critic" view as a fourth adapter, with lora_B = 0 so it starts equal to the
+        reference (the teacher) whatever model.lora.init is; returns its parameters."""
+        from peft import inject_adapter_in_model
+
+        target = lora_module(self.model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inject_adapter_in_model(self.lora.peft_config(), target, adapter_name="critic")
+        params = self._params_of(target, "critic")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.data = p.data.float()
+                if "lora_B" in name:
+                    p.zero_()
+        self.adapter_params["critic"] = params
+        self._active = None
+        self._activate("current")
+        return self.critic_parameters()
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        if self.critic is None:
+            raise ValueError("this policy has no 'critic' view (add_critic() makes it)")
+        return list(self.critic.values())
+
     @staticmethod
     def _params_of(target: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
         """{view-neutral name: parameter} of one adapter, in a fixed order."""
@@ -260,14 +311,16 @@ class LoraPolicy(Policy):
                 layer.enable_adapters(False)
             else:
                 layer.enable_adapters(True)
-                layer.set_adapter(ADAPTERS[which])
+                layer.set_adapter(ADAPTERS.get(which, which))
         for view, params in self.adapter_params.items():
             for p in params.values():
-                p.requires_grad_(view == "current")
+                p.requires_grad_(view in TRAINABLE_VIEWS)
         self._active = which
 
     def module(self, which: str) -> nn.Module:
-        self._activate(check_view(which))
+        if check_view(which) == "critic":
+            self.critic_parameters()  # raises when there is none
+        self._activate(which)
         return self.model
 
     def _forward(self, which, x, sigma, cond):
@@ -303,7 +356,7 @@ class LoraPolicy(Policy):
 
     def state_dict(self) -> dict:
         return {view: {k: v.clone() for k, v in self.adapter_state_dict(view).items()}
-                for view in ("current", "old", "eval")}
+                for view in self.saved_views}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():

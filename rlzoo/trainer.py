@@ -3,9 +3,11 @@
     for each iteration:
         prompts -> sampler(old policy) -> Rollout
         reward(x0, prompts) -> advantage(rewards, groups) -> A
+        [critic: flow-matching steps on the detached x0]           # DMD's fake score (Paper B)
         for each of inner_epochs x minibatches updates (one by default):
             for each likelihood term from estimator(policy, minibatch):   # gradient accumulation
-                loss = mean(objective(term, A) + beta·kl(term)) · term.weight  -> backward
+                loss = w_pg · mean(objective(term, A) + beta·kl(term)) · term.weight  -> backward
+            [w_dm · DMD loss through the student's sample -> backward]    # objective=dmd, dmdr
             optimizer step -> lr schedule -> evaluation EMA
         old-policy EMA -> log / eval / checkpoint
 
@@ -47,10 +49,12 @@ class Trainer:
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), torch.device(cfg.device)
         c = components
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
-        self.advantage, self.kl, self.reward = c.advantage, c.kl, c.reward
+        self.advantage, self.kl, self.reward, self.critic = c.advantage, c.kl, c.reward, c.critic
         self.loggers = [JsonlLogger(self.run_dir), *c.loggers]
         self.policy = make_policy(self.task.load_base_model(cfg.model).to(self.device), cfg.model)
-        self.reward.attach(self.policy)  # a learnt reward (Paper B's R_dm) takes the teacher here
+        if self.critic is not None:  # DMD's fake score, shared by objective=dmd and reward=dm
+            self.critic.attach(self.policy)
+        self.reward.attach(self.policy, self.critic)  # a learnt reward (Paper B's R_dm) takes the teacher here
         self.optimizer = c.optimizer(self.policy.parameters())
         self.lr_schedule = c.lr_schedule(self.optimizer)
         self.eval_sampler = eval_sampler(cfg)
@@ -90,8 +94,9 @@ class Trainer:
             cond = self.task.group_conditioning(prompt_ids, group_size)
             cond = self.task.guided(cond, self.sampler.cfg_scale).to(self.device)
             noise = torch.randn((batch, *self.task.sample_shape), generator=self.generator).to(self.device)
-            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond,
-                                          record="trajectory" in self.estimator.needs, generator=self.generator)
+            record = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
+            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=record,
+                                          generator=self.generator)
             compute.nfe_forward += batch * rollout.nfe * cond.evaluations_per_velocity
 
         with Phase(compute, "reward"):
@@ -99,6 +104,11 @@ class Trainer:
             compute.add(**self.reward.observe(self.task, rollout))  # a learnt reward's step (Paper B's critic)
             advantage = self.advantage(rewards["reward"], cond.group_ids.to(rewards["reward"].device))
             advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
+
+        if self.critic is not None:
+            with Phase(compute, "critic"):  # the fake score learns the student's latest samples
+                compute.add(**self.critic.update(rollout))
+                rewards["critic_loss"] = torch.full_like(rewards["reward"], self.critic.last_loss)
 
         with Phase(compute, "train"):
             self.policy.train()
@@ -119,21 +129,21 @@ class Trainer:
         """One optimizer step on `rollout`: the loss is formed and back-propagated per likelihood
         term (gradient accumulation), so memory does not grow with the number of terms."""
         batch, compute = rollout.x0.shape[0], self.progress.compute
+        micro_batch = int(self.cfg.train.micro_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         need_ref = self.kl.needs_reference and self.kl.beta > 0
+        pg_weight, dm_weight = self.objective.weights(self.progress.iteration)
         stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0, "likelihood_terms": 0}
-        for term in self.estimator.terms(self.policy, rollout, int(self.cfg.train.micro_batch_size),
-                                         need_reference=need_ref, generator=self.generator):
+        terms = self.estimator.terms(self.policy, rollout, micro_batch, need_reference=need_ref,
+                                     generator=self.generator) if pg_weight else ()
+        for term in terms:
             per_sample = self.objective(term, advantage[term.index].to(term.log_lik.dtype))
             if need_ref:
                 kl = self.kl(term)
                 per_sample = per_sample + self.kl.beta * kl
                 stats["kl"] += float(kl.detach().sum()) * term.weight / batch
-            loss = per_sample.sum() / batch * term.weight
-            if not torch.isfinite(loss):  # stop before the optimizer spreads it into the weights
-                raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration "
-                                    f"{self.progress.iteration + 1}")
-            loss.backward()
+            loss = pg_weight * per_sample.sum() / batch * term.weight
+            self.backward(loss)
             log_ratio = term.log_lik.detach() - term.log_lik_old
             stats["loss"] += float(loss.detach())
             stats["ratio_mean"] += float(torch.exp(log_ratio).sum()) * term.weight / batch
@@ -141,6 +151,14 @@ class Trainer:
             stats["likelihood_terms"] += 1
             compute.nfe_forward += term.nfe_forward  # what the estimator says it spent
             compute.nfe_backward += term.nfe_backward
+        if dm_weight:  # DMD's gradient through the student's sample (backward simulation)
+            stats["dmd_loss"] = 0.0
+            for loss, nfe_forward, nfe_backward in self.objective.distribution_matching_losses(
+                    self.policy, self.critic, self.task, rollout, micro_batch):
+                self.backward(dm_weight * loss)
+                stats["dmd_loss"] += float(loss.detach())
+                stats["loss"] += float(dm_weight * loss.detach())
+                compute.add(nfe_forward, nfe_backward)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
@@ -148,6 +166,12 @@ class Trainer:
         self.policy.update_eval(eval_ema_decay(self.progress.optimizer_steps, self.cfg.eval.ema_cap)
                                 if self.cfg.eval.ema else 0.0)
         return {**stats, "grad_norm": float(grad_norm)}
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):  # stop before the optimizer spreads it into the weights
+            raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration "
+                                f"{self.progress.iteration + 1}")
+        loss.backward()
 
     # ------------------------------------------------------------------------- measurement
     @property
@@ -183,9 +207,14 @@ class Trainer:
         atomic_torch_save({"progress": self.progress.state_dict(), "policy": self.policy.state_dict(),
                            "optimizer": self.optimizer.state_dict(),
                            "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
+                           "critic": self.critic.state_dict() if self.critic is not None else {},
+                           "objective": self.objective_state(),
                            "generator": self.generator.get_state()}, self.checkpoint_path)
         self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
                                    {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
+
+    def objective_state(self) -> dict:  # an objective with its own noise stream (DMD's t and step k)
+        return self.objective.state_dict() if hasattr(self.objective, "state_dict") else {}
 
     def load_checkpoint(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
@@ -194,6 +223,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.reward.load_state_dict(state.get("reward", {}))
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+        if hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state.get("objective", {}))
         self.generator.set_state(state["generator"].cpu())
         for name in ("metrics", "eval"):
             truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)

@@ -147,3 +147,4 @@ class Components:
     optimizer: Callable
     lr_schedule: Callable
     loggers: list = field(default_factory=list)  # beyond metrics.jsonl / eval.jsonl (e.g. wandb)
+    critic: object = None  # DMD's fake score (rlzoo.critic), built when the objective or reward needs it

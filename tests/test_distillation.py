@@ -69,12 +69,13 @@ def toy_setup(steps_per_update=1, seed=0):
     from rlzoo.policies import make_policy
     from rlzoo.samplers import EulerSampler
 
-    cfg = compose_config(["task=toy2d"])
+    cfg = compose_config(["task=toy2d", f"critic.steps_per_update={steps_per_update}", "critic.lr=1e-3"])
     task = build(cfg.task)
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"),
-                                   {"steps_per_update": steps_per_update, "critic_lr": 1e-3, "terms": 8, "seed": seed}))
-    reward.attach(policy)
+    critic = build(cfg.critic)
+    critic.attach(policy)
+    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"), {"terms": 8, "seed": seed}))
+    reward.attach(policy, critic)
     ids = torch.arange(256) % len(task.train_prompts())
     cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
 
@@ -82,14 +83,14 @@ def toy_setup(steps_per_update=1, seed=0):
         noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(seed))
         return EulerSampler(20).sample(policy.velocity_fn("reference"), noise, cond).x0
 
-    return task, policy, reward, cond, teacher_samples
+    return task, critic, reward, cond, teacher_samples
 
 
-def critic_loss_on(reward, x0, cond, seed=123):
+def critic_loss_on(critic, x0, cond, seed=123):
     g = torch.Generator().manual_seed(seed)
     noise, t = torch.randn(x0.shape, generator=g), torch.rand(x0.shape[0], generator=g)
     with torch.no_grad():
-        return float(flow_matching_loss(reward.critic((1 - t[:, None]) * x0 + t[:, None] * noise, t, cond), x0, noise))
+        return float(flow_matching_loss(critic.velocity((1 - t[:, None]) * x0 + t[:, None] * noise, t, cond), x0, noise))
 
 
 def test_the_critic_learns_the_students_samples_and_r_dm_turns_negative():
@@ -98,18 +99,18 @@ def test_the_critic_learns_the_students_samples_and_r_dm_turns_negative():
     learns the teacher's own samples, and is negative on the perturbed student's samples."""
     from types import SimpleNamespace
 
-    task, policy, reward, cond, teacher_samples = toy_setup()
+    task, critic, reward, cond, teacher_samples = toy_setup()
     student = lambda seed: teacher_samples(seed) + 0.6  # noqa: E731
-    before = critic_loss_on(reward, student(99), cond)
+    before = critic_loss_on(critic, student(99), cond)
     for i in range(150):
-        reward.observe(task, SimpleNamespace(x0=student(i), cond=cond))
-    after = critic_loss_on(reward, student(99), cond)
+        critic.update(SimpleNamespace(x0=student(i), cond=cond))
+    after = critic_loss_on(critic, student(99), cond)
     assert after < 0.8 * before
     r_student = reward(task, student(98), cond)["reward"].mean()
 
-    task, policy, same, cond, teacher_samples = toy_setup()
+    task, critic, same, cond, teacher_samples = toy_setup()
     for i in range(150):
-        same.observe(task, SimpleNamespace(x0=teacher_samples(i), cond=cond))
+        critic.update(SimpleNamespace(x0=teacher_samples(i), cond=cond))
     r_teacher = same(task, teacher_samples(98), cond)["reward"].mean()
     assert r_student < 0 and abs(r_teacher) < 0.25 * abs(r_student)
 
@@ -125,11 +126,14 @@ def test_dm_reward_runs_in_a_toy2d_run_and_bad_settings_fail_before_any_model(tm
     result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=toy2d", "debug=tiny", "reward=dm",
                              f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for override, message in [("reward.steps_per_update=0", "critic steps per iteration) must be >= 1"),
-                              ("reward.t_range=[0.5,0.2]", "reward.t_range must satisfy 0 < lo < hi < 1")]:
+    for override, message in [("critic.steps_per_update=0", "the critic ratio) must be an int >= 1, got 0"),
+                              ("critic.lr=0", "critic.lr must be positive"),
+                              ("reward.t_range=[0.5,0.2]", "reward.t_range must satisfy 0 < lo < hi < 1"),
+                              ("reward.form=score", "unknown reward.form 'score'; valid: elbo_difference, dmd_norm")]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             validate(compose_config(["task=toy2d", "reward=dm", override]))
-    with pytest.raises(ConfigError, match="reward=dm with model.lora is not built yet"):
+    # a model with random weights is no teacher (sd3_tiny says model.teacher: false)
+    with pytest.raises(ConfigError, match="reward=dm distils from the base model as teacher, but model.teacher=false"):
         validate(compose_config(["task=t2i", "model=sd3_tiny", "reward=dm", "debug=tiny"]))
 
 

@@ -66,11 +66,20 @@ def reinforce_loss(log_lik: Tensor, log_lik_old: Tensor, advantage: Tensor) -> T
 class Objective:
     """A per-sample loss over one likelihood term. `uses_ratio`: weighs by (or clips) the ratio
     to the old policy, which is identically 1 when old = current. `needs`: the LikelihoodTerm
-    fields it reads beyond log_lik / log_lik_old (checked against the estimator before any compute)."""
+    fields it reads beyond log_lik / log_lik_old (checked against the estimator before any compute).
+
+    Distillation objectives (rlzoo.objectives.distribution_matching) add a pathwise loss on the
+    student's sample; `weights(iteration)` says how much of each part an update takes."""
 
     uses_ratio = True
     needs = frozenset()
+    sampler_needs = frozenset()  # what it needs the rollout sampler to provide
+    needs_critic = False  # DMD's fake score (rlzoo.critic)
     loss_fn = staticmethod(epg_loss)
+
+    def weights(self, iteration: int) -> tuple[float, float]:
+        """(policy-gradient weight, distribution-matching weight) of the update at `iteration`."""
+        return 1.0, 0.0
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return self.loss_fn(term.log_lik, term.log_lik_old, advantage)

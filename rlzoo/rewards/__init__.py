@@ -23,9 +23,9 @@ class Reward:
     def check(self) -> None:
         """Raise ValueError (one line) when a file the reward needs is missing; loads nothing."""
 
-    def attach(self, policy) -> None:
-        """Called by the trainer once the policy is built (a reward that needs the teacher, i.e.
-        the policy's frozen reference view, takes it here)."""
+    def attach(self, policy, critic=None) -> None:
+        """Called by the trainer once the policy is built, with DMD's critic (rlzoo.critic) when
+        some component needs one (Paper B's R_dm reads the teacher and the critic through it)."""
 
     def observe(self, task, rollout) -> dict[str, int]:
         """Called by the trainer once per iteration with the iteration's rollout (after the rewards
@@ -98,6 +98,10 @@ class MixReward(Reward):
     def check(self) -> None:
         for part in self.parts.values():
             part.check()
+
+    def attach(self, policy, critic=None) -> None:
+        for part in self.parts.values():
+            part.attach(policy, critic)
 
     def observe(self, task, rollout) -> dict[str, int]:
         spent: dict[str, int] = {}

@@ -6,113 +6,89 @@ Paper B's equations were not available to us; this is rlzoo's **inferred** readi
 
 a Monte-Carlo estimate of log p_teacher(x) − log p_student(x) with shared noise and timesteps
 (rlzoo.distillation.distribution_matching_reward). The teacher is the policy's reference view (the
-frozen base model). The critic ("fake score", DMD's) starts as a copy of the teacher and learns the
-student's distribution online: `observe` takes `steps_per_update` flow-matching steps on the
-iteration's detached student samples, with its own optimizer; its weights and optimizer are
-checkpointed and resumed with the run, and its model evaluations are counted in the compute record.
+frozen base model). The critic ("fake score", DMD's; rlzoo.critic, configured by the top-level
+`critic` node and shared with objective=dmd) starts as a copy of the teacher and learns the
+student's distribution online, once per iteration, on the rollout's detached samples.
+
+`form: dmd_norm` is the alternative: R(x) = −RMS_d(g), the negative size of DMD's per-sample
+gradient g at the same (ε, t) draws (0 where teacher and critic agree on x).
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import Tensor
 
-from rlzoo.distillation import distribution_matching_reward, flow_matching_loss
+from rlzoo.critic import unguided
+from rlzoo.distillation import distribution_matching_reward, dmd_gradient_norm_reward, x0_prediction
 from rlzoo.estimators.elbo import WEIGHTINGS, noised
 from rlzoo.rewards import Reward
 from rlzoo.types import Conditioning
 
 
+FORMS = ("elbo_difference", "dmd_norm")
+
+
 class DistributionMatchingReward(Reward):
-    needs_teacher = True
+    needs_critic = True  # the trainer builds the shared critic (rlzoo.critic) and attaches it
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
-                 steps_per_update: int = 5, critic_lr: float = 1.0e-4, critic_weight_decay: float = 0.0,
-                 seed: int = 0):
-        if int(terms) < 1:
+                 form: str = "elbo_difference", seed: int = 0):
+        if not isinstance(terms, int) or terms < 1:
             raise ValueError(f"reward.terms must be a positive int, got {terms!r}")
+        if form not in FORMS:
+            raise ValueError(f"unknown reward.form {form!r}; valid: {', '.join(FORMS)}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown reward.weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-        lo, hi = (float(v) for v in t_range)
-        if not 0 < lo < hi < 1:
-            raise ValueError(f"reward.t_range must satisfy 0 < lo < hi < 1, got {list(t_range)!r}")
-        if int(steps_per_update) < 1:
-            raise ValueError(f"reward.steps_per_update (critic steps per iteration) must be >= 1, "
-                             f"got {steps_per_update!r}")
-        if float(critic_lr) <= 0:
-            raise ValueError(f"reward.critic_lr must be positive, got {critic_lr!r}")
-        self.terms, self.weighting, self.t_range = int(terms), weighting, (lo, hi)
-        self.steps_per_update, self.critic_lr = int(steps_per_update), float(critic_lr)
-        self.critic_weight_decay = float(critic_weight_decay)
+        self.form = form
+        self.terms, self.weighting, self.t_range = terms, weighting, check_t_range(t_range, "reward.t_range")
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.teacher = self.critic = self.optimizer = None
-        self.last_critic_loss = float("nan")
+        self.critic = None
 
-    def attach(self, policy) -> None:
-        """Take the teacher (the policy's frozen reference view) and start the critic as its copy."""
-        from rlzoo.policies import LoraPolicy, trainable_parameters
-
-        if isinstance(policy, LoraPolicy):
-            raise ValueError("reward=dm with model.lora is not built yet (its critic would be a fourth adapter)")
-        self.teacher = policy.module("reference")
-        self.critic = copy.deepcopy(self.teacher)
-        trainable = {id(p) for p in trainable_parameters(policy.current)}
-        params = [c for c, p in zip(self.critic.parameters(), policy.current.parameters()) if id(p) in trainable]
-        for p in self.critic.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(params, lr=self.critic_lr, weight_decay=self.critic_weight_decay)
-
-    def _noise_and_t(self, x0: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
-        noise = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
-        t = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=self.generator, dtype=x0.dtype)).to(x0.device)
-        return noise, t
+    def attach(self, policy, critic=None) -> None:
+        if critic is None:
+            raise ValueError("reward=dm needs the critic (the trainer builds it from the `critic` config)")
+        self.critic = critic
 
     @torch.no_grad()
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         if self.critic is None:
-            raise RuntimeError("reward=dm needs attach(policy) before its first call")
+            raise RuntimeError("reward=dm needs attach(policy, critic) before its first call")
+        cond = unguided(cond)
         reward = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         for _ in range(self.terms):
-            noise, t = self._noise_and_t(x0, *self.t_range)
+            noise, t = noise_and_t(x0, self.t_range, self.generator)
             x_t = noised(x0, noise, t)
-            reward += distribution_matching_reward(x0, noise, t, self.teacher(x_t, t, cond), self.critic(x_t, t, cond),
-                                                   self.weighting) / self.terms
-        return {"reward": reward, "critic_loss": torch.full_like(reward, self.last_critic_loss)}
-
-    @property
-    def nfe_per_row(self) -> int:
-        """Model evaluations per row of one reward call (teacher + critic per term)."""
-        return 2 * self.terms
+            v_teacher, v_critic = self.critic.teacher_velocity(x_t, t, cond), self.critic.velocity(x_t, t, cond)
+            if self.form == "elbo_difference":
+                term = distribution_matching_reward(x0, noise, t, v_teacher, v_critic, self.weighting)
+            else:  # dmd_norm: the size of DMD's gradient on x (0 where teacher and critic agree)
+                term = dmd_gradient_norm_reward(x0, x0_prediction(x_t, v_teacher, t), x0_prediction(x_t, v_critic, t))
+            reward += term / self.terms
+        return {"reward": reward, "critic_loss": torch.full_like(reward, self.critic.last_loss)}
 
     def observe(self, task, rollout) -> dict[str, int]:
-        """`steps_per_update` flow-matching steps of the critic on the detached student samples
-        (t over the whole range, as DMD2 trains its fake score)."""
-        x0, cond = rollout.x0.detach(), rollout.cond
-        self.critic.train()
-        for _ in range(self.steps_per_update):
-            noise, t = self._noise_and_t(x0, 0.0, 1.0)
-            loss = flow_matching_loss(self.critic(noised(x0, noise, t), t, cond), x0, noise)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        self.critic.eval()
-        self.last_critic_loss = float(loss.detach())
-        rows = x0.shape[0]
-        # the reward call (teacher + critic per term) and the critic's steps (forward + backward)
-        return {"nfe_forward": rows * (self.nfe_per_row + self.steps_per_update),
-                "nfe_backward": rows * self.steps_per_update}
+        """The reward call's model evaluations (teacher + critic per term and row); the critic's
+        own training is counted by the trainer's critic update."""
+        return {"nfe_forward": rollout.x0.shape[0] * 2 * self.terms}
 
     def state_dict(self) -> dict:
-        return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "last_critic_loss": self.last_critic_loss}
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
-            return
-        self.critic.load_state_dict(state["critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.last_critic_loss = float(state["last_critic_loss"])
+        if state:
+            self.generator.set_state(state["generator"])
+
+
+def check_t_range(t_range, key: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in t_range)
+    if not 0 < lo < hi < 1:
+        raise ValueError(f"{key} must satisfy 0 < lo < hi < 1, got {list(t_range)!r}")
+    return lo, hi
+
+
+def noise_and_t(x0: Tensor, t_range: tuple[float, float], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Fresh ε ~ N(0, I) like x0 and t ~ U(t_range) per row."""
+    lo, hi = t_range
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    t = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype)).to(x0.device)
+    return noise, t

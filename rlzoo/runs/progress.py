@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-PHASES = ("rollout", "reward", "train", "eval")
+PHASES = ("rollout", "reward", "critic", "train", "eval")
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -54,7 +54,8 @@ class Phase:
         self.start = time.perf_counter()
 
     def __exit__(self, *exc):
-        self.compute.wall[self.name] += time.perf_counter() - self.start
+        wall = self.compute.wall  # (a run resumed from an older checkpoint may lack a phase)
+        wall[self.name] = wall.get(self.name, 0.0) + time.perf_counter() - self.start
 
 
 def budget_spent(train, nfe: int, training_seconds: float) -> str | None:

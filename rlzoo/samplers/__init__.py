@@ -25,7 +25,8 @@ class Sampler:
 
     stochastic = False  # does it draw fresh noise inside the loop (and so define log-probs)?
     needs = frozenset()
-    provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition
+    provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition;
+    # "differentiable_sample": it records x_k on request and its last step predicts x0 (ODE samplers)
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0, cfg_scale: float = 1.0):
         if not float(cfg_scale) >= 1.0:
@@ -53,7 +54,11 @@ def _sigma_batch(sigma: Tensor, x: Tensor) -> Tensor:
 
 class ODESampler(Sampler):
     """A deterministic sampler: x_{k+1} = step(x_k, k), where a multistep solver may carry
-    `memory` (its previous model output) from one step to the next."""
+    `memory` (its previous model output) from one step to the next. Each one's last step is an
+    Euler step to sigma = 0, i.e. the x0-prediction x_{K-1} − sigma_{K-1}·v: what DMD's backward
+    simulation differentiates ("differentiable_sample")."""
+
+    provides = frozenset({"differentiable_sample"})
 
     def step(self, velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor, k: int, cond: Conditioning,
              memory):
@@ -63,11 +68,14 @@ class ODESampler(Sampler):
     @torch.no_grad()
     def sample(self, velocity_fn: VelocityFn, noise: Tensor, cond: Conditioning, record: bool = False,
                generator: torch.Generator | None = None) -> Rollout:
+        """`record` keeps the states x_0 … x_K (for DMD's backward simulation)."""
         sigmas = self.sigmas()
-        x, memory = noise, None
+        x, memory, states = noise, None, [noise]
         for k in range(self.num_steps):
             x, memory = self.step(velocity_fn, x, sigmas, k, cond, memory)
-        return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.nfe_per_sample)
+            states.append(x)
+        return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.nfe_per_sample,
+                       trajectory=torch.stack(states, dim=1) if record else None)
 
 
 class EulerSampler(ODESampler):

@@ -1,0 +1,78 @@
+"""DMD's "fake score" critic (Paper B and its DMD / DMD2 baseline), shared by objective=dmd and
+reward=dm.
+
+The critic starts as the teacher (the policy's frozen reference view) and learns the *student's*
+distribution online: once per iteration the trainer calls `update(rollout)`, which takes
+`steps_per_update` steps of the ordinary flow-matching loss on the rollout's detached samples,
+with t uniform over (0, 1) and its own AdamW (DMD2 trains its fake score every iteration, 5–10
+times per generator step). Its weights are a view of the policy ("critic": a module copy, or a
+fourth LoRA adapter on t2i) and are checkpointed with it; the optimizer state here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlzoo.distillation import flow_matching_loss
+from rlzoo.estimators.elbo import noised
+from rlzoo.types import Conditioning, Rollout
+
+
+class Critic:
+    def __init__(self, steps_per_update: int = 5, lr: float = 1.0e-4, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), seed: int = 0):
+        if not isinstance(steps_per_update, int) or steps_per_update < 1:
+            raise ValueError(f"critic.steps_per_update (critic steps per student step, the critic ratio) "
+                             f"must be an int >= 1, got {steps_per_update!r}")
+        if not float(lr) > 0:
+            raise ValueError(f"critic.lr must be positive, got {lr!r}")
+        self.steps_per_update, self.lr = steps_per_update, float(lr)
+        self.weight_decay, self.betas = float(weight_decay), tuple(float(b) for b in betas)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.policy = self.optimizer = None
+        self.last_loss = float("nan")
+
+    def attach(self, policy) -> None:
+        """Make the policy's critic view (a copy of the teacher) and the critic's optimizer."""
+        self.policy = policy
+        self.optimizer = torch.optim.AdamW(policy.add_critic(), lr=self.lr, betas=self.betas,
+                                           weight_decay=self.weight_decay)
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """The critic's velocity (never guided: DMD2's fake score runs without CFG)."""
+        return self.policy.velocity(x_t, t, unguided(cond), "critic")
+
+    def teacher_velocity(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """The frozen teacher's velocity, guided as `cond` says."""
+        return self.policy.velocity(x_t, t, cond, "reference")
+
+    def update(self, rollout: Rollout) -> dict[str, int]:
+        """`steps_per_update` flow-matching steps on the rollout's detached samples; returns the
+        model evaluations spent (forward + backward per row and step)."""
+        if self.optimizer is None:
+            raise RuntimeError("the critic needs attach(policy) before its first update")
+        x0, cond = rollout.x0.detach(), unguided(rollout.cond)
+        for _ in range(self.steps_per_update):
+            noise = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
+            t = torch.rand(x0.shape[0], generator=self.generator, dtype=x0.dtype).to(x0.device)
+            loss = flow_matching_loss(self.velocity(noised(x0, noise, t), t, cond), x0, noise)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        self.last_loss = float(loss.detach())
+        rows = x0.shape[0] * self.steps_per_update
+        return {"nfe_forward": rows, "nfe_backward": rows}
+
+    def state_dict(self) -> dict:
+        """The optimizer and noise stream (the critic's weights are saved with the policy)."""
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "last_loss": self.last_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.last_loss = float(state["last_loss"])
+
+
+def unguided(cond: Conditioning) -> Conditioning:
+    return cond.with_guidance(1.0, None) if cond.guided else cond

@@ -1,0 +1,107 @@
+"""Distillation objectives: DMD (the DMD2-style baseline of Paper B) and DMDR (DMD + λ·RL).
+
+objective=dmd: the student is the task's base model sampled with a few-step ODE schedule
+(`student.steps`); its loss is DMD's, through the student's differentiable sample (DMD2's
+backward simulation): one step k of the K-step schedule is drawn per batch, the rollout's x_k
+(sampled without grad) is taken and the student predicts x0 from it with grad,
+
+    x = x_k − σ_k·v_θ(x_k, σ_k)                     (for k = K − 1 this is the final sample)
+    t ~ U(t_range),  x_t = (1 − t)·sg(x) + t·ε
+    g = nan_to_num((x̂_fake − x̂_real) / mean_d|x − x̂_real|),   L = ½·mean((x − sg(x − g))²)
+
+x̂_real from the frozen teacher (guided with `teacher_cfg_scale`, DMD2: only when > 1), x̂_fake
+from the critic (rlzoo.critic, no guidance). DMD2's generator re-noises its x0-prediction with
+fresh noise between steps; rlzoo's student is the task's deterministic ODE sampler, so x_k is the
+ODE state at step k (the last step of every rlzoo ODE sampler is an x0-prediction).
+
+objective=dmdr (DMDR, arXiv 2511.13649): DMD's loss plus λ × an rlzoo policy-gradient objective on
+the iteration's rewards, λ = 0 during a DMD-only warm-up.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlzoo.distillation import dmd_gradient, dmd_loss, x0_prediction
+from rlzoo.estimators.elbo import noised
+from rlzoo.objectives import Objective
+from rlzoo.rewards.distribution import check_t_range, noise_and_t
+from rlzoo.types import LikelihoodTerm, Rollout
+
+
+class DMD(Objective):
+    uses_ratio = False
+    needs_critic = True
+    sampler_needs = frozenset({"differentiable_sample"})  # x_k recorded; the last step predicts x0
+
+    def __init__(self, t_range: list[float] = (0.02, 0.98), teacher_cfg_scale: float = 1.0, seed: int = 0):
+        self.t_range = check_t_range(t_range, "objective.t_range")
+        if not float(teacher_cfg_scale) >= 1.0:
+            raise ValueError(f"objective.teacher_cfg_scale must be >= 1 (1 = no guidance), got {teacher_cfg_scale!r}")
+        self.teacher_cfg_scale = float(teacher_cfg_scale)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def weights(self, iteration: int) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
+        raise RuntimeError("objective=dmd has no policy-gradient part")
+
+    def distribution_matching_losses(self, policy, critic, task, rollout: Rollout, micro_batch_size: int):
+        """Yield (loss share, nfe_forward, nfe_backward) per micro-batch of `rollout`: DMD's loss
+        on the student's x0-prediction at one step k drawn for the batch. The shares sum to the
+        batch's loss (each micro-batch's mean weighted by its rows / B), for gradient accumulation."""
+        if rollout.trajectory is None:
+            raise ValueError("objective=dmd needs the rollout's trajectory (sample with record=True)")
+        batch, steps = rollout.x0.shape[0], rollout.trajectory.shape[1] - 1
+        k = int(torch.randint(steps, (), generator=self.generator))
+        sigma = rollout.sigmas[k]
+        for start in range(0, batch, micro_batch_size):
+            rows = torch.arange(start, min(start + micro_batch_size, batch))
+            part = rollout.select(rows)
+            x_k, cond = part.trajectory[:, k], part.cond
+            x = x0_prediction(x_k, policy.velocity(x_k, sigma.to(x_k).expand(len(rows)), cond), sigma.to(x_k))
+            noise, t = noise_and_t(x, self.t_range, self.generator)
+            with torch.no_grad():
+                x_t = noised(x.detach(), noise, t)
+                teacher_cond = task.guided(cond, self.teacher_cfg_scale).to(x.device)
+                x0_real = x0_prediction(x_t, critic.teacher_velocity(x_t, t, teacher_cond), t)
+                x0_fake = x0_prediction(x_t, critic.velocity(x_t, t, cond), t)
+                gradient = dmd_gradient(x.detach(), x0_real, x0_fake)
+            n = len(rows)  # student (with grad) + teacher + critic evaluations
+            forward = n * (cond.evaluations_per_velocity + teacher_cond.evaluations_per_velocity + 1)
+            yield dmd_loss(x, gradient) * n / batch, forward, n * cond.evaluations_per_velocity
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.generator.set_state(state["generator"])
+
+
+class DMDR(DMD):
+    """DMD loss + λ·(an rlzoo objective on the rewards), λ = 0 for the first `warmup_iterations`
+    (DMDR's DMD-only warm-up). `policy_gradient` is an objective config (default EPG)."""
+
+    def __init__(self, policy_gradient: dict | None = None, reward_weight: float = 0.05,
+                 warmup_iterations: int = 0, t_range: list[float] = (0.02, 0.98),
+                 teacher_cfg_scale: float = 1.0, seed: int = 0):
+        from rlzoo.config import build
+
+        super().__init__(t_range, teacher_cfg_scale, seed)
+        if not float(reward_weight) >= 0:
+            raise ValueError(f"objective.reward_weight (λ) must be >= 0, got {reward_weight!r}")
+        if not isinstance(warmup_iterations, int) or warmup_iterations < 0:
+            raise ValueError(f"objective.warmup_iterations must be an int >= 0, got {warmup_iterations!r}")
+        self.rl = build(policy_gradient or {"_target_": "rlzoo.objectives.EPG"})
+        if isinstance(self.rl, DMD):
+            raise ValueError("objective.policy_gradient must be a policy-gradient objective, not a DMD one")
+        self.reward_weight, self.warmup_iterations = float(reward_weight), warmup_iterations
+        self.needs, self.uses_ratio = self.rl.needs, self.rl.uses_ratio
+
+    def weights(self, iteration: int) -> tuple[float, float]:
+        return (0.0 if iteration < self.warmup_iterations else self.reward_weight), 1.0
+
+    def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
+        return self.rl(term, advantage)
