@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test test-all bench sweep report results pretrain clean
+.PHONY: venv run test test-all bench sweep report results pretrain features clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv
@@ -52,6 +52,11 @@ bench: $(VENV)
 pretrain: $(VENV)
 	.venv/bin/rlzoo-pretrain task=toy2d
 	.venv/bin/rlzoo-pretrain task=shapes
+
+# Rebuild shapes' FID/KID feature network (a render classifier; deterministic on CPU) and its accuracy.
+features: $(VENV)
+	$(PY) -m rlzoo.tasks.shapes.features --out rlzoo/tasks/base_models/shapes_features.pt \
+		--report experiments/results/base_models/shapes_features.txt
 
 clean:
 	rm -rf runs outputs multirun wandb

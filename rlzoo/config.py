@@ -417,8 +417,7 @@ def build_components(cfg: DictConfig, loggers: list | None = None):
 
 def needs_critic(objective, reward) -> bool:
     """Whether DMD's fake score is needed: objective=dmd / dmdr, or reward=dm (also inside a mix)."""
-    parts = getattr(reward, "parts", {}).values()
-    return any(getattr(c, "needs_critic", False) for c in (objective, reward, *parts))
+    return any(getattr(c, "needs_critic", False) for c in (objective, reward))
 
 
 def override_dict(overrides) -> dict[str, str]:

@@ -44,16 +44,22 @@ def eval_protocol(cfg, task) -> dict:
 @torch.no_grad()
 def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
              seed: int, batch_size: int, device: torch.device, cfg_scale: float = 1.0,
-             teacher_steps: int | None = None):
+             teacher_steps: int | None = None, teacher_cache: dict | None = None):
     """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
     over the whole evaluation set for a grid). `cfg_scale` > 1 samples with classifier-free guidance.
     With `teacher_steps`, the teacher (the reference view) also samples the same noise with that
     many Euler steps, and the task's set metrics compare the samples with the teacher's too
-    (Paper B's "FID vs teacher")."""
+    (Paper B's "FID vs teacher"); the teacher's own distances to the data come as `teacher_<metric>`.
+    The teacher never changes within a run: pass a dict as `teacher_cache` and its samples and
+    metrics are computed once per protocol."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(num_samples)
     teacher_sampler = EulerSampler(int(teacher_steps), sampler.shift) if teacher_steps else None
+    key = (num_samples, seed, teacher_steps, sampler.shift, cfg_scale)
+    cached = (teacher_cache or {}).get(key)
+    if cached is not None:
+        teacher_sampler = None
     scores, samples, teacher = [], [], []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
@@ -70,8 +76,14 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
     shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
     grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
                                   prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
+    if teacher_steps and cached is None:
+        teacher = torch.cat(teacher)
+        cached = (teacher, {f"teacher_{k}": v for k, v in task.sample_metrics(teacher, torch.tensor(ids)).items()})
+        if teacher_cache is not None:
+            teacher_cache[key] = cached
+    teacher, teacher_metrics = cached if cached is not None else (None, {})
     metrics = {**task.summarize(merged, torch.tensor(ids)),
-               **task.sample_metrics(torch.cat(samples), torch.tensor(ids), torch.cat(teacher) if teacher else None)}
+               **task.sample_metrics(torch.cat(samples), torch.tensor(ids), teacher), **teacher_metrics}
     return metrics, (torch.cat(samples)[shown], grid_cond)
 
 

@@ -60,6 +60,7 @@ class Trainer:
         self.eval_sampler = eval_sampler(cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.progress = Progress()
+        self.teacher_cache: dict = {}  # eval.teacher_steps: the teacher's samples, drawn once per run
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -183,7 +184,7 @@ class Trainer:
         with Phase(self.progress.compute, "eval"):
             metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
                                            e.samples, e.seed, e.batch_size, self.device, e.cfg_scale,
-                                           e.get("teacher_steps"))
+                                           e.get("teacher_steps"), self.teacher_cache)
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
         self.log("eval", record)
         if grid_name is not None:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
-from rlzoo.rewards import MixReward, normalized
+from rlzoo.rewards import MixReward, Reward, normalized
 from rlzoo.rewards.remote import RemoteReward, RemoteRewardError
 from rlzoo.rewards.server import serve
 from rlzoo.types import Conditioning
@@ -159,7 +159,7 @@ def test_normalized_within_groups_in_float64():
     assert torch.allclose(normalized(r, g, "batch", eps=0.0), (r - r.mean()) / r.std(unbiased=False), atol=1e-12)
 
 
-class Constant:
+class Constant(Reward):
     def __init__(self, values):
         self.values = torch.tensor(values)
 
@@ -170,15 +170,43 @@ class Constant:
         pass
 
 
-def test_mix_is_the_weighted_sum_of_group_normalised_rewards():
+def constant_mix(normalize, a, b, weights=(0.25, 2.0)):
     mix = MixReward.__new__(MixReward)
-    mix.parts = {"a": Constant([1.0, 2.0, 3.0, 5.0]), "b": Constant([100.0, 100.0, 0.0, 400.0])}
-    mix.weights, mix.normalize = {"a": 0.25, "b": 2.0}, "group"
+    mix.parts = {"a": Constant(a), "b": Constant(b)}
+    mix.weights, mix.normalize, mix.momentum, mix.running = dict(zip("ab", weights)), normalize, 0.5, {}
+    return mix
+
+
+def test_mix_is_the_weighted_sum_of_group_normalised_rewards():
+    mix = constant_mix("group", [1.0, 2.0, 3.0, 5.0], [100.0, 100.0, 0.0, 400.0])
     cond = cond_of(["p", "p", "q", "q"], groups=[0, 0, 1, 1])
     out = mix.score_images(torch.zeros(4, 3, 2, 2), cond)
     expected = 0.25 * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + 2.0 * torch.tensor([0.0, 0.0, -1.0, 1.0])
     assert torch.allclose(out["reward"], expected, atol=1e-5)
     assert torch.equal(out["b"], mix.parts["b"].values)
+    # the adaptive weights: w / (the group's std + eps) on each raw reward (group 0 of b: std 0)
+    assert torch.allclose(out["weight_a"], torch.tensor([0.5, 0.5, 0.25, 0.25]), rtol=1e-5)
+    assert torch.allclose(out["weight_b"][2:], torch.tensor([0.01, 0.01]), rtol=1e-5)
+    assert torch.allclose(out["weight_b"][:2], torch.full((2,), 2.0 / 1e-6), rtol=1e-5)
+
+
+def test_mix_with_running_statistics_follows_an_ema_and_resumes():
+    """normalize=running: m, s from an EMA (momentum 0.5 here) of each reward's batch mean and
+    second moment; the first batch starts the EMA; the statistics are part of the reward's state."""
+    mix = constant_mix("running", [0.0, 2.0, 4.0, 6.0], [1.0, 1.0, 3.0, 3.0], weights=(1.0, 0.0))
+    cond = cond_of(["p", "p", "q", "q"], groups=[0, 0, 1, 1])
+    first = mix.score_images(torch.zeros(4, 3, 2, 2), cond)
+    a = torch.tensor([0.0, 2.0, 4.0, 6.0])
+    assert torch.allclose(first["weight_a"], torch.full((4,), 1 / (a.var(unbiased=False).sqrt() + 1e-6)))
+    assert torch.allclose(first["reward"], (a - a.mean()) / (a.var(unbiased=False).sqrt() + 1e-6))
+    state = mix.state_dict()
+    mix.parts["a"].values = a + 10
+    second = mix.score_images(torch.zeros(4, 3, 2, 2), cond)
+    m1, m2 = 0.5 * (a.mean() + (a + 10).mean()), 0.5 * (a.square().mean() + (a + 10).square().mean())
+    assert torch.allclose(second["reward"], (a + 10 - m1) / ((m2 - m1**2).sqrt() + 1e-6), atol=1e-5)
+    fresh = constant_mix("running", (a + 10).tolist(), [1.0, 1.0, 3.0, 3.0], weights=(1.0, 0.0))
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.score_images(torch.zeros(4, 3, 2, 2), cond)["reward"], second["reward"])
 
 
 def test_mix_yaml_builds_tiny_parts_and_rejects_mismatched_weights():
@@ -187,7 +215,8 @@ def test_mix_yaml_builds_tiny_parts_and_rejects_mismatched_weights():
     assert all(part.tiny for part in mix.parts.values())
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     out = mix.score_images(images, cond_of(["a cat", "a cat", "a dog", "a dog"], [0, 0, 1, 1]))
-    assert set(out) == {"reward", "pickscore", "clip_score"} and out["reward"].shape == (4,)
+    assert set(out) == {"reward", "pickscore", "clip_score", "weight_pickscore", "weight_clip_score"}
+    assert out["reward"].shape == (4,)
     with pytest.raises(ValueError, match=r"reward.weights names \['x'\] differ"):
         MixReward(rewards={"a": {"_target_": "rlzoo.rewards.VerifierReward"}}, weights={"x": 1.0})
 

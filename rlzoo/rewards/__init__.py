@@ -56,30 +56,44 @@ class VerifierReward(Reward):
         return {**scores, "reward": scores[self.key]}
 
 
-NORMALIZATIONS = ("group", "batch", "none")
+NORMALIZATIONS = ("group", "batch", "running", "none")
 
 
 def normalized(reward: Tensor, group_ids: Tensor, how: str, eps: float = 1e-6) -> Tensor:
     """(r − mean) / (std + eps) within each prompt group (`group`), over the batch (`batch`), or r."""
+    mean, std = reward_mean_std(reward, group_ids, how)
+    return (reward - mean) / (std + eps)
+
+
+def reward_mean_std(reward: Tensor, group_ids: Tensor, how: str) -> tuple[Tensor, Tensor]:
+    """Per row, the mean and std a normalisation uses: its group's (`group`), the batch's (`batch`),
+    or 0 and 1 (`none`)."""
     if how == "none":
-        return reward
+        return torch.zeros_like(reward), torch.ones_like(reward)
     if how == "batch":
-        return (reward - reward.mean()) / (reward.std(unbiased=False) + eps)
-    out = torch.empty_like(reward)
+        return reward.mean().expand_as(reward), reward.std(unbiased=False).expand_as(reward)
+    mean, std = torch.empty_like(reward), torch.empty_like(reward)
     for g in group_ids.unique():
         rows = group_ids == g
-        out[rows] = (reward[rows] - reward[rows].mean()) / (reward[rows].std(unbiased=False) + eps)
-    return out
+        mean[rows], std[rows] = reward[rows].mean(), reward[rows].std(unbiased=False)
+    return mean, std
 
 
 class MixReward(Reward):
-    """reward = Σ_k w_k · normalize(r_k): several rewards, each normalised before mixing (per prompt
-    group by default, so a reward with a larger scale does not drown the others). Each part's raw
-    score is returned as `<name>` for logging. `rewards` maps names to reward configs; `tiny`, when
-    set, is passed to every part that has that switch."""
+    """reward = Σ_k w_k · (r_k − m_k) / (s_k + eps): several rewards, each normalised before mixing
+    (per prompt group by default, so a reward with a larger scale does not drown the others).
+    m_k, s_k: the group's mean and std (`group`), the batch's (`batch`), running means over
+    iterations (`running`, an EMA with `momentum`, checkpointed), or 0 and 1 (`none`).
+
+    The weight each raw reward effectively gets, w_k / (s_k + eps), adapts to that reward's current
+    spread: these are the adaptive weights (Paper B's GNDMR mixes R_dm with external rewards so;
+    its exact rule was not available, this reading is INFERRED) and are returned as `weight_<name>`
+    (per row, so the metrics log their mean every iteration). Each part's raw score is returned as
+    `<name>`. `rewards` maps names to reward configs; `tiny`, when set, goes to every part that has
+    that switch."""
 
     def __init__(self, rewards: dict, weights: dict | None = None, normalize: str = "group",
-                 tiny: bool | None = None):
+                 tiny: bool | None = None, momentum: float = 0.9):
         from rlzoo.config import build
 
         if not rewards:
@@ -94,6 +108,14 @@ class MixReward(Reward):
         self.parts = {name: build(node) for name, node in rewards.items()}
         self.weights = {k: float(v) for k, v in weights.items()}
         self.normalize = normalize
+        if not 0 <= float(momentum) < 1:
+            raise ValueError(f"reward.momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.running: dict[str, Tensor] = {}  # name -> (mean, second moment), for normalize=running
+
+    @property
+    def needs_critic(self) -> bool:
+        return any(getattr(p, "needs_critic", False) for p in self.parts.values())
 
     def check(self) -> None:
         for part in self.parts.values():
@@ -111,11 +133,13 @@ class MixReward(Reward):
         return spent
 
     def state_dict(self) -> dict:
-        return {name: part.state_dict() for name, part in self.parts.items()}
+        return {"parts": {name: part.state_dict() for name, part in self.parts.items()},
+                "running": {k: v.clone() for k, v in self.running.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         for name, part in self.parts.items():
-            part.load_state_dict(state.get(name, {}))
+            part.load_state_dict(state.get("parts", {}).get(name, {}))
+        self.running = {k: v.clone() for k, v in state.get("running", {}).items()}
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         from rlzoo.rewards.images import ImageReward
@@ -128,7 +152,23 @@ class MixReward(Reward):
         return self._mix({name: part.score_images(images, cond, task)["reward"]
                           for name, part in self.parts.items()}, cond)
 
-    def _mix(self, raw: dict[str, Tensor], cond: Conditioning) -> dict[str, Tensor]:
+    def _mix(self, raw: dict[str, Tensor], cond: Conditioning, eps: float = 1e-6) -> dict[str, Tensor]:
         groups = cond.group_ids.to(next(iter(raw.values())).device)
-        mixed = sum(self.weights[k] * normalized(r.float(), groups, self.normalize) for k, r in raw.items())
-        return {"reward": mixed, **raw}
+        out, mixed = {}, 0.0
+        for name, r in raw.items():
+            r = r.float()
+            mean, std = self._running(name, r) if self.normalize == "running" else \
+                reward_mean_std(r, groups, self.normalize)
+            weight = self.weights[name] / (std + eps)  # the adaptive weight on the raw reward
+            mixed = mixed + weight * (r - mean)
+            out[f"weight_{name}"] = weight
+        return {"reward": mixed, **raw, **out}
+
+    def _running(self, name: str, r: Tensor) -> tuple[Tensor, Tensor]:
+        """EMA of the batch mean and second moment (the first batch starts it)."""
+        batch = torch.stack([r.mean(), r.square().mean()]).detach().cpu().double()
+        state = self.running.get(name)
+        state = batch if state is None else self.momentum * state + (1 - self.momentum) * batch
+        self.running[name] = state
+        mean, var = float(state[0]), max(float(state[1] - state[0] ** 2), 0.0)
+        return torch.full_like(r, mean), torch.full_like(r, var ** 0.5)

@@ -108,6 +108,27 @@ class ShapesTask(Task):
         out["reward"] = out["strict"]
         return out
 
+    def sample_data(self, prompt_ids: Tensor, seed: int = 0) -> Tensor:
+        """Data for held-out prompts as pretraining shows it: a render of the prompt's scene, or
+        with probability caption_noise of a corrupted version of it — the distribution the base
+        model (the teacher) was trained to match. (B, 3, H, W) in [-1, 1]."""
+        rng = random.Random(seed)
+        specs = [spec_of(self._heldout[i]) for i in prompt_ids.tolist()]
+        return torch.stack([render(sample_scene(corrupt(s, rng) if rng.random() < self.caption_noise else s, rng),
+                                   self.image_size) for s in specs])
+
+    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor, teacher: Tensor | None = None) -> dict[str, float]:
+        """FID and KID (torchmetrics) in the feature space of shapes' small render classifier
+        (rlzoo.tasks.shapes.features) against the data of the same prompts (fid_data, kid_data)
+        and, when given, against the teacher's samples on the same noise (fid_teacher, kid_teacher)."""
+        if len(x0) < 16:  # (covariances and KID subsets need a set; debug runs have a handful)
+            return {}
+        references = {"data": self.sample_data(prompt_ids)}
+        if teacher is not None:
+            references["teacher"] = teacher
+        return {f"{metric}_{name}": value for name, reference in references.items()
+                for metric, value in feature_distances(x0, reference).items()}
+
     def pretrain_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Conditioning]:
         """Renders of random prompts (family first); with probability caption_noise the image
         shows a corrupted version of its caption; with probability caption_dropout the caption is
@@ -132,3 +153,24 @@ class ShapesTask(Task):
         captions = [f"{'PASS' if ok else 'FAIL'}: {p}" for ok, p in zip(strict, cond.prompts[:n])]
         frames = [(0, 160, 0) if ok else (200, 0, 0) for ok in strict]
         image_grid((x0[:n] + 1) / 2, captions, path, columns=columns, tile=self.image_size * scale, frames=frames)
+
+
+def feature_distances(samples: Tensor, reference: Tensor) -> dict[str, float]:
+    """{"fid": ..., "kid": ...} of two image sets in [-1, 1], through torchmetrics with shapes'
+    feature network (KID: the mean over 100 subsets of min(1000, n) images)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from rlzoo.tasks.shapes.features import load_features
+
+    net = load_features()
+    n = min(len(samples), len(reference))
+    fid = FrechetInceptionDistance(feature=net, normalize=True)
+    kid = KernelInceptionDistance(feature=net, normalize=True, subsets=100, subset_size=min(1000, n))
+    with torch.random.fork_rng():  # KID draws its subsets from torch's global generator
+        torch.manual_seed(0)
+        for metric in (fid, kid):
+            metric.update(((reference.float().cpu() + 1) / 2).clamp(0, 1), real=True)
+            metric.update(((samples.float().cpu() + 1) / 2).clamp(0, 1), real=False)
+        kid_mean, _ = kid.compute()
+        return {"fid": float(fid.compute()), "kid": float(kid_mean)}
