@@ -168,8 +168,11 @@ class Policy:
         return {v: self.module(v).state_dict() for v in self.saved_views}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load the saved views; a critic's weights are skipped when this policy has none (an
+        evaluation of a distillation run needs only the student)."""
         for view, weights in state.items():
-            self.module(view).load_state_dict(weights)
+            if not (view == "critic" and self.critic is None):
+                self.module(view).load_state_dict(weights)
 
 
 @torch.no_grad()
@@ -361,6 +364,8 @@ class LoraPolicy(Policy):
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             for view, weights in state.items():
+                if view == "critic" and self.critic is None:
+                    continue  # (as Policy.load_state_dict)
                 params = self.adapter_params[view]
                 if set(weights) != set(params):
                     raise ValueError(f"checkpoint's {view} LoRA weights do not match model.lora")

@@ -36,6 +36,7 @@ class Run:
     kl: float = math.nan
     nfe: float = math.nan  # forward + backward model evaluations spent
     curve: list[tuple[float, float]] = field(default_factory=list)  # (nfe, held-out reward)
+    evals: list[dict] = field(default_factory=list)  # every eval.jsonl record (metrics beyond the reward)
 
     @property
     def seed(self) -> str:
@@ -90,6 +91,7 @@ def load_run(run_dir: Path) -> Run:
               summary.get("error"))
     evals = read_jsonl(run_dir / "eval.jsonl")
     run.curve = [(r["nfe_forward"] + r["nfe_backward"], r["reward"]) for r in evals]
+    run.evals = evals
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     if run.status == "completed" and evals:
         run.final = evals[-1]["reward"]
@@ -193,10 +195,22 @@ def _fmt_nfe(mean: float, half: float) -> str:
     return f"{mean / scale:.{digits}f}{unit} ± {half / scale:.{digits}f}{unit}"
 
 
+def final_metric(run: Run, metric: str) -> float:
+    return float(run.evals[-1].get(metric, math.nan)) if run.status == "completed" and run.evals else math.nan
+
+
+def base_metric(run: Run, metric: str) -> float:
+    """The metric at the run's iteration-0 evaluation (the base model), nan without one."""
+    first = run.evals[0] if run.evals else {}
+    return float(first.get(metric, math.nan)) if first.get("iteration") == 0 else math.nan
+
+
 def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
-               baseline: dict[str, str] | None) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the ablation table (strings, shared by md / csv / tex)."""
-    header = [*keys, "final", "best", "KL to ref", "compute (NFE)"]
+               baseline: dict[str, str] | None, metrics: list[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the ablation table (strings, shared by md / csv / tex). `metrics`: more
+    evaluation metrics as columns (final values), and a first row with their values at iteration
+    0 — the base model, which every row starts from (the first row's runs)."""
+    header = [*keys, "final", *metrics, "best", "KL to ref", "compute (NFE)"]
     if threshold is not None:
         header += [f"NFE to {threshold:g}", "reached"]
         if baseline:
@@ -204,10 +218,20 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
     header += ["seeds", "failed"]
     base_row = next((r for r in rows if baseline and r.label == baseline), None)
     cells = []
+    if metrics and rows:
+        first = [r for r in rows[0].runs if r.evals]
+        line = ["iteration 0 (base)"] + ["-"] * (len(keys) - 1) if keys else []
+        line += [_fmt(*rows[0].cell([base_metric(r, "reward") for r in first])[:2]),
+                 *[_fmt(*rows[0].cell([base_metric(r, m) for r in first])[:2]) for m in metrics], "-", "-", "0"]
+        if threshold is not None:
+            line += ["-", "-"] + (["-"] if baseline else [])
+        cells.append(line + [str(len(first)), "0"])
     for row in rows:
         done = row.done
         line = [row.label[k] for k in keys]
-        line += [_fmt(*row.cell([r.final for r in done])[:2]), _fmt(*row.cell([r.best for r in done])[:2]),
+        line += [_fmt(*row.cell([r.final for r in done])[:2]),
+                 *[_fmt(*row.cell([final_metric(r, m) for r in done])[:2]) for m in metrics],
+                 _fmt(*row.cell([r.best for r in done])[:2]),
                  _fmt(*row.cell([r.kl for r in done])[:2], digits=4), _fmt_nfe(*row.cell([r.nfe for r in done])[:2])]
         if threshold is not None:
             reached = [r.compute_to(threshold) for r in done]
@@ -396,6 +420,37 @@ def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_metric(keys: list[str], rows: list[Row], metric: str, out_dir: Path) -> Path:
+    """curves_<metric>.png: an evaluation metric vs model evaluations, mean and 95% band over seeds."""
+    import math as _math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for (colour, line), row in zip(_styles(len(rows)), rows):
+        curves = [[(e["nfe_forward"] + e["nfe_backward"], e[metric]) for e in r.evals
+                   if not _math.isnan(e.get(metric, _math.nan))] for r in row.runs]
+        curves = [c for c in curves if len(c) > 1]
+        if not curves:
+            continue
+        grid, mean, lower, upper = _mean_band(curves, -_math.inf, _math.inf)
+        label = ", ".join(row.label[k] for k in keys) or "all runs"
+        ax.plot(grid / 1e6, mean, color=colour, linestyle=line, linewidth=1.6, label=f"{label} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(grid / 1e6, lower, upper, color=colour, alpha=0.08, linewidth=0)
+    ax.set_xlabel("model evaluations, forward + backward (millions)")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    path = out_dir / f"curves_{metric}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def runs_csv(runs: list[Run]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -440,7 +495,8 @@ def export(root: Path, dest: Path) -> Path:
 
 
 def report(root: Path | list[Path], threshold: float | None = None, baseline: str | None = None,
-           out_dir: Path | None = None, plots: bool = True, wandb_project: str | None = None) -> str:
+           out_dir: Path | None = None, plots: bool = True, wandb_project: str | None = None,
+           metrics: list[str] | None = None) -> str:
     """Write the table and plots for the runs under `root`; return the Markdown table.
 
     Several roots (e.g. a sweep and a longer run of one of its rows) go into one table: each run
@@ -462,9 +518,10 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     settings = _settings(runs)
     threshold = threshold if threshold is not None else settings.get("threshold")
     baseline = baseline if baseline is not None else settings.get("baseline")
+    metrics = list(metrics if metrics is not None else settings.get("metrics") or [])
     keys, rows = group_rows(runs)
     base_label = dict(item.split("=", 1) for item in baseline.split(",")) if baseline else None
-    header, cells = table_rows(keys, rows, threshold, base_label)
+    header, cells = table_rows(keys, rows, threshold, base_label, metrics)
     out_dir = Path(out_dir) if out_dir else root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(header, cells)
@@ -483,8 +540,18 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     (out_dir / "table.csv").write_text(to_csv(header, cells))
     (out_dir / "table.tex").write_text(to_latex(header, cells))
     (out_dir / "runs.csv").write_text(runs_csv(runs))
+    if metrics:
+        notes.append(f"Columns {', '.join(metrics)}: the final evaluation's values; the first row holds "
+                     f"them at iteration 0 (the base model every run starts from).")
+        teacher = {m: rows[0].cell([final_metric(r, f"teacher_{m}") for r in rows[0].done])[0] for m in metrics}
+        teacher = {m: v for m, v in teacher.items() if not math.isnan(v)}
+        if teacher:
+            notes.append("The teacher's own samples (eval.teacher_steps) against the data: " +
+                         ", ".join(f"{m} {v:.3f}" for m, v in teacher.items()) + ".")
     if plots:
         plot(keys, rows, out_dir)
+        for metric in metrics:
+            plot_metric(keys, rows, metric, out_dir)
     if wandb_project:
         log_to_wandb(header, cells, out_dir, name=root.name, project=wandb_project)
     return markdown + "\n".join(notes) + "\n"
@@ -514,6 +581,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default=None,
                         help="row the compute ratios are taken against, e.g. row=paper_a")
     parser.add_argument("--out", default=None, help="output directory (default <root>/report)")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated evaluation metrics as more columns and plots, e.g. "
+                             "fid_data,fid_teacher (default: the sweep's report.metrics)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--wandb", default=None, metavar="PROJECT",
                         help="also log the table (wandb.Table) and plots to wandb PROJECT, run <sweep>/report")
@@ -524,7 +594,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.export and len(args.root) > 1:
         parser.error(f"--export takes one directory, got {len(args.root)}: {' '.join(args.root)}")
     roots = [export(Path(args.root[0]), Path(args.export))] if args.export else [Path(r) for r in args.root]
-    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots, args.wandb))
+    metrics = args.metrics.split(",") if args.metrics else None
+    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots, args.wandb, metrics))
     print(f"written to {Path(args.out) if args.out else roots[0] / 'report'}/")
 
 

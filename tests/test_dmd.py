@@ -104,6 +104,8 @@ def test_dmd_and_dmdr_resume_like_an_uninterrupted_run(tmp_path):
     def run(run_dir, iterations, objective):
         cfg = compose_config([*common, f"train.iterations={iterations}", *objective])
         validate(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")  # (what rlzoo-train writes; `rlzoo evaluate` reads it)
         return Trainer(cfg, run_dir, build_components(cfg)).fit()
 
     for objective in (["objective=dmd"], ["objective=dmdr", "train.old_policy_schedule=0",
@@ -114,6 +116,11 @@ def test_dmd_and_dmdr_resume_like_an_uninterrupted_run(tmp_path):
         resumed = run(tmp_path / f"{name}_resumed", 4, objective)
         assert straight["final"] == resumed["final"]
         assert straight["compute"]["nfe_forward"] == resumed["compute"]["nfe_forward"]
+    # `rlzoo evaluate` reloads the student alone (the critic's saved weights are not needed)
+    from rlzoo.evaluate import main as evaluate_main
+
+    metrics = evaluate_main([f"run_dir={tmp_path / 'dmd_straight'}", "eval.samples=24"])
+    assert "sw_data" in metrics
 
 
 def test_dmdr_adds_the_policy_gradient_after_its_warm_up(tmp_path):

@@ -215,3 +215,28 @@ def test_report_puts_several_sweeps_in_one_table(tmp_path):
     cells = {tuple(line.strip("| ").split(" | ")[:2]): line.strip("| ").split(" | ") for line in lines[1:]}
     assert cells[("paper_a", "main")][ratio].startswith("1.00 [")  # the baseline against itself
     assert cells[("flowgrpo", "long")][ratio] != "-"  # a row of the other sweep gets its ratio
+
+
+def test_metric_columns_and_the_base_row():
+    """report.metrics: final values as mean ± 95% t over seeds, and a first row with the values
+    at iteration 0 (the base model)."""
+    from pathlib import Path
+
+    from rlzoo.report import Row, Run, table_rows
+    from rlzoo.stats import mean_ci
+
+    def run(row, seed, fid_end):
+        evals = [{"iteration": 0, "nfe_forward": 0, "nfe_backward": 0, "reward": 0.1, "fid_data": 1.0},
+                 {"iteration": 9, "nfe_forward": 90, "nfe_backward": 10, "reward": 0.2, "fid_data": fid_end}]
+        return Run(Path("."), {"row": row, "seed": str(seed)}, "completed", final=0.2, best=0.2, kl=0.0,
+                   nfe=100.0, curve=[(0.0, 0.1), (100.0, 0.2)], evals=evals)
+
+    a = Row({"row": "a"}, [run("a", 0, 0.5), run("a", 1, 0.7), run("a", 2, 0.6)])
+    b = Row({"row": "b"}, [run("b", 0, 0.3), run("b", 1, 0.2), run("b", 2, 0.4)])
+    header, cells = table_rows(["row"], [a, b], None, None, ["fid_data"])
+    column = header.index("fid_data")
+    assert header[:3] == ["row", "final", "fid_data"]
+    assert cells[0][0] == "iteration 0 (base)" and cells[0][column] == "1.000 ± 0.000"
+    mean, half, _ = mean_ci([0.5, 0.7, 0.6])
+    assert cells[1][column] == f"{mean:.3f} ± {half:.3f}"
+    assert cells[2][column].startswith("0.300 ± ")

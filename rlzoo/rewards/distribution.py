@@ -10,6 +10,10 @@ frozen base model). The critic ("fake score", DMD's; rlzoo.critic, configured by
 `critic` node and shared with objective=dmd) starts as a copy of the teacher and learns the
 student's distribution online, once per iteration, on the rollout's detached samples.
 
+`shared_in_group` (default on, INFERRED): every member of a prompt group gets the same (ε, t) draws
+— common random numbers, so the within-group comparison that group normalisation makes (GNDM)
+depends on the samples rather than on the Monte-Carlo draws.
+
 `form: dmd_norm` is the alternative: R(x) = −RMS_d(g), the negative size of DMD's per-sample
 gradient g at the same (ε, t) draws (0 where teacher and critic agree on x).
 """
@@ -32,14 +36,14 @@ class DistributionMatchingReward(Reward):
     needs_critic = True  # the trainer builds the shared critic (rlzoo.critic) and attaches it
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
-                 form: str = "elbo_difference", seed: int = 0):
+                 form: str = "elbo_difference", shared_in_group: bool = True, seed: int = 0):
         if not isinstance(terms, int) or terms < 1:
             raise ValueError(f"reward.terms must be a positive int, got {terms!r}")
         if form not in FORMS:
             raise ValueError(f"unknown reward.form {form!r}; valid: {', '.join(FORMS)}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown reward.weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-        self.form = form
+        self.form, self.shared_in_group = form, bool(shared_in_group)
         self.terms, self.weighting, self.t_range = terms, weighting, check_t_range(t_range, "reward.t_range")
         self.generator = torch.Generator().manual_seed(int(seed))
         self.critic = None
@@ -55,8 +59,13 @@ class DistributionMatchingReward(Reward):
             raise RuntimeError("reward=dm needs attach(policy, critic) before its first call")
         cond = unguided(cond)
         reward = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        groups = torch.unique(cond.group_ids.cpu(), return_inverse=True)[1] if self.shared_in_group else None
         for _ in range(self.terms):
-            noise, t = noise_and_t(x0, self.t_range, self.generator)
+            if groups is None:
+                noise, t = noise_and_t(x0, self.t_range, self.generator)
+            else:  # one (ε, t) per prompt group: its members are compared on common random numbers
+                noise, t = noise_and_t(x0[:int(groups.max()) + 1], self.t_range, self.generator)
+                noise, t = noise[groups.to(x0.device)], t[groups.to(x0.device)]
             x_t = noised(x0, noise, t)
             v_teacher, v_critic = self.critic.teacher_velocity(x_t, t, cond), self.critic.velocity(x_t, t, cond)
             if self.form == "elbo_difference":

@@ -13,6 +13,7 @@ the unconditional velocity and classifier-free guidance (`sampler.cfg_scale`) is
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -166,7 +167,9 @@ def feature_distances(samples: Tensor, reference: Tensor) -> dict[str, float]:
     net = load_features()
     n = min(len(samples), len(reference))
     fid = FrechetInceptionDistance(feature=net, normalize=True)
-    kid = KernelInceptionDistance(feature=net, normalize=True, subsets=100, subset_size=min(1000, n))
+    with warnings.catch_warnings():  # "will save all extracted features": a few thousand 64-d rows here
+        warnings.simplefilter("ignore")
+        kid = KernelInceptionDistance(feature=net, normalize=True, subsets=100, subset_size=min(1000, n))
     with torch.random.fork_rng():  # KID draws its subsets from torch's global generator
         torch.manual_seed(0)
         for metric in (fid, kid):
