@@ -216,3 +216,22 @@ def test_distances_to_the_teachers_samples():
     cfg2 = compose_config(["task=toy2d", "eval.num_steps=2"])
     few, _ = evaluate(task, policy, "reference", eval_sampler(cfg2), 240, 0, 240, torch.device("cpu"), teacher_steps=20)
     assert few["sw_teacher"] > 0.05 and few["fd_teacher"] > 0.01
+
+
+def test_r_dm_draws_shared_within_a_prompt_group():
+    """reward.shared_in_group: two copies of one sample get the same R_dm when they are in one
+    group (same ε, t) and different ones when they are in different groups (own draws)."""
+    from types import SimpleNamespace
+
+    task, critic, reward, cond, teacher_samples = toy_setup()
+    for i in range(20):
+        critic.update(SimpleNamespace(x0=teacher_samples(i) + 0.3, cond=cond))
+    x = teacher_samples(50)[:2].repeat_interleave(2, dim=0)  # rows: a, a, b, b
+    ids = torch.tensor([0, 0, 1, 1])
+    pair = task.conditioning([task.train_prompts()[0]] * 4, ids, torch.tensor([0, 0, 1, 1]))
+    reward.shared_in_group = True
+    shared = reward(task, x, pair)["reward"]
+    assert shared[0] == shared[1] and shared[2] == shared[3]
+    reward.shared_in_group = False
+    own = reward(task, x, pair)["reward"]
+    assert own[0] != own[1] and own[2] != own[3]

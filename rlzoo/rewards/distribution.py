@@ -10,9 +10,9 @@ frozen base model). The critic ("fake score", DMD's; rlzoo.critic, configured by
 `critic` node and shared with objective=dmd) starts as a copy of the teacher and learns the
 student's distribution online, once per iteration, on the rollout's detached samples.
 
-`shared_in_group` (default on, INFERRED): every member of a prompt group gets the same (ε, t) draws
-— common random numbers, so the within-group comparison that group normalisation makes (GNDM)
-depends on the samples rather than on the Monte-Carlo draws.
+`shared_in_group` (off by default: on shapes it made GNDM diverge sooner): every member of a prompt
+group gets the same (ε, t) draws — common random numbers, so the within-group comparison that group
+normalisation makes (GNDM) depends on the samples rather than on the Monte-Carlo draws.
 
 `form: dmd_norm` is the alternative: R(x) = −RMS_d(g), the negative size of DMD's per-sample
 gradient g at the same (ε, t) draws (0 where teacher and critic agree on x).
@@ -36,7 +36,7 @@ class DistributionMatchingReward(Reward):
     needs_critic = True  # the trainer builds the shared critic (rlzoo.critic) and attaches it
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
-                 form: str = "elbo_difference", shared_in_group: bool = True, seed: int = 0):
+                 form: str = "elbo_difference", shared_in_group: bool = False, seed: int = 0):
         if not isinstance(terms, int) or terms < 1:
             raise ValueError(f"reward.terms must be a positive int, got {terms!r}")
         if form not in FORMS:
