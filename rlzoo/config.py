@@ -187,6 +187,11 @@ def _validate_distillation(cfg: DictConfig, objective) -> None:
         reward = build(cfg.reward)
     except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
         raise ConfigError(f"reward={_name(cfg.reward)}: {' '.join(str(exc.__cause__ or exc).split())}") from None
+    for name, node in (cfg.task.get("eval_rewards") or {}).items():
+        if needs_critic(None, build(node)):
+            raise ConfigError(f"task.eval_rewards.{name} uses R_dm, which needs the training run's critic; "
+                              f"evaluate with another reward, e.g. task.eval_rewards.{name}="
+                              f"'{{_target_: rlzoo.rewards.images.CLIPReward, path: DIR}}' (PickScore)")
     if not needs_critic(objective, reward):
         return
     users = [f"objective={_name(cfg.objective)}"] if getattr(objective, "needs_critic", False) else []

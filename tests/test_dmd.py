@@ -189,6 +189,8 @@ def test_invalid_distillation_settings_fail_before_any_model():
         (["critic.steps_per_update=0"], "critic.steps_per_update"),
         (["objective=dmdr", "objective.reward_weight=-1"], "objective.reward_weight"),
         (["task=t2i", "model=sd3_tiny"], "objective=dmd distils from the base model as teacher, but model.teacher=false"),
+        (["task=t2i", "model=sd3_tiny", "reward=dm", "model.teacher=true"],
+         "task.eval_rewards.reward uses R_dm, which needs the training run's critic"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError) as info:

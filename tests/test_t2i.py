@@ -296,21 +296,30 @@ RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path):
     """Each recipe of rlzoo/conf/experiment, 2 iterations on sd3_tiny with LoRA and the tiny
-    PickScore, as one sweep (one process); every job completes and leaves its LoRA."""
+    PickScore, as one sweep (one process); every job completes and leaves its LoRA (Paper B's
+    recipes with the critic as a fourth adapter; gndm and gndmr, whose rewards use R_dm, are
+    evaluated with the tiny PickScore instead of their training reward)."""
     import subprocess
     import sys
 
-    sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [sys.executable, "-m", "rlzoo.train", "-m", f"experiment={','.join(RECIPES)}", "task=t2i", "model=sd3_tiny",
-         "reward.tiny=true", "debug=tiny", "sampler.num_steps=6",  # Flow-GRPO-Fast's window needs 6
-         f"task.embedding_cache={tmp_path / 'embeddings'}", f"hydra.sweep.dir={sweep}"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
-    assert len(summaries) == len(RECIPES), (sorted(summaries), result.stderr[-2000:])
+    def sweep(recipes, *extra):
+        out = tmp_path / "sweep"
+        result = subprocess.run(
+            [sys.executable, "-m", "rlzoo.train", "-m", f"experiment={','.join(recipes)}", "task=t2i",
+             "model=sd3_tiny", "debug=tiny", "sampler.num_steps=6",  # Flow-GRPO-Fast's window needs 6
+             "model.teacher=true",  # Paper B's recipes distil from sd3_tiny's random weights: plumbing only
+             f"task.embedding_cache={tmp_path / 'embeddings'}", f"hydra.sweep.dir={out}", *extra],
+            capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return out
+
+    sweep([r for r in RECIPES if r not in ("gndm", "gndmr")], "reward.tiny=true")
+    out = sweep(["gndm", "gndmr"], "task.eval_rewards.reward={_target_: rlzoo.rewards.images.CLIPReward, tiny: true}")
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/summary.json")}
+    assert len(summaries) == len(RECIPES), sorted(summaries)
     for job, summary in summaries.items():
         assert summary["status"] == "completed", (job, summary.get("error"))
-        assert (sweep / job / "lora" / "pytorch_lora_weights.safetensors").exists(), job
+        assert (out / job / "lora" / "pytorch_lora_weights.safetensors").exists(), job
 
 
 def velocity_and_grads(tmp_path, **settings):
