@@ -211,6 +211,8 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
     evaluation metrics as columns (final values), and a first row with their values at iteration
     0 — the base model, which every row starts from (the first row's runs)."""
     header = [*keys, "final", *metrics, "best", "KL to ref", "compute (NFE)"]
+    differences = list(metrics) if baseline else []  # Δ metric vs the baseline row, mean ± 95% CI
+    header += [f"Δ{m} vs " + ",".join(f"{k}={v}" for k, v in baseline.items()) for m in differences]
     if threshold is not None:
         header += [f"NFE to {threshold:g}", "reached"]
         if baseline:
@@ -223,6 +225,13 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
         line = ["iteration 0 (base)"] + ["-"] * (len(keys) - 1) if keys else []
         line += [_fmt(*rows[0].cell([base_metric(r, "reward") for r in first])[:2]),
                  *[_fmt(*rows[0].cell([base_metric(r, m) for r in first])[:2]) for m in metrics], "-", "-", "0"]
+        if differences and base_row is not None:
+            from rlzoo.stats import difference_ci
+
+            line += [_fmt(*difference_ci([base_metric(r, m) for r in first],
+                                         [final_metric(r, m) for r in base_row.done])) for m in differences]
+        else:
+            line += ["-"] * len(differences)
         if threshold is not None:
             line += ["-", "-"] + (["-"] if baseline else [])
         cells.append(line + [str(len(first)), "0"])
@@ -233,6 +242,7 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
                  *[_fmt(*row.cell([final_metric(r, m) for r in done])[:2]) for m in metrics],
                  _fmt(*row.cell([r.best for r in done])[:2]),
                  _fmt(*row.cell([r.kl for r in done])[:2], digits=4), _fmt_nfe(*row.cell([r.nfe for r in done])[:2])]
+        line += [_difference_cell(row, base_row, m) for m in differences]
         if threshold is not None:
             reached = [r.compute_to(threshold) for r in done]
             line += [_compute_to_cell(row, threshold), f"{sum(not math.isnan(v) for v in reached)}/{len(done)}"]
@@ -241,6 +251,16 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
         line += [str(len(done)), ", ".join(f"seed {r.seed}" for r in row.failed) or "0"]
         cells.append(line)
     return header, cells
+
+
+def _difference_cell(row: Row, base: Row | None, metric: str) -> str:
+    """mean(row) − mean(baseline) of a metric's final values, ± the 95% interval of the difference."""
+    if base is None or row is base:
+        return "-"
+    from rlzoo.stats import difference_ci
+
+    values = [[v for v in (final_metric(r, metric) for r in x.done) if not math.isnan(v)] for x in (row, base)]
+    return _fmt(*difference_ci(*values))
 
 
 def _compute_to_cell(row: Row, threshold: float) -> str:

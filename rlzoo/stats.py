@@ -48,3 +48,16 @@ def ratio_ci(numerator: list[float], denominator: list[float]) -> tuple[float, f
     se = math.sqrt(var_a / (na * ma**2) + var_b / (nb * mb**2))
     t = t_quantile_975(min(na, nb) - 1)
     return ratio, ratio * math.exp(-t * se), ratio * math.exp(t * se)
+
+
+def difference_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(mean(a) − mean(b), half-width of its 95% interval) for independent samples:
+    t_{0.975, min(n_a, n_b) − 1} · sqrt(s_a²/n_a + s_b²/n_b) (the conservative Welch degrees of freedom)."""
+    (ma, _, na), (mb, _, nb) = mean_ci(a), mean_ci(b)
+    if na == 0 or nb == 0:
+        return math.nan, math.nan
+    if na < 2 or nb < 2:
+        return ma - mb, math.nan
+    var_a = sum((v - ma) ** 2 for v in a) / (na - 1)
+    var_b = sum((v - mb) ** 2 for v in b) / (nb - 1)
+    return ma - mb, t_quantile_975(min(na, nb) - 1) * math.sqrt(var_a / na + var_b / nb)

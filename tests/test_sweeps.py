@@ -240,3 +240,28 @@ def test_metric_columns_and_the_base_row():
     mean, half, _ = mean_ci([0.5, 0.7, 0.6])
     assert cells[1][column] == f"{mean:.3f} ± {half:.3f}"
     assert cells[2][column].startswith("0.300 ± ")
+
+
+def test_difference_ci_and_the_difference_columns():
+    from pathlib import Path
+
+    from rlzoo.report import Row, Run, table_rows
+    from rlzoo.stats import difference_ci, t_quantile_975
+
+    # a = 1, 2, 3 (s² = 1), b = 2, 4, 6 (s² = 4): Δ = −2, half = t_{0.975,2} · sqrt(1/3 + 4/3)
+    delta, half = difference_ci([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert delta == -2.0 and abs(half - t_quantile_975(2) * (5 / 3) ** 0.5) < 1e-12 and t_quantile_975(2) == 4.303
+
+    def run(row, seed, fid):
+        evals = [{"iteration": 0, "nfe_forward": 0, "nfe_backward": 0, "reward": 0.1, "fid_data": 9.0},
+                 {"iteration": 5, "nfe_forward": 50, "nfe_backward": 0, "reward": 0.2, "fid_data": fid}]
+        return Run(Path("."), {"row": row, "seed": str(seed)}, "completed", final=0.2, best=0.2, kl=0.0,
+                   nfe=50.0, curve=[(0.0, 0.1), (50.0, 0.2)], evals=evals)
+
+    a = Row({"row": "a"}, [run("a", s, v) for s, v in enumerate([1.0, 2.0, 3.0])])
+    b = Row({"row": "b"}, [run("b", s, v) for s, v in enumerate([2.0, 4.0, 6.0])])
+    header, cells = table_rows(["row"], [a, b], None, {"row": "a"}, ["fid_data"])
+    column = header.index("Δfid_data vs row=a")
+    assert cells[1][column] == "-"  # the baseline itself
+    assert cells[2][column] == f"2.000 ± {half:.3f}"
+    assert cells[0][column].startswith("7.000 ± ")  # iteration 0 (9.0) against the baseline's finals
