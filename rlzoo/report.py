@@ -450,13 +450,15 @@ def plot_metric(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
+    values = [e[metric] for row in rows for r in row.runs for e in r.evals if metric in e]
+    low = 0.0 if values and min(values) >= 0 else -_math.inf  # a distance's band stays >= 0
     for (colour, line), row in zip(_styles(len(rows)), rows):
         curves = [[(e["nfe_forward"] + e["nfe_backward"], e[metric]) for e in r.evals
                    if not _math.isnan(e.get(metric, _math.nan))] for r in row.runs]
         curves = [c for c in curves if len(c) > 1]
         if not curves:
             continue
-        grid, mean, lower, upper = _mean_band(curves, -_math.inf, _math.inf)
+        grid, mean, lower, upper = _mean_band(curves, low, _math.inf)
         label = ", ".join(row.label[k] for k in keys) or "all runs"
         ax.plot(grid / 1e6, mean, color=colour, linestyle=line, linewidth=1.6, label=f"{label} (n={len(curves)})")
         if len(curves) > 1:
