@@ -182,18 +182,23 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
 
 def _validate_distillation(cfg: DictConfig, objective) -> None:
     """Paper B's components: a critic needs a teacher (a pretrained base model) and valid critic
-    settings; a guided DMD teacher needs a task with an empty prompt."""
+    settings; a guided DMD teacher needs a task with an empty prompt; R_dm cannot be an evaluation
+    reward (its critic lives in the training run)."""
     try:
         reward = build(cfg.reward)
     except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
         raise ConfigError(f"reward={_name(cfg.reward)}: {' '.join(str(exc.__cause__ or exc).split())}") from None
+    if needs_critic(objective, reward):
+        _validate_critic(cfg, objective, reward)
     for name, node in (cfg.task.get("eval_rewards") or {}).items():
         if needs_critic(None, build(node)):
             raise ConfigError(f"task.eval_rewards.{name} uses R_dm, which needs the training run's critic; "
                               f"evaluate with another reward, e.g. task.eval_rewards.{name}="
                               f"'{{_target_: rlzoo.rewards.images.CLIPReward, path: DIR}}' (PickScore)")
-    if not needs_critic(objective, reward):
-        return
+
+
+def _validate_critic(cfg: DictConfig, objective, reward) -> None:
+    """The critic's settings, a teacher with pretrained weights, a guidable task for a guided teacher."""
     users = [f"objective={_name(cfg.objective)}"] if getattr(objective, "needs_critic", False) else []
     users += [f"reward={_name(cfg.reward)}"] if needs_critic(None, reward) else []
     if cfg.model.get("teacher", True) is False:

@@ -558,10 +558,6 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
         if run.status != "completed":
             label = ", ".join(f"{k}={run.overrides.get(k, '-')}" for k in [*keys, "seed"])
             notes.append(f"- {label}: {run.status}" + (f" ({run.error})" if run.error else ""))
-    (out_dir / "table.md").write_text(markdown + "\n".join(notes) + "\n")
-    (out_dir / "table.csv").write_text(to_csv(header, cells))
-    (out_dir / "table.tex").write_text(to_latex(header, cells))
-    (out_dir / "runs.csv").write_text(runs_csv(runs))
     if metrics:
         notes.append(f"Columns {', '.join(metrics)}: the final evaluation's values; the first row holds "
                      f"them at iteration 0 (the base model every run starts from).")
@@ -570,6 +566,10 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
         if teacher:
             notes.append("The teacher's own samples (eval.teacher_steps) against the data: " +
                          ", ".join(f"{m} {v:.3f}" for m, v in teacher.items()) + ".")
+    (out_dir / "table.md").write_text(markdown + "\n".join(notes) + "\n")
+    (out_dir / "table.csv").write_text(to_csv(header, cells))
+    (out_dir / "table.tex").write_text(to_latex(header, cells))
+    (out_dir / "runs.csv").write_text(runs_csv(runs))
     if plots:
         plot(keys, rows, out_dir)
         for metric in metrics:
