@@ -211,7 +211,7 @@ def test_a_run_dir_accepts_a_raised_budget_from_another_sweep(run_dir):
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
     check_run_dir(compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=4000",
                                   "sweep_name=long"]), run_dir)
-    with pytest.raises(ConfigError, match="differs in seed"):
+    with pytest.raises(ConfigError, match=r"differs in critic.seed, seed\)"):  # (the critic's follows it)
         check_run_dir(compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=4000",
                                       "sweep_name=long", "seed=1"]), run_dir)
 
