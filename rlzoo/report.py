@@ -210,6 +210,9 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
     """Header and cells of the ablation table (strings, shared by md / csv / tex). `metrics`: more
     evaluation metrics as columns (final values), and a first row with their values at iteration
     0 — the base model, which every row starts from (the first row's runs)."""
+    if metrics and not keys:  # one row: name it, so the iteration-0 row can be told apart
+        keys = ["row"]
+        rows = [Row({"row": "all runs"}, row.runs) for row in rows]
     header = [*keys, "final", *metrics, "best", "KL to ref", "compute (NFE)"]
     differences = list(metrics) if baseline else []  # Δ metric vs the baseline row, mean ± 95% CI
     header += [f"Δ{m} vs " + ",".join(f"{k}={v}" for k, v in baseline.items()) for m in differences]
