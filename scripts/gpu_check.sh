@@ -29,15 +29,19 @@ check() {  # task choice [overrides...]: 2 iterations, then ok or FAIL with the 
       $FAST run_dir="$dir" > "$dir.log" 2>&1; then echo "ok    $task $choice $*"
   else echo "FAIL  $task $choice $*: $(grep -v '^$' "$dir.log" | tail -2 | tr '\n' ' ')"; fi
 }
-for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm}; do
+for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm,dmd,gndm,dmdr,gndmr}; do
   check toy2d "$choice" > "$RUNS/toy2d_${choice//[=+]/_}.result" &
 done
-for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm} \
+for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm,dmd,gndm,dmdr,gndmr} \
               +row={epg_traj_sde,epg_traj_sde_cfg,epg_elbo_sde,epg_elbo_ode,pepg_elbo_sde,pepg_elbo_ode,par_elbo_sde,par_elbo_ode,grpo_elbo_ode}; do
   check shapes "$choice" > "$RUNS/shapes_${choice//[=+]/_}.result" &
 done
 for choice in experiment={paper_a,flowgrpo,flowgrpo_fast,diffusionnft,awm}; do  # SD3 classes, LoRA, on the GPU
   check t2i "$choice" model=sd3_tiny reward.tiny=true sampler.num_steps=6 task.embedding_cache="$RUNS/emb" \
+    > "$RUNS/t2i_${choice//[=+]/_}.result" &
+done
+for choice in experiment={dmd,dmdr}; do  # Paper B: the critic as a fourth LoRA adapter (random teacher: plumbing only)
+  check t2i "$choice" model=sd3_tiny model.teacher=true reward.tiny=true task.embedding_cache="$RUNS/emb" \
     > "$RUNS/t2i_${choice//[=+]/_}.result" &
 done
 wait
