@@ -98,8 +98,18 @@ def load_run(run_dir: Path) -> Run:
         run.best = max(r["reward"] for r in evals)
         run.nfe = run.curve[-1][0]
         tail = metrics[-max(1, len(metrics) // 10):]  # KL to the reference over the last 10%
-        run.kl = sum(r["kl"] for r in tail) / len(tail) if tail else math.nan
+        run.kl = sum(r["kl"] for r in tail) / len(tail) if tail and _has_kl(run_dir) else math.nan
     return run
+
+
+def _has_kl(run_dir: Path) -> bool:
+    """False when the run's config has no KL term (kl=none): its logged 0 is not a measurement."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return True
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(OmegaConf.load(path), "kl.name", default=None) != "none"
 
 
 def _job_number(run_dir: Path) -> int:
@@ -435,7 +445,10 @@ def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
         ax.set_xscale("log")  # KLs of different regularisers span orders of magnitude
     ax.set_xlabel("KL to the reference (mean over the last 10% of iterations)")
     ax.set_ylabel("final held-out reward")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:  # every row ran without a KL term (kl=none)
+        ax.text(0.5, 0.5, "no KL term in these runs (kl=none)", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     paths.append(out_dir / "reward_vs_kl.png")
     fig.savefig(paths[-1], dpi=120)
