@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlzoo.distillation import flow_matching_loss
+from rlzoo.distillation import flow_matching_loss, noise_and_t
 from rlzoo.estimators.elbo import noised
 from rlzoo.types import Conditioning, Rollout
 
@@ -53,8 +53,7 @@ class Critic:
             raise RuntimeError("the critic needs attach(policy) before its first update")
         x0, cond = rollout.x0.detach(), unguided(rollout.cond)
         for _ in range(self.steps_per_update):
-            noise = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype).to(x0.device)
-            t = torch.rand(x0.shape[0], generator=self.generator, dtype=x0.dtype).to(x0.device)
+            noise, t = noise_and_t(x0, (0.0, 1.0), self.generator)
             loss = flow_matching_loss(self.velocity(noised(x0, noise, t), t, cond), x0, noise)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -53,3 +53,18 @@ def distribution_matching_reward(x0: Tensor, noise: Tensor, t: Tensor, velocity_
     """R_dm per sample (INFERRED): ELBO term of the teacher minus that of the critic at the same
     (ε, t), (B, ...) -> (B,). Positive where the teacher finds x likelier than the student does."""
     return elbo_term(x0, noise, t, velocity_teacher, weighting) - elbo_term(x0, noise, t, velocity_critic, weighting)
+
+
+def check_t_range(t_range, key: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in t_range)
+    if not 0 < lo < hi < 1:
+        raise ValueError(f"{key} must satisfy 0 < lo < hi < 1, got {list(t_range)!r}")
+    return lo, hi
+
+
+def noise_and_t(x0: Tensor, t_range: tuple[float, float], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Fresh ε ~ N(0, I) like x0 and t ~ U(t_range) per row."""
+    lo, hi = t_range
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    t = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype)).to(x0.device)
+    return noise, t

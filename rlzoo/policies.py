@@ -398,7 +398,9 @@ def make_policy(model: nn.Module, model_cfg) -> Policy:
         settings = OmegaConf.to_container(lora, resolve=True) if not isinstance(lora, dict) else dict(lora)
         policy = LoraPolicy(model, LoraSettings(**settings), precision=precision)
     policy.max_batch_size = get("max_batch_size", None)
-    if get("compile", False):  # each distinct module once (under LoRA all views share one)
-        for target in {id(m): m for m in (lora_module(policy.module(v)) for v in VIEWS)}.values():
+    if get("compile", False):  # each distinct module once (under LoRA all views share one); the
+        # critic, made later by add_critic(), is a copy of the compiled reference (or its adapter)
+        views = (v for v in VIEWS if v != "critic")
+        for target in {id(m): m for m in (lora_module(policy.module(v)) for v in views)}.values():
             target.compile()
     return policy

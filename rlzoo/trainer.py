@@ -209,13 +209,10 @@ class Trainer:
                            "optimizer": self.optimizer.state_dict(),
                            "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
                            "critic": self.critic.state_dict() if self.critic is not None else {},
-                           "objective": self.objective_state(),
+                           "objective": self.objective.state_dict(),
                            "generator": self.generator.get_state()}, self.checkpoint_path)
         self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
                                    {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
-
-    def objective_state(self) -> dict:  # an objective with its own noise stream (DMD's t and step k)
-        return self.objective.state_dict() if hasattr(self.objective, "state_dict") else {}
 
     def load_checkpoint(self) -> None:
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
@@ -226,8 +223,7 @@ class Trainer:
         self.reward.load_state_dict(state.get("reward", {}))
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
-        if hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(state.get("objective", {}))
+        self.objective.load_state_dict(state.get("objective", {}))
         self.generator.set_state(state["generator"].cpu())
         for name in ("metrics", "eval"):
             truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)

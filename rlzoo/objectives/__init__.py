@@ -84,6 +84,13 @@ class Objective:
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return self.loss_fn(term.log_lik, term.log_lik_old, advantage)
 
+    def state_dict(self) -> dict:
+        """An objective with its own noise stream (DMD's t and step k) checkpoints it here."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class EPG(Objective):
     loss_fn = staticmethod(epg_loss)

@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlzoo.distillation import dmd_gradient, dmd_loss, x0_prediction
+from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t, x0_prediction
 from rlzoo.estimators.elbo import noised
 from rlzoo.objectives import Objective
-from rlzoo.rewards.distribution import check_t_range, noise_and_t
 from rlzoo.types import LikelihoodTerm, Rollout
 
 

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from rlzoo.critic import unguided
-from rlzoo.distillation import distribution_matching_reward, dmd_gradient_norm_reward, x0_prediction
+from rlzoo.distillation import (check_t_range, distribution_matching_reward, dmd_gradient_norm_reward,
+                                 noise_and_t, x0_prediction)
 from rlzoo.estimators.elbo import WEIGHTINGS, noised
 from rlzoo.rewards import Reward
 from rlzoo.types import Conditioning
@@ -73,7 +74,7 @@ class DistributionMatchingReward(Reward):
             else:  # dmd_norm: the size of DMD's gradient on x (0 where teacher and critic agree)
                 term = dmd_gradient_norm_reward(x0, x0_prediction(x_t, v_teacher, t), x0_prediction(x_t, v_critic, t))
             reward += term / self.terms
-        return {"reward": reward, "critic_loss": torch.full_like(reward, self.critic.last_loss)}
+        return {"reward": reward}  # (the trainer logs the critic's loss after its update)
 
     def observe(self, task, rollout) -> dict[str, int]:
         """The reward call's model evaluations (teacher + critic per term and row); the critic's
@@ -87,17 +88,3 @@ class DistributionMatchingReward(Reward):
         if state:
             self.generator.set_state(state["generator"])
 
-
-def check_t_range(t_range, key: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in t_range)
-    if not 0 < lo < hi < 1:
-        raise ValueError(f"{key} must satisfy 0 < lo < hi < 1, got {list(t_range)!r}")
-    return lo, hi
-
-
-def noise_and_t(x0: Tensor, t_range: tuple[float, float], generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Fresh ε ~ N(0, I) like x0 and t ~ U(t_range) per row."""
-    lo, hi = t_range
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    t = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype)).to(x0.device)
-    return noise, t

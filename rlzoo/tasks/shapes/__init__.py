@@ -127,8 +127,9 @@ class ShapesTask(Task):
         references = {"data": self.sample_data(prompt_ids)}
         if teacher is not None:
             references["teacher"] = teacher
+        features = image_features(x0)  # once, for every reference
         return {f"{metric}_{name}": value for name, reference in references.items()
-                for metric, value in feature_distances(x0, reference).items()}
+                for metric, value in feature_distances(features, image_features(reference)).items()}
 
     def pretrain_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Conditioning]:
         """Renders of random prompts (family first); with probability caption_noise the image
@@ -156,24 +157,43 @@ class ShapesTask(Task):
         image_grid((x0[:n] + 1) / 2, captions, path, columns=columns, tile=self.image_size * scale, frames=frames)
 
 
+
+def image_features(images: Tensor) -> Tensor:
+    """(B, 64) features of images in [-1, 1] from shapes' render classifier (its [0, 1] input)."""
+    from rlzoo.tasks.shapes.features import load_features
+
+    with torch.no_grad():
+        return load_features()(((images.float().cpu() + 1) / 2).clamp(0, 1))
+
+
+class _Extracted(nn.Module):
+    """torchmetrics' "feature network" for features extracted once already: the identity."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features  # read by torchmetrics instead of probing with an image
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
 def feature_distances(samples: Tensor, reference: Tensor) -> dict[str, float]:
-    """{"fid": ..., "kid": ...} of two image sets in [-1, 1], through torchmetrics with shapes'
-    feature network (KID: the mean over 100 subsets of min(1000, n) images)."""
+    """{"fid": ..., "kid": ...} of two feature sets (`image_features`), through torchmetrics'
+    FrechetInceptionDistance and KernelInceptionDistance (KID: the mean over 100 subsets of
+    min(1000, n) rows)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from rlzoo.tasks.shapes.features import load_features
-
-    net = load_features()
     n = min(len(samples), len(reference))
-    fid = FrechetInceptionDistance(feature=net, normalize=True)
+    fid = FrechetInceptionDistance(feature=_Extracted(samples.shape[1]), normalize=True)
     with warnings.catch_warnings():  # "will save all extracted features": a few thousand 64-d rows here
         warnings.simplefilter("ignore")
-        kid = KernelInceptionDistance(feature=net, normalize=True, subsets=100, subset_size=min(1000, n))
+        kid = KernelInceptionDistance(feature=_Extracted(samples.shape[1]), normalize=True, subsets=100,
+                                      subset_size=min(1000, n))
     with torch.random.fork_rng():  # KID draws its subsets from torch's global generator
         torch.manual_seed(0)
         for metric in (fid, kid):
-            metric.update(((reference.float().cpu() + 1) / 2).clamp(0, 1), real=True)
-            metric.update(((samples.float().cpu() + 1) / 2).clamp(0, 1), real=False)
+            metric.update(reference, real=True)
+            metric.update(samples, real=False)
         kid_mean, _ = kid.compute()
         return {"fid": float(fid.compute()), "kid": float(kid_mean)}

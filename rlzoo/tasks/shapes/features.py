@@ -14,6 +14,7 @@ held-out accuracy to experiments/results/base_models/shapes_features.txt.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 from pathlib import Path
 
@@ -98,7 +99,9 @@ def train(steps: int = 1500, batch_size: int = 128, lr: float = 1e-3, noise_std:
     return net.eval(), accuracy(net, test_images, test_labels)
 
 
+@functools.lru_cache(maxsize=None)
 def load_features(path: str | Path = CHECKPOINT) -> ShapesFeatures:
+    """The shipped network, loaded once per process (frozen, in eval mode)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"shapes' feature network {path} is missing; rebuild it with `make features`")
