@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test test-all bench sweep report results pretrain features clean
+.PHONY: venv run test test-faults test-all bench sweep report results pretrain features clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv
@@ -22,6 +22,10 @@ run: $(VENV)
 
 test: $(VENV)
 	$(PY) -m pytest -q -x
+
+# The fault suite alone (README, Reliability): bad input and faults, nothing lost.
+test-faults: $(VENV)
+	$(PY) -m pytest -q -m faults
 
 test-all: $(VENV)
 	$(PY) -m pytest -q -m "slow or not slow"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlzoo.ranges import check
+
 
 def group_means(rewards: Tensor, group_ids: Tensor) -> Tensor:
     """(B,) the mean reward of each sample's group."""
@@ -57,6 +59,7 @@ def nft_mapping(advantage: Tensor, adv_clip: float = 5.0) -> Tensor:
 
 class Advantage:
     name = "advantage"
+    min_group_size = 1  # the smallest train.group_size for which the advantage is not identically 0
 
     def __call__(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         raise NotImplementedError
@@ -65,10 +68,12 @@ class Advantage:
 class GroupAdvantage(Advantage):
     name = "group"
 
+    min_group_size = 2  # a group of one is its own mean: every advantage would be 0
+
     def __init__(self, std: str = "global", eps: float = 1e-4):
         if std not in ("global", "group"):
             raise ValueError(f"unknown advantage std {std!r}; valid: global, group")
-        self.std, self.eps = std, float(eps)
+        self.std, self.eps = std, float(check("advantage.eps", eps, 0, low_open=True))
 
     def __call__(self, rewards, group_ids):
         return group_advantage(rewards, group_ids, self.std, self.eps)
@@ -80,10 +85,11 @@ class ExactAdvantage(Advantage):
 
     name = "exact"
 
+    min_group_size = 2  # a group of one is its own mean: every advantage would be 0
+
     def __init__(self, alpha: float = 1e-3, beta: float = 1e-4):
-        if alpha <= 0:
-            raise ValueError(f"advantage.alpha must be positive, got {alpha!r}")
-        self.alpha, self.beta = float(alpha), float(beta)
+        self.alpha = float(check("advantage.alpha", alpha, 0, low_open=True, note="the reward temperature"))
+        self.beta = float(check("advantage.beta", beta, 0, note="the KL's coefficient, kl.beta"))
         self.c = exact_scale(self.alpha, self.beta)
 
     def __call__(self, rewards, group_ids):
@@ -94,7 +100,7 @@ class GlobalStdAdvantage(Advantage):
     name = "global_std"
 
     def __init__(self, eps: float = 1e-4):
-        self.eps = float(eps)
+        self.eps = float(check("advantage.eps", eps, 0, low_open=True))
 
     def __call__(self, rewards, group_ids):
         return global_std_advantage(rewards, group_ids, self.eps)

@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from rlzoo.errors import one_line_errors
+from rlzoo.runs.outputs import OutputDir
+
 PAIRS = (("elbo", "dpm2"), ("trajectory", "flow_sde"))
 
 
@@ -78,16 +81,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors("rlzoo bench")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlzoo.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace estimators.json/.md in --out even where rlzoo did not write them")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single cell
     args, overrides = parser.parse_known_args(argv)
     if args.one:
         print(json.dumps(measure(overrides, args.iterations)))
         return
+    out_dir = OutputDir(Path(args.out), args.overwrite)
+    out_dir.claim(["estimators.json", "estimators.md"])  # refused before minutes of measurement
     rows = []
     for estimator, sampler in PAIRS:
         for steps in args.steps:
@@ -96,15 +104,15 @@ def main(argv: list[str] | None = None) -> None:
                                   "--iterations", str(args.iterations), *cell],
                                  capture_output=True, text=True)
             if out.returncode != 0:
-                raise SystemExit(f"bench cell {' '.join(cell)} failed:\n{out.stderr[-2000:]}")
+                last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"bench cell {' '.join(cell)} failed: {last}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "estimators.json").write_text(json.dumps(rows, indent=1))
-    (out_dir / "estimators.md").write_text(table(rows) + "\n")
+    out_dir.write_text("estimators.json", json.dumps(rows, indent=1))
+    out_dir.write_text("estimators.md", table(rows) + "\n")
+    out_dir.close()
     print("\n" + table(rows))
-    print(f"\nwritten to {out_dir}/estimators.md and estimators.json")
+    print(f"\nwritten to {out_dir.path}/estimators.md and estimators.json")
 
 
 if __name__ == "__main__":

@@ -9,33 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlzoo.errors import ConfigError, one_line_errors  # noqa: F401 (the commands import them from here)
+
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: ships with `pip install .`
 GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
           "optimizer", "lr_schedule", "logger", "experiment", "debug", "prompts", "row", "sweep")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line."""
-
-
-def one_line_errors(prog: str):
-    """Decorator for a command's `main`: bad input (ConfigError) or a damaged checkpoint
-    (CheckpointError) is one line on stderr and exit code 2, not a traceback."""
-    import functools
-    import sys
-
-    def wrap(main):
-        @functools.wraps(main)
-        def run(*args, **kwargs):
-            from rlzoo.runs.files import CheckpointError
-
-            try:
-                return main(*args, **kwargs)
-            except (ConfigError, CheckpointError) as exc:
-                print(f"{prog}: error: {exc}", file=sys.stderr)
-                raise SystemExit(2) from None
-        return run
-    return wrap
 
 
 def available(group: str) -> list[str]:
@@ -112,15 +90,42 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False) -> D
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}")
-    if kind is int and int(value) != value:
-        raise ConfigError(f"{key} must be a positive int, got {value!r}")
+    if kind is int:
+        _in_range(cfg, key, 1, integer=True)
+    else:
+        _in_range(cfg, key, 0, low_open=True)
+
+
+def _in_range(cfg: DictConfig, key: str, low=None, high=None, **kwargs) -> None:
+    """`key`'s value within its range (rlzoo.ranges.check), else a ConfigError of one line."""
+    from rlzoo.ranges import check
+
+    try:
+        check(key, OmegaConf.select(cfg, key), low, high, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _non_finite(node, prefix: str = ""):
+    """(key, value) of the first NaN or infinite number anywhere in a plain container, or None."""
+    import math
+
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{prefix}{key}", value
+        found = _non_finite(value, f"{prefix}{key}.")
+        if found:
+            return found
+    return None
 
 
 def validate(cfg: DictConfig, check_model: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
+    found = _non_finite(OmegaConf.to_container(cfg, resolve=True))
+    if found:
+        raise ConfigError(f"{found[0]}={found[1]} is not a finite number; no rlzoo key takes nan or inf "
+                          f"(budgets and optional keys take null)")
     for key in ("train.iterations", "train.batch_size", "train.group_size", "train.micro_batch_size",
                 "train.inner_epochs", "train.minibatches", "sampler.num_steps", "eval.num_steps", "eval.samples", "eval.every",
                 "eval.batch_size"):
@@ -128,9 +133,12 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     for key in ("optimizer.lr", "train.max_grad_norm"):
         _positive(cfg, key, float)
     for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int),
-                      ("checkpoint_every", int)):
+                      ("checkpoint_every", int), ("eval.teacher_steps", int), ("threads", int)):
         if OmegaConf.select(cfg, key) is not None:
             _positive(cfg, key, kind)
+    for key in ("seed", "eval.seed"):
+        _in_range(cfg, key, integer=True)
+    _in_range(cfg, "eval.ema_cap", 0, 1, high_open=True, note="the cap of the evaluation EMA's decay")
     batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
     if batch % group:
         divisors = [d for d in range(1, batch + 1) if batch % d == 0]
@@ -141,15 +149,18 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
         valid = [d for d in range(1, groups + 1) if groups % d == 0]
         raise ConfigError(f"train.minibatches={minibatches} does not divide the {groups} prompt groups "
                           f"per batch; valid: {', '.join(map(str, valid))}")
-    if int(cfg.train.old_policy_schedule) not in (0, 1, 2):
+    if cfg.train.old_policy_schedule not in (0, 1, 2) or isinstance(cfg.train.old_policy_schedule, bool):
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
+    _validate_lr_schedule(cfg)
     _validate_ratio(cfg)
     _validate_guidance(cfg)
     _validate_policy_settings(cfg.model)
     _validate_arguments(cfg)
     built = _validate_construction(cfg)
     _validate_combination(cfg, built)
-    _validate_distillation(cfg, built["objective"])
+    _validate_steps(cfg, built)
+    reward = _validate_distillation(cfg, built["objective"])
+    _validate_group_size(cfg, built["advantage"], reward)
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
             _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
@@ -160,6 +171,44 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
             if not isinstance(cause, ValueError):
                 raise
             raise ConfigError(" ".join(str(cause).split())) from None
+
+
+def _validate_lr_schedule(cfg: DictConfig) -> None:
+    """torch's schedulers accept factors and lengths that silently freeze the learning rate (a
+    warm-up of 0 steps stays at start_factor·lr forever)."""
+    node = cfg.lr_schedule
+    for key in ("factor", "start_factor", "end_factor"):
+        if key in node:
+            _in_range(cfg, f"lr_schedule.{key}", 0, 1, low_open=True, note="a multiple of optimizer.lr")
+    if "total_iters" in node:
+        constant = node.get("factor", None) == 1
+        _in_range(cfg, "lr_schedule.total_iters", 0 if constant else 1, integer=True, note="optimizer steps")
+
+
+def _validate_steps(cfg: DictConfig, built: dict) -> None:
+    """Counts that must fit the sampler's schedule: ELBO terms on its steps, the trajectory
+    estimator's fraction of them."""
+    steps, estimator = int(cfg.sampler.num_steps), built["estimator"]
+    terms = getattr(estimator, "num_terms", None)
+    if terms is not None and getattr(estimator, "timesteps", None) == "sampler" and terms > steps:
+        raise ConfigError(f"estimator.num_terms={terms} is more than the sampler's {steps} steps it draws from "
+                          f"(estimator.timesteps=sampler); use 1..{steps}, or estimator.timesteps=uniform")
+    fraction = getattr(estimator, "timestep_fraction", None)
+    if fraction is not None and int(steps * fraction) < 1:
+        raise ConfigError(f"estimator.timestep_fraction={fraction:g} trains no step of the {steps}-step schedule; "
+                          f"use a fraction >= {1 / steps:g}")
+
+
+def _validate_group_size(cfg: DictConfig, advantage, reward) -> None:
+    """A group advantage (or a reward normalised per group) of a group of one is identically 0."""
+    group = int(cfg.train.group_size)
+    for what, component in ((f"advantage={_name(cfg.advantage)}", advantage),
+                            (f"reward={_name(cfg.reward)} (reward.normalize=group)", reward)):
+        needed = getattr(component, "min_group_size", 1)
+        if group < needed:
+            raise ConfigError(f"train.group_size={group} gives every sample a zero advantage with {what} (a group's "
+                              f"own mean is subtracted); use train.group_size>={needed}"
+                              + (" or advantage=global_std" if component is advantage else ""))
 
 
 def _rewards(cfg: DictConfig) -> list:
@@ -180,7 +229,7 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
         raise ConfigError(error)
 
 
-def _validate_distillation(cfg: DictConfig, objective) -> None:
+def _validate_distillation(cfg: DictConfig, objective):
     """Paper B's components: a critic needs a teacher (a pretrained base model) and valid critic
     settings; a guided DMD teacher needs a task with an empty prompt; R_dm cannot be an evaluation
     reward (its critic lives in the training run)."""
@@ -195,6 +244,7 @@ def _validate_distillation(cfg: DictConfig, objective) -> None:
             raise ConfigError(f"task.eval_rewards.{name} uses R_dm, which needs the training run's critic; "
                               f"evaluate with another reward, e.g. task.eval_rewards.{name}="
                               f"'{{_target_: rlzoo.rewards.images.CLIPReward, path: DIR}}' (PickScore)")
+    return reward
 
 
 def _validate_critic(cfg: DictConfig, objective, reward) -> None:
@@ -293,7 +343,7 @@ def _validate_arguments(cfg: DictConfig) -> None:
 # Components cheap to build from their config alone (no model, no weights): validation builds
 # them, so their own argument checks (an unknown weighting, a window outside the schedule, a
 # negative learning rate) fail before the run directory is touched.
-LIGHT_GROUPS = ("sampler", "estimator", "objective", "advantage", "kl", "optimizer", "lr_schedule")
+LIGHT_GROUPS = ("sampler", "estimator", "objective", "kl", "advantage", "optimizer", "lr_schedule")
 
 
 def _validate_construction(cfg: DictConfig) -> dict:
@@ -376,24 +426,46 @@ def valid_grid() -> list[tuple[str, str, str]]:
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """A run directory holding a different run's config is never resumed into or overwritten."""
+    """A run directory holding a different run is never resumed into or overwritten. A run is
+    there once it has started: its config.yaml and a checkpoint (a start that failed before its
+    first checkpoint claims nothing, so the corrected command runs into the same directory)."""
+    from rlzoo.runs.files import checkpoint_path
+
     saved = Path(run_dir) / "config.yaml"
-    if not saved.exists():
+    if not saved.exists() or not checkpoint_path(run_dir).exists():
         return
-    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-    new = OmegaConf.to_container(cfg, resolve=True)
-    diffs = [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    except Exception as exc:  # a damaged config.yaml: the directory still holds a run
+        raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read "
+                          f"({type(exc).__name__}); choose another run_dir=...") from None
+    diffs = config_differences(old, run_fingerprint(cfg))
     if diffs:
         raise ConfigError(
             f"run directory {run_dir} holds a run with a different config (differs in {', '.join(diffs[:5])}); "
             f"choose another run_dir=... or delete that directory")
 
 
+def run_fingerprint(cfg: DictConfig) -> dict:
+    """The resolved config as plain values: what a checkpoint and config.yaml record of a run."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_differences(old: dict | None, new: dict) -> list[str]:
+    """Keys whose values differ between two runs' configs, except those a resumed run may change
+    (RESUMABLE_KEYS); none when `old` is unknown (a checkpoint from before fingerprints)."""
+    if not isinstance(old, dict):
+        return []
+    return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
+
+
 # Keys that may change when a run is resumed: they do not change what is trained (sweep_name only
 # names where a sweep writes, so a run copied into another sweep with a larger budget resumes;
+# run_dir only where the run lives, so a moved or copied run resumes in its new place;
 # evaluations draw from their own fixed noise, so how often they happen changes no update).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
-                  "sweep_name", "eval.every", "eval.every_nfe", "eval.teacher_steps", "task.embedding_cache")
+                  "sweep_name", "run_dir", "eval.every", "eval.every_nfe", "eval.teacher_steps",
+                  "task.embedding_cache")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
@@ -434,3 +506,103 @@ def override_dict(overrides) -> dict[str, str]:
     """`key=value` command-line overrides as {key: value}; `+`/`~` prefixes dropped."""
     pairs = [str(o).split("=", 1) for o in overrides if "=" in str(o)]
     return {k.lstrip("+~"): v for k, v in pairs}
+
+
+# ------------------------------------------------------------------ a run's files are data, not code
+def shipped_targets() -> frozenset[str]:
+    """Every `_target_` named in the shipped config tree: the components rlzoo will build from a
+    config it did not compose itself (a run directory's config.yaml, an export's config.json)."""
+    targets: set[str] = set()
+    for path in CONF_DIR.rglob("*.yaml"):
+        _collect_targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False), targets)
+    return frozenset(targets)
+
+
+def _collect_targets(node, out: set) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str):
+                out.add(value)
+            _collect_targets(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_targets(value, out)
+
+
+def _untrusted_entries(node, prefix: str = ""):
+    """(key path, value) of every `_target_`, and of every string holding an interpolation, in a
+    plain container."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if key == "_target_":
+                yield path, value
+            yield from _untrusted_entries(value, path + ".")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _untrusted_entries(value, f"{prefix}{i}.")
+    elif isinstance(node, str) and "${" in node:
+        yield prefix.rstrip("."), node
+
+
+def check_untrusted(container: dict, source: str, trusted: frozenset[str] = frozenset()) -> None:
+    """Refuse a config read from a file rlzoo did not compose (a run directory's config.yaml)
+    unless every `_target_` in it is a shipped component or one in `trusted` (named by the
+    user on the command line), and it holds no interpolation (rlzoo saves configs resolved, so
+    one is a sign of a crafted file; resolvers would run)."""
+    allowed = shipped_targets() | trusted
+    for path, value in _untrusted_entries(container):
+        if path.rpartition(".")[2] == "_target_":
+            if value not in allowed:
+                raise ConfigError(
+                    f"{source} names {path}={value!r}, which is not one of rlzoo's components; rlzoo never runs "
+                    f"code named by a run's files (to use your own component, name it on the command line: "
+                    f"{path}={value})")
+        else:
+            raise ConfigError(f"{source} holds an interpolation at {path} ({str(value)[:60]!r}); rlzoo saves a run's "
+                              f"config resolved, so this file was not written by rlzoo-train")
+
+
+def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
+    """A run directory's config.yaml as data: read with a safe YAML loader, every `_target_`
+    checked (`check_untrusted`), then `key=value` overrides applied to keys it already has (an
+    unknown key is refused as rlzoo-train refuses one). Targets named in `overrides` are the
+    user's own and trusted. Validated like a config rlzoo-train composes."""
+    path = Path(path)
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # a YAML error, an unreadable file
+        raise ConfigError(f"{path} is not a readable config ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path} is not a config (it holds a {type(loaded).__name__})")
+    container = OmegaConf.to_container(loaded, resolve=False)
+    pairs = [str(o).split("=", 1) for o in overrides]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0].startswith(("+", "~")) or not pair[0]:
+            raise ConfigError(f"override {'='.join(pair)!r} must be key=value for a key the run's config has")
+    trusted = frozenset(v for k, v in pairs if k == "_target_" or k.endswith("._target_"))
+    check_untrusted(container, str(path), trusted)
+    cfg = OmegaConf.create(container)
+    for key, value in pairs:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in node:
+            valid = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else "none"
+            raise ConfigError(f"unknown key {key!r} ({leaf!r} is not a key of {parent or 'the config'} in {path}; "
+                              f"valid: {valid})")
+        try:
+            OmegaConf.update(cfg, key, _parse_value(value), merge=False)
+        except Exception as exc:
+            raise ConfigError(f"{key}={value!r}: {' '.join(str(exc).split())[:160]}") from None
+    return cfg
+
+
+def _parse_value(text: str):
+    """A command-line value as Hydra types it (1 -> int, 1e-4 -> float, true -> bool, null)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(f"key={text}").value()
+    except Exception:
+        return text

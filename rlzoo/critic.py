@@ -15,6 +15,7 @@ from torch import Tensor
 
 from rlzoo.distillation import flow_matching_loss, noise_and_t
 from rlzoo.estimators.elbo import noised
+from rlzoo.ranges import check
 from rlzoo.types import Conditioning, Rollout
 
 
@@ -24,10 +25,12 @@ class Critic:
         if not isinstance(steps_per_update, int) or steps_per_update < 1:
             raise ValueError(f"critic.steps_per_update (critic steps per student step, the critic ratio) "
                              f"must be an int >= 1, got {steps_per_update!r}")
-        if not float(lr) > 0:
-            raise ValueError(f"critic.lr must be positive, got {lr!r}")
-        self.steps_per_update, self.lr = steps_per_update, float(lr)
-        self.weight_decay, self.betas = float(weight_decay), tuple(float(b) for b in betas)
+        self.steps_per_update = steps_per_update
+        self.lr = float(check("critic.lr", lr, 0, low_open=True))
+        self.weight_decay = float(check("critic.weight_decay", weight_decay, 0))
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ValueError(f"critic.betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = tuple(float(check("critic.betas", b, 0, 1, high_open=True)) for b in betas)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.policy = self.optimizer = None
         self.last_loss = float("nan")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlzoo.config import one_line_errors
+from rlzoo.errors import one_line_errors
 from rlzoo.samplers import EulerSampler, Sampler
 
 # `weights=` names -> policy views; a run's checkpoint holds "ema" and "current", a base model "base"
@@ -88,20 +88,27 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
 
 
 def open_run(run_dir: Path, overrides: list[str] = ()):
-    """(config with `overrides` applied, checkpoint path) of a trained run, or a ConfigError
-    saying what is missing."""
-    from omegaconf import OmegaConf
-
-    from rlzoo.config import ConfigError
+    """(config with `overrides` applied, checkpoint path) of a trained run. The run's config.yaml
+    is untrusted input (run directories are shared and downloaded): it is read as data, every
+    `_target_` in it must be a shipped component (or one the user names in `overrides`), and it
+    is validated like a config rlzoo-train composes; a ConfigError says what does not fit."""
+    from rlzoo.config import ConfigError, load_untrusted_config, validate
     from rlzoo.runs import checkpoint_path
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir={str(run_dir)!r} is not a directory")
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} holds no run (no config.yaml)")
     checkpoint = checkpoint_path(run_dir)
     if not checkpoint.exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} has no checkpoint yet ({checkpoint})")
-    return OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(list(overrides))), checkpoint
+    cfg = load_untrusted_config(run_dir / "config.yaml", list(overrides))
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"run_dir={str(run_dir)!r}: {exc}") from None
+    return cfg, checkpoint
 
 
 def load_run(run_dir: Path, overrides: list[str] = ()):
@@ -113,45 +120,86 @@ def load_run(run_dir: Path, overrides: list[str] = ()):
     cfg, checkpoint = open_run(run_dir, overrides)
     task = build(cfg.task)
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-    policy.load_state_dict(load_checkpoint(checkpoint)["policy"])
+    load_policy_state(policy, load_checkpoint(checkpoint), checkpoint)
     return cfg, task, policy
+
+
+def load_policy_state(policy, state: dict, checkpoint: Path) -> None:
+    """The policy's weights from a checkpoint's state, or a CheckpointError naming the file when
+    they do not fit this model (another task's or another size's checkpoint)."""
+    from rlzoo.errors import CheckpointError
+
+    try:
+        policy.load_state_dict(state["policy"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's model ({type(exc).__name__}: "
+                              f"{reason}); it was left in place") from None
+
+
+USAGE = ("usage: rlzoo evaluate run_dir=DIR [weights=ema|current] [key=value ...] | "
+         "rlzoo evaluate task=NAME [key=value ...] [grid=PATH.png [--overwrite]]")
 
 
 @one_line_errors("rlzoo evaluate")
 def main(argv: list[str] | None = None) -> dict:
-    from rlzoo.config import ConfigError, build, compose_config
+    from rlzoo.config import ConfigError
+    from rlzoo.runs.lock import run_lock
+    from rlzoo.runs.outputs import check_new_file
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a.startswith("-")]
+    if set(flags) - {"--overwrite"}:
+        raise ConfigError(f"unknown option {sorted(set(flags) - {'--overwrite'})[0]}; {USAGE}")
+    argv = [a for a in argv if not a.startswith("-")]
+    if any("=" not in a for a in argv):
+        raise ConfigError(f"{next(a for a in argv if '=' not in a)!r} is not key=value; {USAGE}")
+    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("run_dir", "weights", "grid"))
+    rest = [a for a in argv if a.split("=", 1)[0] not in options]
+    weights = options.get("weights")
+    if weights is not None and weights not in WEIGHTS:
+        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(WEIGHTS)}")
+    if options.get("grid"):
+        check_new_file(Path(options["grid"]), "--overwrite" in flags)
+    if "run_dir" not in options:
+        return _evaluate(None, options, rest)
+    run_dir = Path(options["run_dir"])
+    open_run(run_dir, rest)  # a bad run directory or key is refused before the lock is taken
+    with run_lock(run_dir, "rlzoo evaluate " + " ".join(argv)):
+        return _evaluate(run_dir, options, rest)
+
+
+def _evaluate(run_dir: Path | None, options: dict, overrides: list[str]) -> dict:
+    """`rlzoo evaluate`'s body: a run's weights (run_dir) or a base model (run_dir None)."""
+    from rlzoo.config import build, compose_config, validate
     from rlzoo.policies import make_policy
     from rlzoo.runs import atomic_write_json
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("run_dir", "weights", "grid"))
-    rest = [a for a in argv if a.split("=", 1)[0] not in options]
-    if "run_dir" in options:
-        cfg, task, policy = load_run(Path(options["run_dir"]), rest)
+    if run_dir is not None:
+        cfg, task, policy = load_run(run_dir, overrides)
         weights = options.get("weights", eval_weights(cfg))
     else:
-        cfg = compose_config(rest)
+        cfg = compose_config(overrides)
+        validate(cfg)
         task = build(cfg.task)
         policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-        weights = "base"
-    if weights not in WEIGHTS:
-        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(WEIGHTS)}")
+        weights = options.get("weights", "base")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     start = time.perf_counter()
     metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], eval_sampler(cfg), cfg.eval.samples,
                                    cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device),
                                    cfg.eval.get("cfg_scale", 1.0), cfg.eval.get("teacher_steps"))
-    source = options.get("run_dir") or cfg.model.get("checkpoint") or cfg.model.get("path") or cfg.model._target_
+    source = run_dir or cfg.model.get("checkpoint") or cfg.model.get("path") or cfg.model._target_
     print(f"held-out evaluation of {source} ({weights} weights): {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")
     for key, value in metrics.items():
         print(f"  {key:<28}{value:.3f}")
     grid = options.get("grid")
-    if "run_dir" in options:
-        out = Path(options["run_dir"]) / "evaluations"
-        atomic_write_json({"weights": weights, "metrics": metrics, "protocol": {**eval_protocol(cfg, task), "weights": weights}},
-                          out / f"{weights}.json")
+    if run_dir is not None:
+        out = run_dir / "evaluations"
+        atomic_write_json({"weights": weights, "metrics": metrics,
+                           "protocol": {**eval_protocol(cfg, task), "weights": weights}}, out / f"{weights}.json")
         grid = grid or out / f"{weights}.png"
         print(f"written: {out / f'{weights}.json'}, {grid}")
     if grid:

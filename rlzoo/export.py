@@ -5,15 +5,19 @@ A LoRA run (`model.lora`, e.g. task=t2i) exports its adapter as diffusers writes
 Training already leaves the evaluated weights' LoRA in <run_dir>/lora at every checkpoint.
 Full fine-tuning runs (the toy tasks):
 
-    rlzoo export run_dir=runs/shapes/paper_a/seed0 --out exported/ [weights=ema|current]
+    rlzoo export run_dir=runs/shapes/paper_a/seed0 --out exported/ [weights=ema|current] [--overwrite]
 
 Writes <out>/model.safetensors (the velocity model's state dict: the EMA weights when the run
 evaluated EMA weights, unless `weights=` says otherwise) and <out>/config.json (the model's config
 with its `_target_`, the task and the run it came from), so
 
-    model = hydra.utils.instantiate(config["model"]); model.load_state_dict(safetensors.torch.load_file(...))
+    from rlzoo.export import load_model
+    model = load_model("exported/")      # checks config.json's _target_ is one of rlzoo's models
 
-rebuilds it.
+rebuilds it. `--out` must be new, empty, or a directory an earlier export wrote (its manifest,
+.rlzoo-files.json, says which files; one edited since counts as the user's); `--overwrite`
+replaces the files an export writes in any other directory and nothing else. A run directory,
+or a folder inside one, is never an output.
 """
 from __future__ import annotations
 
@@ -21,74 +25,128 @@ import json
 import sys
 from pathlib import Path
 
-from rlzoo.config import one_line_errors
+from rlzoo.errors import one_line_errors
 from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
 
 TRAINED = ("ema", "current")  # the weights a run's checkpoint holds
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the name diffusers' LoRA loader looks for
+USAGE = "usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current] [--overwrite]"
 
 
-def save_lora(lora_state: dict, settings, out: Path, metadata: dict | None = None) -> Path:
-    """A LoRA as diffusers writes it: <out>/pytorch_lora_weights.safetensors, keys
-    `transformer.<module>.lora_A/B.weight`, with the adapter's rank, alpha and targets as metadata,
-    so `StableDiffusion3Pipeline.load_lora_weights(out)` restores the trained velocity exactly.
-    Written to a temporary directory first, then swapped in: a crash never leaves half a LoRA."""
-    import shutil
+def lora_files(lora_state: dict, settings, metadata: dict | None = None) -> dict[str, bytes]:
+    """A LoRA as diffusers writes one: {pytorch_lora_weights.safetensors: bytes, rlzoo.json: bytes},
+    keys `transformer.<module>.lora_A/B.weight`, with the adapter's rank, alpha and targets as
+    metadata, so `StableDiffusion3Pipeline.load_lora_weights(dir)` restores the trained velocity
+    exactly. diffusers writes into a temporary directory of its own (removed with its contents);
+    the caller decides where the bytes go."""
+    import tempfile
 
     from diffusers import StableDiffusion3Pipeline
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in lora_state.items()}
-    StableDiffusion3Pipeline.save_lora_weights(
-        tmp, transformer_lora_layers=tensors, weight_name=LORA_WEIGHTS,
-        transformer_lora_adapter_metadata={"r": int(settings.rank), "lora_alpha": float(settings.alpha),
-                                           "target_modules": list(settings.target_modules)})
+    with tempfile.TemporaryDirectory(prefix="rlzoo-lora-") as scratch:
+        StableDiffusion3Pipeline.save_lora_weights(
+            scratch, transformer_lora_layers=tensors, weight_name=LORA_WEIGHTS,
+            transformer_lora_adapter_metadata={"r": int(settings.rank), "lora_alpha": float(settings.alpha),
+                                               "target_modules": list(settings.target_modules)})
+        files = {LORA_WEIGHTS: (Path(scratch) / LORA_WEIGHTS).read_bytes()}
     if metadata:
-        (tmp / "rlzoo.json").write_text(json.dumps(metadata, indent=2))
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out / LORA_WEIGHTS
+        files["rlzoo.json"] = json.dumps(metadata, indent=2).encode()
+    return files
 
 
-def export(run_dir: Path, out: Path, weights: str | None = None) -> Path:
+def save_lora(lora_state: dict, settings, out: Path, metadata: dict | None = None) -> Path:
+    """Write a LoRA (`lora_files`) into a directory rlzoo owns (a run's `lora/`), each file
+    atomically; nothing else in `out` is touched."""
+    from rlzoo.runs import atomic_write_bytes
+
+    for name, data in lora_files(lora_state, settings, metadata).items():
+        atomic_write_bytes(Path(out) / name, data)
+    return Path(out) / LORA_WEIGHTS
+
+
+def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool = False) -> Path:
+    """Write a run's weights into `out` (README, Runs). `out` may be new, empty, or a directory an
+    earlier export wrote; any other non-empty directory needs `overwrite`, and even then only the
+    files written here are replaced. A run directory is never an output."""
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from rlzoo.config import ConfigError
-    from rlzoo.runs import atomic_write_bytes, load_checkpoint
+    from rlzoo.runs import load_checkpoint
+    from rlzoo.runs.outputs import OutputDir
 
     run_dir = Path(run_dir)
+    if weights is not None and weights not in TRAINED:
+        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(TRAINED)}")
     cfg, checkpoint = open_run(run_dir)
     weights = weights or eval_weights(cfg)
-    if weights not in TRAINED:
-        raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(TRAINED)}")
-    state = load_checkpoint(checkpoint)["policy"][WEIGHTS[weights]]
+    target = OutputDir(out, overwrite)
+    names = [LORA_WEIGHTS, "rlzoo.json"] if cfg.model.get("lora") is not None else ["model.safetensors", "config.json"]
+    target.claim(names)  # refused before the checkpoint is even read
+    state = load_checkpoint(checkpoint)
+    state = state.get("policy", {}).get(WEIGHTS[weights]) if isinstance(state.get("policy"), dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {checkpoint} holds no {weights!r} weights; it was left in place")
     if cfg.model.get("lora") is not None:  # a LoRA run: the adapter, as diffusers loads it
         from rlzoo.policies import LoraSettings
 
         settings = LoraSettings(**OmegaConf.to_container(cfg.model.lora, resolve=True))
-        return save_lora(state, settings, Path(out), {"weights": weights, "run_dir": str(run_dir),
-                                                      "iterations": _iterations(run_dir)})
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"rlzoo_weights": weights, "run_dir": str(run_dir)})
-    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "checkpoint"}
-    atomic_write_bytes(out / "config.json", json.dumps(
-        {"model": model, "task": cfg.task.name, "weights": weights, "run_dir": str(run_dir),
-         "iterations": _iterations(run_dir)}, indent=2).encode())
-    return out / "model.safetensors"
+        files = lora_files(state, settings, {"weights": weights, "run_dir": str(run_dir),
+                                             "iterations": _iterations(run_dir)})
+    else:
+        model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "checkpoint"}
+        _check_fits(cfg, state, checkpoint)
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
+        files = {"model.safetensors": save(tensors, metadata={"rlzoo_weights": weights, "run_dir": str(run_dir)}),
+                 "config.json": json.dumps({"model": model, "task": cfg.task.name, "weights": weights,
+                                            "run_dir": str(run_dir), "iterations": _iterations(run_dir)},
+                                           indent=2).encode()}
+    for name, data in files.items():
+        target.write(name, data)
+    target.close()
+    return target.path / names[0]
+
+
+def _check_fits(cfg, state: dict, checkpoint: Path) -> None:
+    """The weights fit the run's model (a foreign checkpoint is refused, not exported)."""
+    from rlzoo.config import build
+
+    model = build(cfg.task).load_base_model(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        from rlzoo.errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's model ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:160]}); it was left in place") from None
+
+
+def load_model(directory: Path):
+    """The velocity model a full fine-tuning export wrote (<dir>/config.json + model.safetensors),
+    without rlzoo's checkpoint format. config.json is untrusted input: its `_target_` must be one of
+    rlzoo's shipped models, so loading a downloaded export runs no code it names."""
+    from safetensors.torch import load_file
+
+    from rlzoo.config import ConfigError, build, check_untrusted
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        model_cfg = config["model"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{directory / 'config.json'} is not an rlzoo export's config ({type(exc).__name__})") from None
+    check_untrusted({"model": model_cfg}, str(directory / "config.json"))
+    model = build(model_cfg)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model
 
 
 def _iterations(run_dir: Path) -> int | None:
-    summary = run_dir / "summary.json"
-    return json.loads(summary.read_text()).get("iterations") if summary.exists() else None
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("iterations")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @one_line_errors("rlzoo export")
@@ -97,13 +155,15 @@ def main(argv: list[str] | None = None) -> Path:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     out = argv[argv.index("--out") + 1] if "--out" in argv and argv.index("--out") + 1 < len(argv) else None
-    options = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = sorted(set(options) - {"run_dir", "weights"})
+    rest = [a for i, a in enumerate(argv) if a != "--out" and not (i and argv[i - 1] == "--out")]
+    flags = [a for a in rest if a.startswith("-")]
+    options = dict(a.split("=", 1) for a in rest if "=" in a and not a.startswith("-"))
+    unknown = sorted(set(options) - {"run_dir", "weights"}) + sorted(set(flags) - {"--overwrite"})
+    unknown += [a for a in rest if "=" not in a and not a.startswith("-")]
     if "run_dir" not in options or out is None or unknown:
-        raise ConfigError("usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current]"
-                          + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
-    path = export(Path(options["run_dir"]), Path(out), options.get("weights"))
-    print(f"written: {', '.join(str(p) for p in sorted(path.parent.iterdir()))}")
+        raise ConfigError(USAGE + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
+    path = export(Path(options["run_dir"]), Path(out), options.get("weights"), "--overwrite" in flags)
+    print(f"written: {', '.join(str(p) for p in sorted(path.parent.iterdir()) if p.name != '.rlzoo-files.json')}")
     return path
 
 

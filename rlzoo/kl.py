@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from rlzoo.ops import mean_dims
+from rlzoo.ranges import check
 from rlzoo.types import LikelihoodTerm
 
 
@@ -30,7 +31,7 @@ class KL:
     needs = frozenset()
 
     def __init__(self, beta: float = 0.0):
-        self.beta = float(beta)
+        self.beta = float(check("kl.beta", beta, 0, note="0 turns the KL off"))
 
     def __call__(self, term: LikelihoodTerm) -> Tensor | None:
         return None

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from rlzoo.ranges import check
 from rlzoo.types import Conditioning
 
 VIEWS = ("current", "old", "reference", "eval", "critic")  # critic: only after add_critic()
@@ -191,7 +192,7 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
 # peft adapter names of the three trained views ("eval" cannot name a submodule: nn.Module.eval)
 ADAPTERS = {"current": "current", "old": "old", "eval": "ema"}
 TRAINABLE_VIEWS = ("current", "critic")  # the views whose adapters take gradients
-LORA_INITS = ("gaussian", "default", "zeros")
+LORA_INITS = ("gaussian", "default")  # peft: gaussian A, or kaiming A; B = 0 in both
 
 
 @dataclass
@@ -208,8 +209,8 @@ class LoraSettings:
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"])
 
     def __post_init__(self):
-        if int(self.rank) < 1:
-            raise ValueError(f"model.lora.rank must be a positive int, got {self.rank!r}")
+        check("model.lora.rank", self.rank, 1, integer=True)
+        check("model.lora.alpha", self.alpha, 0, low_open=True, note="the LoRA scale is alpha / rank")
         if self.init not in LORA_INITS:
             raise ValueError(f"unknown model.lora.init {self.init!r}; valid: {', '.join(LORA_INITS)}")
         if not self.target_modules:
@@ -218,7 +219,7 @@ class LoraSettings:
     def peft_config(self):
         from peft import LoraConfig
 
-        init = {"gaussian": "gaussian", "default": True, "zeros": False}[self.init]
+        init = {"gaussian": "gaussian", "default": True}[self.init]
         return LoraConfig(r=int(self.rank), lora_alpha=float(self.alpha), init_lora_weights=init,
                           target_modules=list(self.target_modules))
 

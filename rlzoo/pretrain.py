@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from rlzoo.errors import one_line_errors
+
 
 def pretrain(task, model: torch.nn.Module, steps: int, batch_size: int, lr: float, seed: int,
              log_every: int = 500, warmup: int = 200) -> list[dict]:
@@ -64,10 +66,23 @@ def run(cfg) -> str:
     return digest
 
 
+@one_line_errors("rlzoo-pretrain")
 def main(argv: list[str] | None = None) -> None:
-    from rlzoo.config import compose_config
+    from rlzoo.config import ConfigError, compose_config
+    from rlzoo.ranges import check
 
     cfg = compose_config(sys.argv[1:] if argv is None else argv)
+    p = cfg.get("pretrain")
+    if p is None:
+        raise ConfigError(f"task={cfg.task.name} has no pretraining recipe (a `pretrain` block); "
+                          f"its base model comes from elsewhere")
+    try:
+        for key in ("steps", "batch_size", "log_every"):
+            check(f"pretrain.{key}", p.get(key), 1, integer=True)
+        check("pretrain.lr", p.get("lr"), 0, low_open=True)
+        check("pretrain.seed", p.get("seed"), integer=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     run(cfg)
 
 

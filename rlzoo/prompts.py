@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlzoo.config import one_line_errors
+from rlzoo.errors import one_line_errors
 
 # The 80 COCO classes GenEval's detector knows, and GenEval's ten colours.
 COCO_OBJECTS = (
@@ -183,16 +183,21 @@ class FilePrompts(PromptSet):
         return list(self._test)
 
 
-def write(prompt_set: PromptSet, out: Path) -> dict[str, int]:
-    """<out>/{train,test}.jsonl (GenEval metadata) and {train,test}.txt (one prompt per line)."""
-    from rlzoo.runs import atomic_write_bytes
+def write(prompt_set: PromptSet, out: Path, overwrite: bool = False) -> dict[str, int]:
+    """<out>/{train,test}.jsonl (GenEval metadata) and {train,test}.txt (one prompt per line).
+    `out` follows the rules of every output (rlzoo.runs.outputs): new, empty, or written by an
+    earlier `rlzoo prompts`, unless `overwrite`."""
+    from rlzoo.runs.outputs import OutputDir
 
+    target = OutputDir(out, overwrite)
+    target.claim([f"{split}.{ext}" for split in ("train", "test") for ext in ("jsonl", "txt")])
     counts = {}
     for split in ("train", "test"):
         prompts = getattr(prompt_set, split)()
-        atomic_write_bytes(Path(out) / f"{split}.jsonl", "".join(json.dumps(p.metadata) + "\n" for p in prompts).encode())
-        atomic_write_bytes(Path(out) / f"{split}.txt", "".join(p.text + "\n" for p in prompts).encode())
+        target.write(f"{split}.jsonl", "".join(json.dumps(p.metadata) + "\n" for p in prompts).encode())
+        target.write(f"{split}.txt", "".join(p.text + "\n" for p in prompts).encode())
         counts[split] = len(prompts)
+    target.close()
     return counts
 
 
@@ -202,15 +207,18 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     out = argv[argv.index("--out") + 1] if "--out" in argv and argv.index("--out") + 1 < len(argv) else None
-    overrides = [a for a in argv if "=" in a]
-    if out is None or not any(a.startswith("prompts=") for a in overrides):
-        raise ConfigError("usage: rlzoo prompts prompts=geneval|file [prompts.<key>=...] --out DIR")
+    rest = [a for i, a in enumerate(argv) if a != "--out" and not (i and argv[i - 1] == "--out")]
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    unknown = [a for a in rest if a not in overrides and a != "--overwrite"]
+    usage = "usage: rlzoo prompts prompts=geneval|file [prompts.<key>=...] --out DIR [--overwrite]"
+    if out is None or not any(a.startswith("prompts=") for a in overrides) or unknown:
+        raise ConfigError(usage + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
     cfg = compose_config(overrides)
     try:
         prompt_set = build(cfg.prompts)
     except Exception as exc:  # hydra wraps the constructor's own message
         raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
-    counts = write(prompt_set, Path(out))
+    counts = write(prompt_set, Path(out), "--overwrite" in rest)
     print(f"written to {out}/: {counts['train']} train and {counts['test']} test prompts")
 
 

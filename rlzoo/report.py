@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlzoo.config import override_dict
-from rlzoo.runs import read_jsonl
+from rlzoo.config import ConfigError, override_dict
+from rlzoo.errors import one_line_errors
+from rlzoo.runs import read_jsonl, read_summary
+from rlzoo.runs.files import FAILED_STARTS
+from rlzoo.runs.outputs import OutputDir
 from rlzoo.stats import mean_ci, ratio_ci
 
 # Overrides that never define a row: they change where or how a run is logged, not what it computes.
@@ -29,7 +31,7 @@ IGNORED_KEYS = {"seed", "sweep", "sweep_name", "threads", "progress_bar", "logge
 class Run:
     path: Path
     overrides: dict[str, str]
-    status: str  # completed | failed | incomplete
+    status: str  # completed | failed | interrupted | running | incomplete (no summary)
     error: str | None = None
     final: float = math.nan
     best: float = math.nan
@@ -84,11 +86,9 @@ def _overrides(run_dir: Path) -> dict[str, str]:
 
 
 def load_run(run_dir: Path) -> Run:
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_summary(run_dir) or {}
     status = summary.get("status", "incomplete")
-    run = Run(run_dir, _overrides(run_dir), "incomplete" if status == "running" else status,
-              summary.get("error"))
+    run = Run(run_dir, _overrides(run_dir), status, summary.get("error"))
     evals = read_jsonl(run_dir / "eval.jsonl")
     run.curve = [(r["nfe_forward"] + r["nfe_backward"], r["reward"]) for r in evals]
     run.evals = evals
@@ -127,7 +127,8 @@ def find_runs(root: Path) -> list[Run]:
     the sweep's launch order, so table rows follow the order of the grid."""
     dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     dirs |= {p.parent for p in root.rglob("summary.json")}
-    dirs = sorted((d for d in dirs if d.name != "report"), key=lambda d: (_job_number(d), str(d)))
+    dirs = sorted((d for d in dirs if d.name != "report" and FAILED_STARTS not in d.relative_to(root).parts),
+                  key=lambda d: (_job_number(d), str(d)))
     return [load_run(d) for d in dirs]
 
 
@@ -366,7 +367,7 @@ def _mean_band(curves: list[list[tuple[float, float]]], low: float, high: float)
     return grid, mean, np.clip(mean - half, low, high), np.clip(mean + half, low, high)
 
 
-def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
+def plot(keys: list[str], rows: list[Row], out: "OutputDir") -> list[Path]:
     """curves.png (held-out reward vs model evaluations, mean and 95% band over seeds, one colour
     and line style per row, legend outside the axes), curves_grid.png (small multiples, one panel
     per row over the others in grey; when there are more than 4 rows) and reward_vs_kl.png
@@ -400,8 +401,7 @@ def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    paths = [out_dir / "curves.png"]
-    fig.savefig(paths[-1], dpi=120)
+    paths = [out.save_figure("curves.png", fig, dpi=120)]
     plt.close(fig)
 
     if len(drawn) > 4:
@@ -423,8 +423,7 @@ def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
         fig.supxlabel(xlabel, fontsize=9)
         fig.supylabel(ylabel, fontsize=9)
         fig.tight_layout()
-        paths.append(out_dir / "curves_grid.png")
-        fig.savefig(paths[-1], dpi=110)
+        paths.append(out.save_figure("curves_grid.png", fig, dpi=110))
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -450,13 +449,12 @@ def plot(keys: list[str], rows: list[Row], out_dir: Path) -> list[Path]:
     else:  # every row ran without a KL term (kl=none)
         ax.text(0.5, 0.5, "no KL term in these runs (kl=none)", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    paths.append(out_dir / "reward_vs_kl.png")
-    fig.savefig(paths[-1], dpi=120)
+    paths.append(out.save_figure("reward_vs_kl.png", fig, dpi=120))
     plt.close(fig)
     return paths
 
 
-def plot_metric(keys: list[str], rows: list[Row], metric: str, out_dir: Path) -> Path:
+def plot_metric(keys: list[str], rows: list[Row], metric: str, out: "OutputDir") -> Path:
     """curves_<metric>.png: an evaluation metric vs model evaluations, mean and 95% band over seeds."""
     import math as _math
 
@@ -483,8 +481,7 @@ def plot_metric(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
     ax.set_ylabel(f"held-out {metric}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    path = out_dir / f"curves_{metric}.png"
-    fig.savefig(path, dpi=120)
+    path = out.save_figure(f"curves_{metric}.png", fig, dpi=120)
     plt.close(fig)
     return path
 
@@ -518,23 +515,33 @@ EXPORTED = (".hydra/overrides.yaml", ".hydra/hydra.yaml", "config.yaml", "summar
             "metrics.jsonl", "error.txt")
 
 
-def export(root: Path, dest: Path) -> Path:
-    """Copy the files the report reads from every run under `root` to `dest` (for committing)."""
-    import shutil
+def export(root: Path, dest: Path, overwrite: bool = False) -> Path:
+    """Copy the files the report reads from every run under `root` to `dest` (for committing).
+    `dest` follows the rules of every output (rlzoo.runs.outputs): new, empty, or written by an
+    earlier export, unless `overwrite`."""
+    from rlzoo.runs.outputs import OutputDir
 
-    for run in find_runs(Path(root)):
-        for name in EXPORTED:
-            source = run.path / name
-            if source.exists():
-                target = Path(dest) / run.path.relative_to(root) / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+    runs = find_runs(Path(root))
+    if not runs:
+        raise ConfigError(f"no run directories under {root}")
+    files = {str(run.path.relative_to(root) / name): run.path / name
+             for run in runs for name in EXPORTED if (run.path / name).exists()}
+    out = OutputDir(dest, overwrite)
+    out.claim(files)
+    for name, source in files.items():
+        out.write(name, source.read_bytes())
+    out.close()
     return Path(dest)
+
+
+# What `report` writes; plots of --metrics add curves_<metric>.png.
+REPORT_FILES = ("table.md", "table.csv", "table.tex", "runs.csv", "curves.png", "curves_grid.png",
+                "reward_vs_kl.png")
 
 
 def report(root: Path | list[Path], threshold: float | None = None, baseline: str | None = None,
            out_dir: Path | None = None, plots: bool = True, wandb_project: str | None = None,
-           metrics: list[str] | None = None) -> str:
+           metrics: list[str] | None = None, overwrite: bool = False) -> str:
     """Write the table and plots for the runs under `root`; return the Markdown table.
 
     Several roots (e.g. a sweep and a longer run of one of its rows) go into one table: each run
@@ -542,12 +549,12 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     can be taken from either, e.g. `source=paper_a_ablation,row=epg_elbo_ode`."""
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     if len(roots) > 1 and out_dir is None:
-        raise SystemExit(f"rlzoo report: several directories ({', '.join(map(str, roots))}) need --out DIR")
+        raise ConfigError(f"several directories ({', '.join(map(str, roots))}) need --out DIR")
     runs = []
     for r in roots:
         found = find_runs(r)
         if not found:
-            raise SystemExit(f"rlzoo report: no run directories under {r}")
+            raise ConfigError(f"no run directories under {r}")
         if len(roots) > 1:
             for run in found:
                 run.overrides = {"source": r.name, **run.overrides}
@@ -561,7 +568,8 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     base_label = dict(item.split("=", 1) for item in baseline.split(",")) if baseline else None
     header, cells = table_rows(keys, rows, threshold, base_label, metrics)
     out_dir = Path(out_dir) if out_dir else root / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = OutputDir(out_dir, overwrite)
+    out.claim([*REPORT_FILES, *(f"curves_{m}.png" for m in metrics)])
     markdown = to_markdown(header, cells)
     notes = [f"\n{len(runs)} runs in {len(rows)} rows; cells are mean ± 95% t interval over seeds "
              f"(completed runs only); compute = forward + backward model evaluations per sample."]
@@ -582,14 +590,15 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
         if teacher:
             notes.append("The teacher's own samples (eval.teacher_steps) against the data: " +
                          ", ".join(f"{m} {v:.3f}" for m, v in teacher.items()) + ".")
-    (out_dir / "table.md").write_text(markdown + "\n".join(notes) + "\n")
-    (out_dir / "table.csv").write_text(to_csv(header, cells))
-    (out_dir / "table.tex").write_text(to_latex(header, cells))
-    (out_dir / "runs.csv").write_text(runs_csv(runs))
+    out.write_text("table.md", markdown + "\n".join(notes) + "\n")
+    out.write_text("table.csv", to_csv(header, cells))
+    out.write_text("table.tex", to_latex(header, cells))
+    out.write_text("runs.csv", runs_csv(runs))
     if plots:
-        plot(keys, rows, out_dir)
+        plot(keys, rows, out)
         for metric in metrics:
-            plot_metric(keys, rows, metric, out_dir)
+            plot_metric(keys, rows, metric, out)
+    out.close()
     if wandb_project:
         log_to_wandb(header, cells, out_dir, name=root.name, project=wandb_project)
     return markdown + "\n".join(notes) + "\n"
@@ -609,6 +618,7 @@ def log_to_wandb(header: list[str], cells: list[list[str]], out_dir: Path, name:
     run.finish()
 
 
+@one_line_errors("rlzoo report")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlzoo report", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", nargs="+", help="a multirun directory (e.g. multirun/smoke) or any tree "
@@ -623,6 +633,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated evaluation metrics as more columns and plots, e.g. "
                              "fid_data,fid_teacher (default: the sweep's report.metrics)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out / --export that rlzoo did not write (only the files it writes)")
     parser.add_argument("--wandb", default=None, metavar="PROJECT",
                         help="also log the table (wandb.Table) and plots to wandb PROJECT, run <sweep>/report")
     parser.add_argument("--export", default=None, metavar="DIR",
@@ -631,9 +643,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.export and len(args.root) > 1:
         parser.error(f"--export takes one directory, got {len(args.root)}: {' '.join(args.root)}")
-    roots = [export(Path(args.root[0]), Path(args.export))] if args.export else [Path(r) for r in args.root]
+    roots = ([export(Path(args.root[0]), Path(args.export), args.overwrite)] if args.export
+             else [Path(r) for r in args.root])
     metrics = args.metrics.split(",") if args.metrics else None
-    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots, args.wandb, metrics))
+    print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots, args.wandb, metrics,
+                 args.overwrite))
     print(f"written to {Path(args.out) if args.out else roots[0] / 'report'}/")
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlzoo.config import CONF_DIR, GROUPS, ConfigError, available, check_overrides
+from rlzoo.config import CONF_DIR, GROUPS, available, check_overrides
+from rlzoo.errors import one_line_errors
 
 USAGE = """usage: rlzoo-train [group=choice ...] [key=value ...] [-m for a sweep]
 
@@ -39,50 +40,84 @@ def help_text() -> str:
 
 
 def _run_job(cfg, in_sweep: bool = False) -> None:
-    """The body of one Hydra job: validate, build components, train, report."""
+    """The body of one Hydra job: validate, own the run directory, build components, train, report."""
     import torch
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from rlzoo.config import build, build_components, check_run_dir, validate
-    from rlzoo.runs import CheckpointError, atomic_write_bytes, is_finished, print_report
+    from rlzoo.runs import is_finished, print_report, read_summary, remove_temporary_files, run_lock
+    from rlzoo.runs.files import checkpoint_path
     from rlzoo.trainer import Trainer
 
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    check_run_dir(cfg, run_dir)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        import json
-
-        summary = json.loads(summary_path.read_text())
-        if is_finished(summary, cfg.train):
+    with run_lock(run_dir):  # (a single run took it before Hydra wrote .hydra/; a sweep's job takes it here)
+        check_run_dir(cfg, run_dir)
+        summary = read_summary(run_dir)
+        if summary is not None and checkpoint_path(run_dir).exists() and is_finished(summary, cfg.train):
             print(f"[rlzoo] {run_dir} already completed")
             print_report(summary)
             return
-    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(int(cfg.seed))
-    loggers = []
-    if cfg.logger.get("_target_"):
-        group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
-        loggers.append(build(OmegaConf.merge(cfg.logger, {"group": group}), run_dir=run_dir, name=name,
-                             run_config=run_config))
-    trainer = None
-    try:
-        trainer = Trainer(cfg, run_dir, build_components(cfg, loggers))
-        summary = trainer.fit()
-    except CheckpointError:
-        raise  # the run directory stays as it was; the message says what to do
-    except BaseException as exc:
-        if trainer is not None:
-            trainer.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        for logger in loggers:
-            logger.finish()
+        remove_temporary_files(run_dir)  # what a killed write left (.<name>.<random>.tmp)
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        torch.manual_seed(int(cfg.seed))
+        loggers, trainer = [], None
+        try:
+            if cfg.logger.get("_target_"):
+                group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
+                node = {**OmegaConf.to_container(cfg.logger, resolve=True), "group": group}
+                loggers.append(build(node, run_dir=run_dir, name=name, run_config=run_config))
+            trainer = Trainer(cfg, run_dir, build_components(cfg, loggers))
+            summary = trainer.fit()
+        except BaseException as exc:
+            raise RunFailed(exc, *_record_failure(run_dir, trainer, exc)) from exc
+        finally:
+            for logger in loggers:
+                logger.finish()
     print_report(summary)
+
+
+class RunFailed(Exception):
+    """A job's failure after it was recorded in its run directory: `what` is the one line,
+    `log` the file that holds the traceback (None for bad input, which needs none)."""
+
+    def __init__(self, cause: BaseException, what: str, log: Path | None):
+        super().__init__(what)
+        self.cause, self.what, self.log = cause, what, log
+
+
+def _record_failure(run_dir: Path, trainer, exc: BaseException) -> tuple[str, Path | None]:
+    """Say in the run directory how the run ended, without rewriting its record: bad input (a
+    checkpoint that does not fit, a config that does not) writes nothing; an interruption writes
+    summary.json with status "interrupted"; any other failure writes the traceback to error.txt
+    and status "failed". A summary is written only by a run whose state was loaded or begun
+    (a resume that fails while building its model leaves a completed run's summary alone)."""
+    from rlzoo.errors import BadInput, one_line, save_traceback, signal_number
+    from rlzoo.runs import write_summary
+
+    started = trainer is not None and trainer.started
+    number = signal_number(exc)
+    if number is not None:
+        import signal
+
+        done = trainer.progress.iteration if started else 0
+        resume = (f"; the checkpoint holds iteration {trainer.checkpoint_iteration}: rerun the same command to resume"
+                  if started and trainer.checkpoint_iteration is not None else "")
+        what = f"interrupted by {signal.Signals(number).name} after {done} iterations{resume}"
+        if started:
+            trainer.write_summary("interrupted", error=what)
+        return what, None
+    what = one_line(exc)
+    if isinstance(exc, BadInput):
+        return what, None
+    log = save_traceback("rlzoo-train", exc, run_dir / "error.txt")
+    if started:
+        trainer.write_summary("failed", error=what)
+    elif not (run_dir / "summary.json").exists():  # failed before the trainer could say so
+        write_summary(run_dir, "failed", error=what)
+    return what, log
 
 
 def logger_identity(cfg, in_sweep: bool, overrides: list[str]) -> tuple[str, str, dict]:
@@ -117,24 +152,35 @@ def main(argv: list[str] | None = None) -> None:
     if "--hydra-help" in argv:
         argv[argv.index("--hydra-help")] = "--help"
     multirun = "-m" in argv or "--multirun" in argv
-    try:
-        check_overrides(argv)
-        options = [a for a in argv if a.startswith("-")]
-        if not multirun and not options:
-            from rlzoo.config import check_run_dir, compose_config, validate
+    _launch(argv, multirun)
 
-            cfg = compose_config(argv)
-            validate(cfg)
+
+@one_line_errors("rlzoo-train")
+def _launch(argv: list[str], multirun: bool) -> None:
+    """Validate, then hand the run (or sweep) to Hydra. A single run's directory is locked here,
+    before Hydra writes its .hydra/ record into it, so a second process cannot touch it at all."""
+    from rlzoo.runs import run_lock
+
+    check_overrides(argv)
+    options = [a for a in argv if a.startswith("-")]
+    if not multirun and not options:
+        from rlzoo.config import check_run_dir, compose_config, validate
+
+        cfg = compose_config(argv)
+        validate(cfg)
+        check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
+        with run_lock(Path(cfg.run_dir)):
             check_run_dir(cfg, Path(cfg.run_dir))
-        elif multirun and set(options) <= {"-m", "--multirun"}:
-            from rlzoo.sweeps import validate_sweep
+            return _hydra(argv)
+    if multirun and set(options) <= {"-m", "--multirun"}:
+        from rlzoo.sweeps import validate_sweep
 
-            jobs = validate_sweep([a for a in argv if not a.startswith("-")])
-            print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
-    except ConfigError as exc:
-        print(f"rlzoo-train: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        jobs = validate_sweep([a for a in argv if not a.startswith("-")])
+        print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
+    _hydra(argv)
 
+
+def _hydra(argv: list[str]) -> None:
     import hydra
 
     sys.argv = [sys.argv[0], *argv]
@@ -142,38 +188,36 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _job(cfg) -> None:
+    """One Hydra job. Alone, any failure ends the process with one line and its exit code; inside
+    a sweep a failed job is reported in one line and the sweep goes on (an interruption stops it)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from rlzoo.runs import CheckpointError
+    from rlzoo.errors import RunLocked, fail, signal_number
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         _run_job(cfg, in_sweep)
-    except (ConfigError, CheckpointError) as exc:
-        if in_sweep:
-            return _job_failed(exc)
-        print(f"rlzoo-train: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception as exc:  # one bad job must not stop a sweep; its summary says why
-        if not in_sweep:
+    except RunFailed as exc:
+        if in_sweep and signal_number(exc.cause) is None:
+            where = f" (traceback in {exc.log})" if exc.log else ""
+            print(f"[rlzoo] job {HydraConfig.get().runtime.output_dir} failed: {exc.what}{where}; the sweep goes on",
+                  file=sys.stderr, flush=True)
+            return
+        raise fail("rlzoo-train", exc.cause, what=exc.what, saved=exc.log) from None
+    except RunLocked as exc:
+        if in_sweep:  # another process runs this job (a second copy of the sweep): leave it alone
+            print(f"[rlzoo] job skipped: {exc}", file=sys.stderr, flush=True)
+            return
+        raise fail("rlzoo-train", exc) from None
+    except BaseException as exc:  # before the run directory was owned: bad input, an interruption
+        if isinstance(exc, SystemExit):
             raise
-        _job_failed(exc)
-
-
-def _job_failed(exc: BaseException) -> None:
-    import traceback
-
-    from hydra.core.hydra_config import HydraConfig
-
-    from rlzoo.runs import atomic_write_bytes, write_summary
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
-    if not (run_dir / "summary.json").exists():  # failed before the trainer could say so
-        write_summary(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
-    print(f"[rlzoo] job {run_dir} failed: {type(exc).__name__}: {exc} (the sweep goes on)",
-          file=sys.stderr, flush=True)
+        if in_sweep and signal_number(exc) is None:
+            print(f"[rlzoo] job {HydraConfig.get().runtime.output_dir} failed: {exc} (the sweep goes on)",
+                  file=sys.stderr, flush=True)
+            return
+        raise fail("rlzoo-train", exc) from None
 
 
 if __name__ == "__main__":

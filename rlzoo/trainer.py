@@ -19,13 +19,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from rlzoo.config import config_differences, run_fingerprint
+from rlzoo.errors import CheckpointError
 from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
 from rlzoo.old_policy import eval_ema_decay, old_policy_decay
 from rlzoo.policies import make_policy
-from rlzoo.runs import (JsonlLogger, Phase, Progress, ProgressBar, atomic_torch_save, checkpoint_path,
-                        format_metrics, iteration_record, load_checkpoint, truncate_jsonl, write_summary)
+from rlzoo.runs import (
+    JsonlLogger,
+    Phase,
+    Progress,
+    ProgressBar,
+    atomic_torch_save,
+    atomic_write_bytes,
+    checkpoint_path,
+    format_metrics,
+    iteration_record,
+    load_checkpoint,
+    set_aside_failed_start,
+    truncate_jsonl,
+    write_summary,
+)
 from rlzoo.types import Components, Rollout
 
 
@@ -61,15 +76,22 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.progress = Progress()
         self.teacher_cache: dict = {}  # eval.teacher_steps: the teacher's samples, drawn once per run
+        self.started = False  # True once the run's state is loaded or its fresh record begun
+        self.checkpoint_iteration: int | None = None
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         if self.checkpoint_path.exists():
-            self.load_checkpoint()
+            self.load_checkpoint()  # everything checked before any file of the run is touched
+            self.started = True
             print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
         else:
+            set_aside_failed_start(self.run_dir)
+            self.started = True
             self.write_summary("running")
             self.run_eval("reference", grid_name="before")  # the base model
+            # the run directory is claimed (config.yaml + a checkpoint) only once the run has started
+            atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode())
             self.save_checkpoint()
         self.write_summary("running")
         bar = ProgressBar(self.cfg.train, self.progress, enabled=self.cfg.progress_bar)
@@ -210,23 +232,42 @@ class Trainer:
                            "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
                            "critic": self.critic.state_dict() if self.critic is not None else {},
                            "objective": self.objective.state_dict(),
-                           "generator": self.generator.get_state()}, self.checkpoint_path)
+                           "generator": self.generator.get_state(), "run": run_fingerprint(self.cfg)},
+                          self.checkpoint_path)
+        self.checkpoint_iteration = self.progress.iteration
         self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
                                    {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
 
     def load_checkpoint(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        self.progress = Progress.from_state_dict(state["progress"])
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.reward.load_state_dict(state.get("reward", {}))
-        if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
-        self.objective.load_state_dict(state.get("objective", {}))
-        self.generator.set_state(state["generator"].cpu())
+        """Restore the run from its checkpoint. A checkpoint that cannot be read, was written by a
+        run with another config, or does not fit this model is a one-line CheckpointError raised
+        before any file is touched; only then are the logs cut back to the checkpoint."""
+        path = self.checkpoint_path
+        state = load_checkpoint(path, map_location=self.device)
+        differs = config_differences(state.get("run"), run_fingerprint(self.cfg))
+        if differs:
+            raise CheckpointError(f"checkpoint {path} was written by a run with another config (differs in "
+                                  f"{', '.join(differs[:5])}); it was left in place: choose another run_dir=...")
+        try:
+            self.progress = Progress.from_state_dict(state["progress"])
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+            self.reward.load_state_dict(state.get("reward", {}))
+            if self.critic is not None:
+                self.critic.load_state_dict(state["critic"])
+            self.objective.load_state_dict(state.get("objective", {}))
+            self.generator.set_state(state["generator"].cpu())
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:160]
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {reason}); "
+                                  f"it was left in place: choose another run_dir=..., or move the checkpoint "
+                                  f"away to start this run afresh") from None
+        self.checkpoint_iteration = self.progress.iteration
         for name in ("metrics", "eval"):
-            truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)
+            aside = truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)
+            if aside is not None:
+                print(f"[rlzoo] {name}.jsonl had lines that are not JSON; the file as it was is kept as {aside}")
 
     def write_summary(self, status: str, error: str | None = None) -> dict:
         return write_summary(self.run_dir, status, self.progress, error=error, device=self.device,

@@ -127,7 +127,7 @@ def test_dm_reward_runs_in_a_toy2d_run_and_bad_settings_fail_before_any_model(tm
                              f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for override, message in [("critic.steps_per_update=0", "the critic ratio) must be an int >= 1, got 0"),
-                              ("critic.lr=0", "critic.lr must be positive"),
+                              ("critic.lr=0", "critic.lr must be a finite number > 0"),
                               ("reward.t_range=[0.5,0.2]", "reward.t_range must satisfy 0 < lo < hi < 1"),
                               ("reward.form=score", "unknown reward.form 'score'; valid: elbo_difference, dmd_norm")]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

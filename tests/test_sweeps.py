@@ -204,7 +204,7 @@ def test_report_puts_several_sweeps_in_one_table(tmp_path):
     for run in results.glob("experiment=*"):
         sweep = "long" if run.name.startswith("experiment=flowgrpo,") else "main"
         shutil.copytree(run, tmp_path / sweep / run.name)
-    with pytest.raises(SystemExit, match="need --out"):
+    with pytest.raises(ConfigError, match="need --out"):
         report([tmp_path / "main", tmp_path / "long"])
     table = report([tmp_path / "main", tmp_path / "long"], baseline="source=main,experiment=paper_a",
                    out_dir=tmp_path / "both", plots=False)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from rlzoo.ops import mean_dims, per_sample
+from rlzoo.ranges import check
 from rlzoo.types import LikelihoodTerm, Rollout
 
 WEIGHTINGS = ("adaptive", "t", "uniform", "exact")
@@ -70,8 +71,9 @@ class ELBOEstimator:
             raise ValueError(f"unknown ELBO timesteps {timesteps!r}; valid: {', '.join(TIMESTEPS)}")
         self.weighting = weighting
         self.timesteps = timesteps
-        self.num_terms = num_terms
-        self.noise_draws = int(noise_draws)
+        self.num_terms = check("estimator.num_terms", num_terms, 1, integer=True, optional=True,
+                               note="null = 99% of the sampler's steps")
+        self.noise_draws = check("estimator.noise_draws", noise_draws, 1, integer=True)
         self.shared_noise = bool(shared_noise)
         if not self.shared_noise:  # the old velocity is taken at another x_t
             self.provides = self.provides - {"velocity_old"}

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rlzoo.ops import mean_dims, per_sample
+from rlzoo.ranges import check
 from rlzoo.types import LikelihoodTerm
 
 
@@ -122,8 +123,8 @@ class Reinforce(Objective):
 
 class GRPO(Objective):
     def __init__(self, clip_range: float = 1e-3, adv_clip: float = 5.0):
-        self.clip_range = float(clip_range)
-        self.adv_clip = float(adv_clip)
+        self.clip_range = float(check("objective.clip_range", clip_range, 0, low_open=True))
+        self.adv_clip = float(check("objective.adv_clip", adv_clip, 0, low_open=True))
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return grpo_loss(term.log_lik, term.log_lik_old, advantage, self.clip_range, self.adv_clip)
@@ -162,7 +163,8 @@ class NFT(Objective):
     uses_ratio, needs = False, frozenset({"velocity", "velocity_old", "x_t", "x0", "t"})
 
     def __init__(self, gamma: float = 1.0, adv_clip: float = 5.0):
-        self.gamma, self.adv_clip = float(gamma), float(adv_clip)
+        self.gamma = float(check("objective.gamma", gamma, 0, low_open=True))
+        self.adv_clip = float(check("objective.adv_clip", adv_clip, 0, low_open=True))
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         from rlzoo.advantages import nft_mapping
@@ -177,7 +179,9 @@ class AWM(Objective):
     needs = frozenset({"velocity", "velocity_old", "noise", "x0", "t"})
 
     def __init__(self, clip_range: float = 1.0, power: float = 0.25, adv_clip: float = 5.0):
-        self.clip_range, self.power, self.adv_clip = float(clip_range), float(power), float(adv_clip)
+        self.clip_range = float(check("objective.clip_range", clip_range, 0, low_open=True))
+        self.power = float(check("objective.power", power, 0, 1, low_open=True))
+        self.adv_clip = float(check("objective.adv_clip", adv_clip, 0, low_open=True))
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         log_prob = awm_log_prob(term.velocity, term.noise, term.x0, term.t, self.power)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlzoo.ranges import check
 from rlzoo.types import Conditioning
 
 
@@ -106,8 +107,11 @@ class MixReward(Reward):
         if tiny is not None:
             rewards = {k: {**v, "tiny": bool(tiny)} if "tiny" in v else v for k, v in rewards.items()}
         self.parts = {name: build(node) for name, node in rewards.items()}
-        self.weights = {k: float(v) for k, v in weights.items()}
+        self.weights = {k: float(check(f"reward.weights.{k}", v, 0)) for k, v in weights.items()}
+        if not any(self.weights.values()):
+            raise ValueError("reward.weights are all 0: the mixed reward, and every advantage, would be 0")
         self.normalize = normalize
+        self.min_group_size = 2 if normalize == "group" else 1  # a group of one normalises to 0
         if not 0 <= float(momentum) < 1:
             raise ValueError(f"reward.momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)

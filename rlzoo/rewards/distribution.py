@@ -23,12 +23,16 @@ import torch
 from torch import Tensor
 
 from rlzoo.critic import unguided
-from rlzoo.distillation import (check_t_range, distribution_matching_reward, dmd_gradient_norm_reward,
-                                 noise_and_t, x0_prediction)
+from rlzoo.distillation import (
+    check_t_range,
+    distribution_matching_reward,
+    dmd_gradient_norm_reward,
+    noise_and_t,
+    x0_prediction,
+)
 from rlzoo.estimators.elbo import WEIGHTINGS, noised
 from rlzoo.rewards import Reward
 from rlzoo.types import Conditioning
-
 
 FORMS = ("elbo_difference", "dmd_norm")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rlzoo.ranges import check
 from rlzoo.rewards import Reward
 from rlzoo.tasks.base import resolve_weights
 from rlzoo.types import Conditioning
@@ -73,8 +74,11 @@ class CLIPReward(ImageReward):
                  use_logit_scale: bool = True, tiny: bool = False, seed: int = 0, batch_size: int = 32,
                  device: str | None = None, dtype: str = "float32", name: str = "clip"):
         self.path, self.processor_path = path, processor_path
-        self.scale, self.use_logit_scale = float(scale), bool(use_logit_scale)
-        self.tiny, self.seed, self.batch_size = bool(tiny), int(seed), int(batch_size)
+        # a negative scale would make RL minimise the score (normalised advantages hide the sign)
+        self.scale = float(check("reward.scale", scale, 0, low_open=True))
+        self.use_logit_scale = bool(use_logit_scale)
+        self.tiny, self.seed = bool(tiny), int(seed)
+        self.batch_size = check("reward.batch_size", batch_size, 1, integer=True)
         self.device, self.dtype, self.name = device, getattr(torch, dtype), name
         self._model = None
 

@@ -4,22 +4,29 @@ Protocol (JSON over HTTP POST, one request per batch of `batch_size` images):
 
     request:  {"prompts": [str], "images": [base64 PNG], "metadata": [dict]}
     response: {"scores": [float], "info": {name: [float]}}     # "info" optional, logged as reward/<name>
+    errors:   a 4xx or 5xx status with {"error": str}
 
 `metadata` is the prompt set's metadata of each prompt (for GenEval: tag, include, exclude), {}
-where there is none. A reference server is `scripts/reward_server.py`. A request that times out, a
-connection refused or a 5xx answer is retried (`retries` times, `backoff` seconds doubling); a
-malformed answer is not. Either way the error is one line naming `reward.url` and what happened;
-it is raised before the iteration's update, so the run's weights and files stay as they were.
+where there is none. The reference server is `rlzoo/rewards/server.py`.
+
+Every request is bounded: `timeout` seconds in all (connect, send, answer: a server that
+trickles bytes is cut off at the deadline, not at each read's), at most `max_response_bytes` read
+back. A timeout, a refused or dropped connection (also mid-answer) and a 5xx or 429 answer are
+retried (`retries` times, `backoff` seconds doubling); a 4xx or a malformed answer is not. Every
+failure is a `RemoteRewardError` of one line that names `reward.url`; it is raised before the
+iteration's update, so the run's weights and files stay as they were.
 """
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import math
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import torch
 from torch import Tensor
@@ -32,16 +39,8 @@ class RemoteRewardError(RuntimeError):
     """The reward server did not give a usable answer."""
 
 
-def encode_png(array) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-class RemoteRewardError(RuntimeError):
-    """The reward server did not give a usable answer."""
+class _Transient(Exception):
+    """A failure worth another try (a timeout, a dropped connection, a 5xx or 429)."""
 
 
 def encode_png(array) -> str:
@@ -52,28 +51,29 @@ def encode_png(array) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_png(text: str):
-    """base64 PNG -> HxWx3 uint8 array (what a server does with a request's images)."""
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+def _finite(value, low: float, name: str, strict: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (value <= low if strict else value < low):
+        raise ValueError(f"reward.{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+    return float(value)
 
 
 class RemoteReward(ImageReward):
     name = "remote"
 
     def __init__(self, url: str | None = None, timeout: float = 60.0, retries: int = 2, backoff: float = 1.0,
-                 batch_size: int = 64):
+                 batch_size: int = 64, max_response_bytes: int = 16 * 2**20):
         if not url:
             raise ValueError("reward.url is not set (the reward server's address, e.g. http://127.0.0.1:8000/)")
-        if not str(url).startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(str(url))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"reward.url={url!r} is not an http(s) URL")
-        if float(timeout) <= 0 or int(retries) < 0 or int(batch_size) < 1:
-            raise ValueError(f"reward=remote needs timeout > 0, retries >= 0, batch_size >= 1; got "
-                             f"timeout={timeout!r}, retries={retries!r}, batch_size={batch_size!r}")
-        self.url, self.timeout, self.retries = str(url), float(timeout), int(retries)
-        self.backoff, self.batch_size = float(backoff), int(batch_size)
+        for name, value in (("retries", retries), ("batch_size", batch_size), ("max_response_bytes", max_response_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "retries" else 1):
+                raise ValueError(f"reward.{name} must be an int >= {0 if name == 'retries' else 1}, got {value!r}")
+        self.url, self.timeout = str(url), _finite(timeout, 0, "timeout")
+        self.backoff = _finite(backoff, 0, "backoff", strict=False)
+        self.retries, self.batch_size, self.max_response_bytes = retries, batch_size, max_response_bytes
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
         prompts = list(cond.prompts)
@@ -103,20 +103,64 @@ class RemoteReward(ImageReward):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-                break
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code} {exc.reason}"
-                if exc.code < 500:  # the request itself is wrong: retrying will not help
-                    raise RemoteRewardError(f"reward.url={self.url} answered {last}") from None
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last = f"no answer within {self.timeout:g}s" if "timed out" in str(reason) else f"{reason}"
-        else:
-            raise RemoteRewardError(f"reward.url={self.url} failed after {self.retries + 1} tries: {last}")
-        return self.parse(raw, expected)
+                status, reason, raw = self._post(body)
+            except _Transient as exc:
+                last = str(exc)
+                continue
+            if status >= 500 or status == 429:  # the server is busy or broken: it may recover
+                last = f"HTTP {status} {reason}{_detail(raw)}"
+                continue
+            if status >= 400:  # the request itself is wrong: retrying will not help
+                raise RemoteRewardError(f"reward.url={self.url} answered HTTP {status} {reason}{_detail(raw)}")
+            return self.parse(raw, expected)
+        raise RemoteRewardError(f"reward.url={self.url} failed after {self.retries + 1} tries: {last}")
+
+    def _post(self, body: bytes) -> tuple[int, str, bytes]:
+        """One POST within `timeout` seconds in all: (status, reason, body of at most
+        `max_response_bytes`). A watchdog shuts the socket at the deadline, so no read can
+        outlive it however slowly the server sends."""
+        parts = urllib.parse.urlsplit(self.url)
+        connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = connection_type(parts.hostname, parts.port, timeout=self.timeout)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        deadline = time.monotonic() + self.timeout
+        opened: list = []  # the socket, once connected (http.client may drop its own reference to it)
+        watchdog = threading.Timer(self.timeout, _shut, (opened,))
+        watchdog.start()
+        try:
+            connection.connect()
+            opened.append(connection.sock)
+            try:
+                connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped reading (a 413?): its answer, if it sent one, says why
+            response = connection.getresponse()
+            declared = response.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise RemoteRewardError(f"reward.url={self.url} answered {int(declared):,} bytes, more than "
+                                        f"reward.max_response_bytes={self.max_response_bytes:,}")
+            raw = _read_capped(response, self.max_response_bytes)
+            if raw is None:
+                raise RemoteRewardError(f"reward.url={self.url} answered more than "
+                                        f"reward.max_response_bytes={self.max_response_bytes:,} bytes")
+            if response.length:  # Content-Length promised more than arrived
+                if time.monotonic() >= deadline:
+                    raise _Transient(f"no complete answer within {self.timeout:g}s")
+                raise _Transient(f"the connection dropped mid-answer ({len(raw):,} bytes of "
+                                 f"{len(raw) + response.length:,})")
+            return response.status, response.reason, raw
+        except (TimeoutError, socket.timeout):
+            raise _Transient(f"no answer within {self.timeout:g}s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() >= deadline:
+                raise _Transient(f"no answer within {self.timeout:g}s") from None
+            if isinstance(exc, http.client.IncompleteRead):
+                raise _Transient(f"the connection dropped mid-answer ({len(exc.partial):,} bytes read)") from None
+            reason = getattr(exc, "reason", None) or exc
+            raise _Transient(f"{type(exc).__name__}: {reason}" if str(reason) else type(exc).__name__) from None
+        finally:
+            watchdog.cancel()
+            connection.close()
 
     def parse(self, raw: bytes, expected: int) -> dict:
         try:
@@ -133,3 +177,34 @@ class RemoteReward(ImageReward):
         if not isinstance(info, dict):
             raise RemoteRewardError(f"reward.url={self.url}: 'info' must map names to lists of numbers")
         return {"scores": [float(s) for s in scores], "info": info}
+
+
+def _shut(opened: list) -> None:
+    """The watchdog's deadline: shut the request's socket, so a blocked read returns at once."""
+    for sock in opened:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _read_capped(response, cap: int) -> bytes | None:
+    """The response body, or None when it is longer than `cap` bytes."""
+    chunks, size = [], 0
+    while True:
+        chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+
+
+def _detail(raw: bytes) -> str:
+    """The server's own error message, if its answer carries one (shortened)."""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {' '.join(str(error).split())[:120]}" if error else ""

@@ -10,16 +10,47 @@ A scorer is `score(images, prompts, metadata) -> scores` or `-> (scores, info)`:
 HxWx3 uint8 arrays, `prompts` strings, `metadata` dicts (GenEval's tag/include/exclude when the prompt
 set has them); `scores` one float per image; `info` {name: [one float per image]} logged next to the
 reward. Protocol: rlzoo/rewards/remote.py.
+
+Limits (as any WSGI server sets them; flags below): a request body of at most --max-body-bytes
+(413 beyond, read no further), at most --max-pixels per decoded image (checked from the PNG header
+before any pixel is decoded, so a small file that would decode to gigabytes is refused with 413),
+--timeout seconds for a whole request to arrive (an idle or half-sent connection is closed then)
+and --workers requests scored at once (more wait in the listen queue). A bad request gets a 4xx
+whose message says what was wrong with it; a scorer that fails gets a 500 that says so, and its
+traceback goes to the server's stderr, never to the client.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import importlib
 import io
 import json
+import socket
+import sys
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 64 * 2**20   # 64 images of 1024² as PNG fit comfortably
+    max_pixels: int = 4096 * 4096      # per image; SD3.5 samples are 1024²
+    timeout: float = 30.0              # seconds for a whole request (line, headers, body) to arrive
+    workers: int = 8                   # requests handled at once
+
+
+class BadRequest(Exception):
+    """A request the server refuses: (status, message for the client)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def brightness(images, prompts, metadata):
@@ -27,31 +58,124 @@ def brightness(images, prompts, metadata):
     return [float(image.mean()) / 255.0 for image in images]
 
 
-def _decode(text: str):
+def decode_image(text, index: int, max_pixels: int):
+    """A base64 PNG -> HxWx3 uint8 array; its size is read from the header before decoding."""
     import numpy as np
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+    if not isinstance(text, str):
+        raise BadRequest(400, f"images[{index}] is not a base64 string")
+    too_large = BadRequest(413, f"images[{index}] has more pixels than this server's limit of {max_pixels:,}")
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the size is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+    except Image.DecompressionBombError:  # (Pillow refuses outright beyond twice its own limit)
+        raise too_large from None
+    except (binascii.Error, ValueError, OSError):
+        raise BadRequest(400, f"images[{index}] is not a base64-encoded image") from None
+    if image.format != "PNG":
+        raise BadRequest(400, f"images[{index}] is {image.format}, not PNG")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadRequest(413, f"images[{index}] has {width}x{height} pixels, more than this server's limit "
+                              f"of {max_pixels:,}")
+    try:
+        return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise BadRequest(400, f"images[{index}] is a damaged PNG") from None
 
 
-def make_handler(scorer: Callable) -> type:
+def parse_request(body: bytes, max_pixels: int) -> tuple[list, list, list]:
+    """(images, prompts, metadata) of a request body, or BadRequest saying what is wrong."""
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(400, "the body is not JSON") from None
+    if not isinstance(request, dict):
+        raise BadRequest(400, "the body is not a JSON object")
+    prompts, images = request.get("prompts"), request.get("images")
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest(400, "'prompts' must be a list of strings")
+    if not isinstance(images, list) or len(images) != len(prompts):
+        raise BadRequest(400, "'images' must be a list with one image per prompt")
+    metadata = request.get("metadata") or [{} for _ in prompts]
+    if not isinstance(metadata, list) or len(metadata) != len(prompts) or not all(isinstance(m, dict) for m in metadata):
+        raise BadRequest(400, "'metadata' must be a list with one object per prompt")
+    return [decode_image(text, i, max_pixels) for i, text in enumerate(images)], prompts, metadata
+
+
+def score_answer(scorer: Callable, images: list, prompts: list, metadata: list) -> dict:
+    """The scorer's answer in the protocol's shape (a scorer that breaks it is a 500)."""
+    result = scorer(images, prompts, metadata)
+    scores, info = result if isinstance(result, tuple) else (result, {})
+    scores = [float(s) for s in scores]
+    if len(scores) != len(images):
+        raise RuntimeError(f"the scorer returned {len(scores)} scores for {len(images)} images")
+    return {"scores": scores, "info": info}
+
+
+def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
     class Handler(BaseHTTPRequestHandler):
+        timeout = limits.timeout  # each read; the watchdog below bounds the whole request
+
+        def setup(self):
+            super().setup()
+            # whatever the client does (nothing, or a byte at a time), the request must arrive by then
+            self.watchdog = threading.Timer(limits.timeout, self._cut_off)
+            self.watchdog.start()
+
+        def finish(self):
+            self.watchdog.cancel()
+            super().finish()
+
+        def _cut_off(self):
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
         def do_POST(self):  # noqa: N802 (http.server's naming)
             try:
-                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                images = [_decode(i) for i in request["images"]]
-                prompts = request["prompts"]
-                metadata = request.get("metadata") or [{} for _ in prompts]
-                result = scorer(images, prompts, metadata)
-                scores, info = result if isinstance(result, tuple) else (result, {})
-                body, status = json.dumps({"scores": [float(s) for s in scores], "info": info}).encode(), 200
-            except Exception as exc:  # the client gets the reason, the server keeps serving
-                body, status = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode(), 500
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                body = self._read_body()
+                self.watchdog.cancel()  # the request has arrived; scoring may take its time
+                images, prompts, metadata = parse_request(body, limits.max_pixels)
+            except BadRequest as exc:
+                return self._answer(exc.status, {"error": str(exc)})
+            except (OSError, ValueError):  # the connection went away or was cut off mid-request
+                self.close_connection = True
+                return None
+            try:
+                answer = score_answer(scorer, images, prompts, metadata)
+            except Exception:
+                traceback.print_exc(file=sys.stderr)  # the server's log has the details, the client does not
+                return self._answer(500, {"error": "the scorer failed; the reward server's log has the traceback"})
+            return self._answer(200, answer)
+
+        def _read_body(self) -> bytes:
+            length = self.headers.get("Content-Length")
+            if length is None or not length.strip().isdigit():
+                raise BadRequest(411, "a Content-Length header is required")
+            if int(length) > limits.max_body_bytes:
+                raise BadRequest(413, f"the body of {int(length):,} bytes is more than this server's limit of "
+                                      f"{limits.max_body_bytes:,}")
+            body = self.rfile.read(int(length))
+            if len(body) < int(length):
+                raise OSError("the client sent less than its Content-Length")
+            return body
+
+        def _answer(self, status: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if status >= 400:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:  # the client is gone
+                self.close_connection = True
 
         def log_message(self, format, *args):  # quiet: one line per request is noise in training logs
             pass
@@ -59,14 +183,49 @@ def make_handler(scorer: Callable) -> type:
     return Handler
 
 
-def serve(scorer: Callable, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `workers` requests in flight: the accept loop waits for a
+    free worker, so further connections queue in the kernel instead of spawning threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, workers: int):
+        self.slots = threading.BoundedSemaphore(workers)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        self.slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve(scorer: Callable, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> BoundedHTTPServer:
     """A server (not yet serving: call serve_forever, e.g. in a thread); port 0 picks a free one."""
-    return ThreadingHTTPServer((host, port), make_handler(scorer))
+    return BoundedHTTPServer((host, port), make_handler(scorer, limits), limits.workers)
 
 
 def load_scorer(spec: str) -> Callable:
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+    if not module or not name:
+        raise ValueError(f"--scorer {spec!r} is not module:function")
+    try:
+        scorer = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ValueError(f"--scorer {spec!r}: module {module!r} cannot be imported ({exc})") from None
+    except AttributeError:
+        raise ValueError(f"--scorer {spec!r}: module {module!r} has no {name!r}") from None
+    if not callable(scorer):
+        raise ValueError(f"--scorer {spec!r} is not a function")
+    return scorer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,10 +233,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scorer", default=f"{__name__}:brightness", help="module:function")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
+    parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="per decoded image")
+    parser.add_argument("--timeout", type=float, default=Limits.timeout,
+                        help="seconds for a whole request to arrive")
+    parser.add_argument("--workers", type=int, default=Limits.workers, help="requests handled at once")
     args = parser.parse_args(argv)
-    server = serve(load_scorer(args.scorer), args.host, args.port)
+    prog = "reward server"
+    for name in ("max_body_bytes", "max_pixels", "workers", "timeout"):
+        value = getattr(args, name)
+        if not value > 0 or value == float("inf"):
+            print(f"{prog}: error: --{name.replace('_', '-')} must be a finite number > 0, got {value}", file=sys.stderr)
+            raise SystemExit(2)
+    try:
+        scorer = load_scorer(args.scorer)
+        server = serve(scorer, args.host, args.port,
+                       Limits(args.max_body_bytes, args.max_pixels, args.timeout, args.workers))
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        print(f"{prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"reward server on http://{args.host}:{server.server_address[1]}/ scoring with {args.scorer}", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print(f"{prog}: stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":

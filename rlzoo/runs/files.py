@@ -4,33 +4,54 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlzoo.errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message is one line and names the file."""
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # (read once: mkstemp creates files 0600; a run's files follow the umask like any other)
+TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: .<name>.<random>.tmp beside their target
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`: a crash
-    leaves either the old file or the new one, never half of one."""
+    leaves either the old file or the new one, never half of one (and at worst a temporary file
+    that `remove_temporary_files` cleans). An OS error (a full disk, a read-only file system)
+    names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+
+
+def remove_temporary_files(directory: Path) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in `directory` and its folders
+    (only names of the form .<name>.<random>.tmp, which rlzoo alone writes); returns them."""
+    removed = []
+    for path in Path(directory).rglob(f".*{TMP_SUFFIX}"):
+        if path.is_file() and path.name.count(".") >= 3:
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -41,6 +62,28 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# What a start that never reached its first checkpoint leaves behind (besides Hydra's .hydra/).
+START_RECORD = ("summary.json", "metrics.jsonl", "eval.jsonl", "error.txt", "config.yaml", "samples/before.png")
+FAILED_STARTS = "failed_starts"
+
+
+def set_aside_failed_start(run_dir: Path) -> Path | None:
+    """Before a run starts afresh (no checkpoint), move the record an earlier start left (its
+    summary, logs, error, config) into <run_dir>/failed_starts/<n>/, so the new run's logs begin
+    empty and nothing is lost; returns that folder, or None when there was nothing."""
+    run_dir = Path(run_dir)
+    present = [name for name in START_RECORD if (run_dir / name).is_file()]
+    if not present:
+        return None
+    root = run_dir / FAILED_STARTS
+    aside = next(root / str(n) for n in range(1, 10**6) if not (root / str(n)).exists())
+    for name in present:
+        (aside / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir / name, aside / name)
+    print(f"[rlzoo] {run_dir} held the record of a start that never reached a checkpoint; it is kept in {aside}")
+    return aside
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -64,25 +107,50 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def parse_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    """(records, numbers of the lines that are not JSON objects) of a JSONL log."""
     path = Path(path)
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
+        return [], []
+    records, damaged = [], []
+    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), 1):
+        if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break  # a line cut by a crash ends the log
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            damaged.append(number)
+    return records, damaged
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL log; a line that is not a JSON object is skipped with a warning
+    naming the file and line (a line cut by a crash, or a damaged disk block)."""
+    records, damaged = parse_jsonl(path)
+    if damaged:
+        print(f"[rlzoo] warning: {path}: line{'s' if len(damaged) > 1 else ''} "
+              f"{', '.join(map(str, damaged[:5]))} not JSON, skipped", file=sys.stderr)
     return records
 
 
-def truncate_jsonl(path: Path, max_iteration: int) -> None:
-    """Keep the records up to `max_iteration` (the checkpoint a resumed run restarts from)."""
+def truncate_jsonl(path: Path, max_iteration: int) -> Path | None:
+    """Keep the records up to `max_iteration` (the checkpoint a resumed run restarts from). A log
+    with a damaged line is first kept whole as <name>.damaged-<n> (returned), so resume never
+    loses a record, readable or not."""
     path = Path(path)
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if r.get("iteration", -1) <= max_iteration]
+    if not path.exists():
+        return None
+    records, damaged = parse_jsonl(path)
+    kept = [r for r in records if r.get("iteration", -1) <= max_iteration]
+    aside = None
+    if damaged:
+        aside = next(path.with_name(f"{path.name}.damaged-{n}") for n in range(1, 10**6)
+                     if not path.with_name(f"{path.name}.damaged-{n}").exists())
+        shutil.copyfile(path, aside)  # the original bytes, under a new name, before the log is rewritten
+    if damaged or len(kept) != len(records):
         atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return aside

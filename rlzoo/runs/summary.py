@@ -12,8 +12,8 @@ from rlzoo.runs.progress import Progress
 def write_summary(run_dir: Path, status: str, progress: Progress | None = None, *,
                   error: str | None = None, threshold: float | None = None,
                   eval_protocol: dict | None = None, device: torch.device = torch.device("cpu")) -> dict:
-    """Write summary.json with its fixed shape, for a running, completed or failed run; a run
-    that failed before training started has an empty `Progress`."""
+    """Write summary.json with its fixed shape, for a running, completed, failed or interrupted
+    run; a run that failed before training started has an empty `Progress`."""
     progress = progress or Progress()
     summary = {
         "status": status, "iterations": progress.iteration, "error": error,
@@ -23,6 +23,29 @@ def write_summary(run_dir: Path, status: str, progress: Progress | None = None, 
         "eval_protocol": eval_protocol, "run_dir": str(run_dir),
     }
     atomic_write_json(summary, Path(run_dir) / "summary.json")
+    return summary
+
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """A run's summary.json, or None when it has none or it is unreadable. A summary that says
+    "running" while no process holds the run's lock belongs to a process that was killed (kill -9,
+    a lost node): it is returned as "interrupted", so no reader believes a dead run is alive."""
+    import json
+
+    from rlzoo.runs.lock import is_held
+
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    if summary.get("status") == "running" and not is_held(run_dir):
+        summary = {**summary, "status": "interrupted",
+                   "error": summary.get("error") or "the process ended without writing its summary (killed?)"}
     return summary
 
 

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlzoo.ranges import check
 from rlzoo.samplers.kernels import dpm_solver_2m_step, euler_step
 from rlzoo.samplers.schedule import shifted_sigmas
 from rlzoo.types import Conditioning, Rollout
@@ -29,11 +30,9 @@ class Sampler:
     # "differentiable_sample": it records x_k on request and its last step predicts x0 (ODE samplers)
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0, cfg_scale: float = 1.0):
-        if not float(cfg_scale) >= 1.0:
-            raise ValueError(f"sampler.cfg_scale must be >= 1 (1 = no guidance), got {cfg_scale!r}")
-        self.num_steps = int(num_steps)
-        self.shift = float(shift)
-        self.cfg_scale = float(cfg_scale)
+        self.num_steps = check("sampler.num_steps", num_steps, 1, integer=True)
+        self.shift = float(check("sampler.shift", shift, 0, low_open=True, note="1 = no shift"))
+        self.cfg_scale = float(check("sampler.cfg_scale", cfg_scale, 1, note="1 = no guidance"))
 
     def sigmas(self) -> Tensor:
         return shifted_sigmas(self.num_steps, self.shift)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from rlzoo.ranges import check
 from rlzoo.samplers import Sampler, VelocityFn, _sigma_batch
 from rlzoo.samplers.kernels import cps_step, dance_sde_step, euler_step, flow_sde_step
 from rlzoo.types import Conditioning, Rollout
@@ -40,7 +41,10 @@ class SDESampler(Sampler):
         super().__init__(num_steps, shift, cfg_scale)
         if kernel not in KERNELS:
             raise ValueError(f"unknown SDE kernel {kernel!r}; valid: {', '.join(KERNELS)}")
-        self.kernel, self.eta = kernel, float(eta)
+        # cps: std = sigma·sin(eta·pi/2), so eta in (0, 1]; 0 (or 2) leaves no noise and no gradient
+        self.kernel = kernel
+        self.eta = float(check("sampler.eta", eta, 0, 1 if kernel == "cps" else None, low_open=True,
+                               note="the SDE's noise level; 0 leaves no noise to take log-probs of"))
         error = window_error(num_steps, window, window_size, window_range)
         if error:
             raise ValueError(error)

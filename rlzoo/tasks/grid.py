@@ -1,6 +1,7 @@
 """Sample grids: each image with its caption underneath (the prompt, and a verdict or a score)."""
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
@@ -14,8 +15,8 @@ def image_grid(images: Tensor, captions: list[str], path: Path, columns: int = 8
     image and the caption's first line."""
     from PIL import Image, ImageDraw
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from rlzoo.runs.files import atomic_write_bytes
+
     n = len(images)
     frame, line_height = (3 if frames else 0), 11
     cell_w, cell_h = tile + 2 * frame + 6, tile + 2 * frame + line_height * lines + 6
@@ -33,4 +34,6 @@ def image_grid(images: Tensor, captions: list[str], path: Path, columns: int = 8
         wrapped = textwrap.wrap(captions[i], width=max(8, (tile + 2 * frame) // 6))[:lines]
         for k, text in enumerate(wrapped):
             draw.text((x, y + tile + 2 * frame + 2 + k * line_height), text, fill=colour if k == 0 else (0, 0, 0))
-    canvas.save(path)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(Path(path), buffer.getvalue())

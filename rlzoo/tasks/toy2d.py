@@ -9,6 +9,7 @@ a memorised prompt.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -141,7 +142,8 @@ class Toy2DTask(Task):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from rlzoo.runs.files import atomic_write_bytes
+
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
         angles = cond.inputs["angle"].cpu()
         colours = plt.cm.hsv((angles / (2 * math.pi)).numpy())
@@ -154,5 +156,7 @@ class Toy2DTask(Task):
         hit = self.score(x0, cond)["hit"].mean()
         ax.set_title(f"{path.stem}: held-out hit rate {float(hit):.2f}", fontsize=9)
         fig.tight_layout()
-        fig.savefig(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
         plt.close(fig)
+        atomic_write_bytes(Path(path), buffer.getvalue())

@@ -1,0 +1,38 @@
+"""Range checks for a component's numeric arguments: a value outside the range in which it means
+what its name says (a negative KL coefficient, an EMA cap of 1.5, zero ELBO terms) is refused
+with one line naming the key, the valid range and the value, before any compute."""
+from __future__ import annotations
+
+import math
+
+
+def check(name: str, value, low: float | None = None, high: float | None = None, *, integer: bool = False,
+          low_open: bool = False, high_open: bool = False, optional: bool = False, note: str = ""):
+    """`value` if it is a finite number (an int with `integer`) within [low, high] (open ends as
+    flagged; None = unbounded), None if `optional` and None; else ValueError:
+    "kl.beta must be a finite number >= 0 (0 turns the KL off), got -0.1"."""
+    if value is None and optional:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and integer and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    fits = number and math.isfinite(value) and (not integer or isinstance(value, int))
+    if fits and low is not None:
+        fits = value > low if low_open else value >= low
+    if fits and high is not None:
+        fits = value < high if high_open else value <= high
+    if not fits:
+        raise ValueError(f"{name} must be {describe(low, high, integer, low_open, high_open)}"
+                         f"{' or null' if optional else ''}{f' ({note})' if note else ''}, got {value!r}")
+    return value
+
+
+def describe(low, high, integer: bool = False, low_open: bool = False, high_open: bool = False) -> str:
+    kind = "an int" if integer else "a finite number"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '<='} {high:g}"
+    return kind
