@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -561,24 +561,6 @@ def test_leftover_temporary_files_are_removed_and_nothing_else(run, here):
 
 
 # ------------------------------------------------------------------------------ 5. bounded remote rewards
-@pytest.fixture
-def stub():
-    """Start a stdlib HTTP server with the given handler class on a free port."""
-    servers = []
-
-    def start(handler) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 def handler(answer, calls: list | None = None):
     """A handler that reads the request and runs `answer(self)`."""
     class Handler(BaseHTTPRequestHandler):
@@ -612,7 +594,7 @@ def score(url, **kwargs):
         torch.rand(2, 3, 4, 4), ["a", "b"])
 
 
-def test_a_trickling_server_is_cut_off_at_the_request_deadline(stub):
+def test_a_trickling_server_is_cut_off_at_the_request_deadline(server):
     from rlzoo.rewards.remote import RemoteRewardError
 
     def trickle(h):
@@ -625,14 +607,14 @@ def test_a_trickling_server_is_cut_off_at_the_request_deadline(stub):
             h.wfile.flush()
             time.sleep(0.1)
 
-    url = stub(handler(trickle))
+    url = server(handler=handler(trickle))
     start = time.perf_counter()
     with pytest.raises(RemoteRewardError, match="within 0.5s") as info:
         score(url)
     assert time.perf_counter() - start < 2.0 and url in str(info.value)  # 2 tries x 0.5 s, not 25 x 0.1 s each
 
 
-def test_a_connection_dropped_mid_answer_names_the_url_and_is_retried(stub):
+def test_a_connection_dropped_mid_answer_names_the_url_and_is_retried(server):
     from rlzoo.rewards.remote import RemoteRewardError
 
     calls = []
@@ -645,14 +627,14 @@ def test_a_connection_dropped_mid_answer_names_the_url_and_is_retried(stub):
         h.wfile.flush()
         h.connection.shutdown(socket.SHUT_RDWR)
 
-    url = stub(handler(drop, calls))
+    url = server(handler=handler(drop, calls))
     with pytest.raises(RemoteRewardError, match="dropped mid-answer") as info:
         score(url, retries=2)
     assert url in str(info.value) and len(calls) == 3
 
 
 @pytest.mark.parametrize("declared", [True, False])
-def test_an_oversized_answer_is_refused_not_read(stub, declared):
+def test_an_oversized_answer_is_refused_not_read(server, declared):
     from rlzoo.rewards.remote import RemoteRewardError
 
     calls = []
@@ -664,33 +646,33 @@ def test_an_oversized_answer_is_refused_not_read(stub, declared):
         h.end_headers()
         h.wfile.write(b"x" * 50_000)
 
-    url = stub(handler(big, calls))
+    url = server(handler=handler(big, calls))
     with pytest.raises(RemoteRewardError, match="max_response_bytes") as info:
         score(url, max_response_bytes=10_000, retries=3)
     assert url in str(info.value) and len(calls) == 1
 
 
-def test_a_4xx_is_not_retried_and_carries_the_server_reason(stub):
+def test_a_4xx_is_not_retried_and_carries_the_server_reason(server):
     from rlzoo.rewards.remote import RemoteRewardError
 
     calls = []
-    url = stub(handler(reply(413, json.dumps({"error": "the body is too large"}).encode()), calls))
+    url = server(handler=handler(reply(413, json.dumps({"error": "the body is too large"}).encode()), calls))
     with pytest.raises(RemoteRewardError, match="HTTP 413.*the body is too large"):
         score(url, retries=3)
     assert len(calls) == 1
 
 
-def test_a_429_is_retried_with_backoff(stub):
+def test_a_429_is_retried_with_backoff(server):
     from rlzoo.rewards.remote import RemoteRewardError
 
     calls = []
-    url = stub(handler(reply(429, b"{}"), calls))
+    url = server(handler=handler(reply(429, b"{}"), calls))
     with pytest.raises(RemoteRewardError, match="failed after 3 tries: HTTP 429"):
         score(url, retries=2)
     assert len(calls) == 3
 
 
-def test_a_server_that_recovers_is_used(stub):
+def test_a_server_that_recovers_is_used(server):
     calls = []
 
     def flaky(h):
@@ -699,7 +681,7 @@ def test_a_server_that_recovers_is_used(stub):
             return
         reply(200, json.dumps({"scores": [0.25, 0.75]}).encode())(h)
 
-    url = stub(handler(flaky, calls))
+    url = server(handler=handler(flaky, calls))
     assert score(url, retries=2).tolist() == [0.25, 0.75] and len(calls) == 3
 
 

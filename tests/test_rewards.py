@@ -3,9 +3,8 @@ the mix, and the tiny image reward models."""
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -14,25 +13,7 @@ from omegaconf import OmegaConf
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
 from rlzoo.rewards import MixReward, Reward, normalized
 from rlzoo.rewards.remote import RemoteReward, RemoteRewardError
-from rlzoo.rewards.server import serve
 from rlzoo.types import Conditioning
-
-
-@pytest.fixture
-def server():
-    """Start a reward server on a free port with the given handler or scorer; stopped afterwards."""
-    started = []
-
-    def start(scorer=None, handler=None):
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler) if handler else serve(scorer, port=0)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        started.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/"
-
-    yield start
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
 
 
 def cond_of(prompts, groups=None):
