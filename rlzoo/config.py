@@ -136,8 +136,8 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
                       ("checkpoint_every", int), ("eval.teacher_steps", int), ("threads", int)):
         if OmegaConf.select(cfg, key) is not None:
             _positive(cfg, key, kind)
-    for key in ("seed", "eval.seed"):
-        _in_range(cfg, key, integer=True)
+    for key in ("seed", "eval.seed"):  # what torch.Generator.manual_seed takes
+        _in_range(cfg, key, -2**63, 2**63 - 1, integer=True)
     _in_range(cfg, "eval.ema_cap", 0, 1, high_open=True, note="the cap of the evaluation EMA's decay")
     batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
     if batch % group:
@@ -156,6 +156,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     _validate_guidance(cfg)
     _validate_policy_settings(cfg.model)
     _validate_arguments(cfg)
+    _validate_task(cfg)
     built = _validate_construction(cfg)
     _validate_combination(cfg, built)
     _validate_steps(cfg, built)
@@ -171,6 +172,20 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
             if not isinstance(cause, ValueError):
                 raise
             raise ConfigError(" ".join(str(cause).split())) from None
+
+
+def _validate_task(cfg: DictConfig) -> None:
+    """Build the task (prompts and splits, no model): its own checks (a prompt file that does not
+    exist, a held-out fraction outside (0, 1)) fail here, before the run directory is touched."""
+    try:
+        build(cfg.task)
+    except Exception as exc:  # hydra wraps the constructor's error (twice for a nested prompt set)
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if not isinstance(cause, (ValueError, TypeError, OSError)):
+            raise
+        raise ConfigError(f"task={cfg.task.get('name', '?')}: {' '.join(str(cause).split())}") from None
 
 
 def _validate_lr_schedule(cfg: DictConfig) -> None:
@@ -426,24 +441,48 @@ def valid_grid() -> list[tuple[str, str, str]]:
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """A run directory holding a different run is never resumed into or overwritten. A run is
-    there once it has started: its config.yaml and a checkpoint (a start that failed before its
-    first checkpoint claims nothing, so the corrected command runs into the same directory)."""
-    from rlzoo.runs.files import checkpoint_path
+    """The run directory can hold this run (rlzoo.runs.directory: a folder that is empty or holds a
+    run, with no links where rlzoo writes), and a run already there is this one: the same config
+    (RESUMABLE_KEYS aside) in its config.yaml and in its checkpoint's record, a checkpoint that
+    can be read. A run is there once it has started (config.yaml beside a checkpoint, or beside a
+    completed summary); a start that failed before its first checkpoint claims nothing, so the
+    corrected command runs into the same directory. Nothing is written."""
+    from rlzoo.runs.directory import check_run_dir_layout
+    from rlzoo.runs.files import checkpoint_path, peek_checkpoint
+    from rlzoo.runs.summary import read_summary
 
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.exists() or not checkpoint_path(run_dir).exists():
+    run_dir = Path(run_dir)
+    check_run_dir_layout(run_dir)
+    saved, checkpoint = run_dir / "config.yaml", checkpoint_path(run_dir)
+    summary = read_summary(run_dir) or {}
+    completed = summary.get("status") == "completed"
+    if not saved.exists() or not (checkpoint.exists() or completed):
         return
     try:
         old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
     except Exception as exc:  # a damaged config.yaml: the directory still holds a run
         raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read "
                           f"({type(exc).__name__}); choose another run_dir=...") from None
-    diffs = config_differences(old, run_fingerprint(cfg))
+    new = run_fingerprint(cfg)
+    diffs = config_differences(old if isinstance(old, dict) else {}, new)
     if diffs:
         raise ConfigError(
             f"run directory {run_dir} holds a run with a different config (differs in {', '.join(diffs[:5])}); "
             f"choose another run_dir=... or delete that directory")
+    if checkpoint.exists():
+        from rlzoo.errors import CheckpointError
+
+        diffs = config_differences(peek_checkpoint(checkpoint).get("run"), new)
+        if diffs:
+            raise CheckpointError(f"checkpoint {checkpoint} was written by a run with another config (differs in "
+                                  f"{', '.join(diffs[:5])}); it was left in place: choose another run_dir=...")
+    else:
+        from rlzoo.runs.progress import is_finished
+
+        if not is_finished(summary, cfg.train):
+            raise ConfigError(f"run directory {run_dir} holds a completed run of {summary.get('iterations')} "
+                              f"iterations whose checkpoint is gone, so it cannot be continued; choose another "
+                              f"run_dir=...")
 
 
 def run_fingerprint(cfg: DictConfig) -> dict:
@@ -553,11 +592,11 @@ def check_untrusted(container: dict, source: str, trusted: frozenset[str] = froz
     allowed = shipped_targets() | trusted
     for path, value in _untrusted_entries(container):
         if path.rpartition(".")[2] == "_target_":
-            if value not in allowed:
+            if not isinstance(value, str) or value not in allowed:
                 raise ConfigError(
-                    f"{source} names {path}={value!r}, which is not one of rlzoo's components; rlzoo never runs "
-                    f"code named by a run's files (to use your own component, name it on the command line: "
-                    f"{path}={value})")
+                    f"{source} names {path}={str(value)[:80]!r}, which is not one of rlzoo's components; rlzoo never "
+                    f"runs code named by a file it reads (a component you wrote yourself runs when you name its "
+                    f"_target_ on the command line)")
         else:
             raise ConfigError(f"{source} holds an interpolation at {path} ({str(value)[:60]!r}); rlzoo saves a run's "
                               f"config resolved, so this file was not written by rlzoo-train")
@@ -581,7 +620,7 @@ def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
     for pair in pairs:
         if len(pair) != 2 or pair[0].startswith(("+", "~")) or not pair[0]:
             raise ConfigError(f"override {'='.join(pair)!r} must be key=value for a key the run's config has")
-    trusted = frozenset(v for k, v in pairs if k == "_target_" or k.endswith("._target_"))
+    trusted = frozenset(v for k, v in pairs if k == "_target_" or k.endswith("._target_"))  # the user's own
     check_untrusted(container, str(path), trusted)
     cfg = OmegaConf.create(container)
     for key, value in pairs:

@@ -137,13 +137,14 @@ def load_policy_state(policy, state: dict, checkpoint: Path) -> None:
                               f"{reason}); it was left in place") from None
 
 
-USAGE = ("usage: rlzoo evaluate run_dir=DIR [weights=ema|current] [key=value ...] | "
+USAGE = ("usage: rlzoo evaluate run_dir=DIR [weights=ema|current|base] [key=value ...] | "
          "rlzoo evaluate task=NAME [key=value ...] [grid=PATH.png [--overwrite]]")
 
 
 @one_line_errors("rlzoo evaluate")
 def main(argv: list[str] | None = None) -> dict:
     from rlzoo.config import ConfigError
+    from rlzoo.runs.directory import check_run_dir_layout
     from rlzoo.runs.lock import run_lock
     from rlzoo.runs.outputs import check_new_file
 
@@ -160,12 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
     if weights is not None and weights not in WEIGHTS:
         raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(WEIGHTS)}")
     if options.get("grid"):
+        options["grid"] = str(Path(options["grid"]).expanduser())
         check_new_file(Path(options["grid"]), "--overwrite" in flags)
     if "run_dir" not in options:
         return _evaluate(None, options, rest)
     run_dir = Path(options["run_dir"])
     open_run(run_dir, rest)  # a bad run directory or key is refused before the lock is taken
     with run_lock(run_dir, "rlzoo evaluate " + " ".join(argv)):
+        check_run_dir_layout(run_dir)  # no link where evaluations/ is written
         return _evaluate(run_dir, options, rest)
 
 

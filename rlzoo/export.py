@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
     unknown += [a for a in rest if "=" not in a and not a.startswith("-")]
     if "run_dir" not in options or out is None or unknown:
         raise ConfigError(USAGE + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
-    path = export(Path(options["run_dir"]), Path(out), options.get("weights"), "--overwrite" in flags)
+    path = export(Path(options["run_dir"]), Path(out).expanduser(), options.get("weights"), "--overwrite" in flags)
     print(f"written: {', '.join(str(p) for p in sorted(path.parent.iterdir()) if p.name != '.rlzoo-files.json')}")
     return path
 

@@ -105,6 +105,9 @@ class GenEvalPrompts(PromptSet):
     def __init__(self, per_family: int = 200, test_fraction: float = 0.2, seed: int = 0, max_count: int = 4,
                  families: list[str] | None = None, objects: list[str] | None = None,
                  colors: list[str] | None = None):
+        from rlzoo.ranges import check
+
+        check("prompts.per_family", per_family, 1, integer=True)
         families = list(families or FAMILIES)
         unknown = sorted(set(families) - set(FAMILIES))
         if unknown:
@@ -161,7 +164,13 @@ class FilePrompts(PromptSet):
         if not path.exists():
             raise ValueError(f"prompts.path={str(path)!r} does not exist")
         prompts = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"prompts.path={str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+        except OSError as exc:
+            raise ValueError(f"prompts.path={str(path)!r} cannot be read ({exc.strerror})") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         prompt_set = build(cfg.prompts)
     except Exception as exc:  # hydra wraps the constructor's own message
         raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
-    counts = write(prompt_set, Path(out), "--overwrite" in rest)
+    counts = write(prompt_set, Path(out).expanduser(), "--overwrite" in rest)
     print(f"written to {out}/: {counts['train']} train and {counts['test']} test prompts")
 
 

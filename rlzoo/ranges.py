@@ -14,9 +14,8 @@ def check(name: str, value, low: float | None = None, high: float | None = None,
     if value is None and optional:
         return None
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if number and integer and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    fits = number and math.isfinite(value) and (not integer or isinstance(value, int))
+    # an int key takes an int: 12.0 or 1e3 would pass here and break a range() or a seed later
+    fits = number and (isinstance(value, int) if integer else math.isfinite(value))
     if fits and low is not None:
         fits = value > low if low_open else value >= low
     if fits and high is not None:
@@ -29,10 +28,15 @@ def check(name: str, value, low: float | None = None, high: float | None = None,
 
 def describe(low, high, integer: bool = False, low_open: bool = False, high_open: bool = False) -> str:
     kind = "an int" if integer else "a finite number"
+    low, high = (_text(low), _text(high))
     if low is not None and high is not None:
-        return f"{kind} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
-        return f"{kind} {'>' if low_open else '>='} {low:g}"
+        return f"{kind} {'>' if low_open else '>='} {low}"
     if high is not None:
-        return f"{kind} {'<' if high_open else '<='} {high:g}"
+        return f"{kind} {'<' if high_open else '<='} {high}"
     return kind
+
+
+def _text(bound) -> str | None:
+    return None if bound is None else str(bound) if isinstance(bound, int) else f"{bound:g}"

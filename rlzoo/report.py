@@ -19,7 +19,7 @@ from pathlib import Path
 from rlzoo.config import ConfigError, override_dict
 from rlzoo.errors import one_line_errors
 from rlzoo.runs import read_jsonl, read_summary
-from rlzoo.runs.files import FAILED_STARTS
+from rlzoo.runs.directory import FAILED_STARTS
 from rlzoo.runs.outputs import OutputDir
 from rlzoo.stats import mean_ci, ratio_ci
 
@@ -86,6 +86,16 @@ def _overrides(run_dir: Path) -> dict[str, str]:
 
 
 def load_run(run_dir: Path) -> Run:
+    """A run's record as the report reads it, or a ConfigError naming the file that does not fit."""
+    try:
+        return _load_run(run_dir)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"run {run_dir} has a record the report cannot read ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]}); its eval.jsonl, metrics.jsonl and summary.json "
+                          f"must be rlzoo's") from None
+
+
+def _load_run(run_dir: Path) -> Run:
     summary = read_summary(run_dir) or {}
     status = summary.get("status", "incomplete")
     run = Run(run_dir, _overrides(run_dir), status, summary.get("error"))
@@ -107,9 +117,13 @@ def _has_kl(run_dir: Path) -> bool:
     path = run_dir / "config.yaml"
     if not path.exists():
         return True
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-    return OmegaConf.select(OmegaConf.load(path), "kl.name", default=None) != "none"
+    try:
+        config = OmegaConf.load(path)
+    except Exception as exc:  # a damaged config.yaml
+        raise ConfigError(f"{path} is not a run's config ({type(exc).__name__})") from None
+    return not isinstance(config, DictConfig) or OmegaConf.select(config, "kl.name", default=None) != "none"
 
 
 def _job_number(run_dir: Path) -> int:
@@ -504,9 +518,17 @@ def _settings(runs: list[Run]) -> dict:
     for run in runs:
         path = run.path / "config.yaml"
         if path.exists():
-            report = OmegaConf.load(path).get("report")
-            if report is not None:
-                return OmegaConf.to_container(report)
+            try:
+                report = OmegaConf.load(path).get("report")
+                settings = OmegaConf.to_container(report) if report is not None else None
+            except Exception as exc:  # a damaged or foreign config.yaml
+                raise ConfigError(f"{path} is not a run's config ({type(exc).__name__})") from None
+            if settings is not None:
+                threshold = settings.get("threshold")
+                if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                              or not math.isfinite(threshold)):
+                    raise ConfigError(f"{path}: report.threshold must be a finite number or null, got {threshold!r}")
+                return settings
     return {}
 
 
@@ -640,10 +662,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export", default=None, metavar="DIR",
                         help="first copy the runs' JSONL/summary/overrides (no checkpoints) to DIR, "
                              "then report from there (e.g. experiments/results/<sweep>)")
+    def error(message: str):  # one line (argparse would print its usage block first)
+        raise ConfigError(f"{message}; see rlzoo report --help")
+    parser.error = error
     args = parser.parse_args(argv)
     if args.export and len(args.root) > 1:
         parser.error(f"--export takes one directory, got {len(args.root)}: {' '.join(args.root)}")
-    roots = ([export(Path(args.root[0]), Path(args.export), args.overwrite)] if args.export
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        parser.error(f"--threshold must be a finite number, got {args.threshold}")
+    args.out = Path(args.out).expanduser() if args.out else None
+    roots = ([export(Path(args.root[0]), Path(args.export).expanduser(), args.overwrite)] if args.export
              else [Path(r) for r in args.root])
     metrics = args.metrics.split(",") if args.metrics else None
     print(report(roots, args.threshold, args.baseline, args.out, not args.no_plots, args.wandb, metrics,

@@ -6,6 +6,8 @@ on the command line, exactly as Hydra's basic sweeper expands it.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from rlzoo.config import ConfigError, compose_config, parse_overrides, validate
@@ -20,6 +22,12 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     params = base.hydra.sweeper.get("params") or {}
     parsed = parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def sweep_dir(overrides: list[str]) -> Path:
+    """The folder a sweep writes into (hydra.sweep.dir: multirun/<sweep_name> unless overridden)."""
+    fixed = [o.input_line for o in parse_overrides(list(overrides)) if not o.is_sweep_override()]
+    return Path(str(compose_config(fixed, return_hydra_config=True).hydra.sweep.dir))
 
 
 def validate_sweep(overrides: list[str]) -> list[list[str]]:

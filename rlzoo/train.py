@@ -46,20 +46,24 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     from omegaconf import OmegaConf
 
     from rlzoo.config import build, build_components, check_run_dir, validate
-    from rlzoo.runs import is_finished, print_report, read_summary, remove_temporary_files, run_lock
+    from rlzoo.runs import is_finished, print_report, read_summary, run_lock
+    from rlzoo.runs.directory import remove_temporary_files, set_aside_failed_start, write_hydra_record
     from rlzoo.runs.files import checkpoint_path
     from rlzoo.trainer import Trainer
 
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with run_lock(run_dir):  # (a single run took it before Hydra wrote .hydra/; a sweep's job takes it here)
-        check_run_dir(cfg, run_dir)
+    with run_lock(run_dir):  # (a single run took it before Hydra started; a sweep's job takes it here)
+        check_run_dir(cfg, run_dir)  # everything a resume needs is checked before anything is written
         summary = read_summary(run_dir)
-        if summary is not None and checkpoint_path(run_dir).exists() and is_finished(summary, cfg.train):
+        if summary is not None and summary.get("status") == "completed" and is_finished(summary, cfg.train):
             print(f"[rlzoo] {run_dir} already completed")
             print_report(summary)
             return
         remove_temporary_files(run_dir)  # what a killed write left (.<name>.<random>.tmp)
+        if not checkpoint_path(run_dir).exists():
+            set_aside_failed_start(run_dir)
+        write_hydra_record(run_dir, cfg)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         torch.manual_seed(int(cfg.seed))
@@ -155,29 +159,59 @@ def main(argv: list[str] | None = None) -> None:
     _launch(argv, multirun)
 
 
+# Hydra's own command-line options that rlzoo passes on: (option, takes a value); the rest (other
+# config paths or names) would bypass the shipped config tree, and a typo should not print Hydra's
+# whole usage.
+HYDRA_OPTIONS = {"-m": False, "--multirun": False, "-r": False, "--run": False, "-c": True, "--cfg": True,
+                 "--resolve": False, "-p": True, "--package": True, "-i": True, "--info": True, "--help": False}
+PRINT_ONLY = {"-c", "--cfg", "-i", "--info", "--help"}  # they print and run no job
+
+
 @one_line_errors("rlzoo-train")
 def _launch(argv: list[str], multirun: bool) -> None:
-    """Validate, then hand the run (or sweep) to Hydra. A single run's directory is locked here,
-    before Hydra writes its .hydra/ record into it, so a second process cannot touch it at all."""
+    """Validate, then hand the run (or sweep) to Hydra. The run's directory (a sweep's folder) is
+    locked here, before Hydra starts, so a second process can touch nothing of it."""
+    from rlzoo.config import ConfigError
     from rlzoo.runs import run_lock
 
-    check_overrides(argv)
-    options = [a for a in argv if a.startswith("-")]
-    if not multirun and not options:
+    options, overrides, expect_value = [], [], False
+    for item in argv:
+        if expect_value:  # an option's value (--cfg job)
+            expect_value = False
+            continue
+        if item.startswith("-"):
+            if item not in HYDRA_OPTIONS:
+                raise ConfigError(f"unknown option {item}; rlzoo-train takes key=value overrides, -m (a sweep), "
+                                  f"--help, --list, --hydra-help and Hydra's {', '.join(sorted(HYDRA_OPTIONS))}")
+            options.append(item)
+            expect_value = HYDRA_OPTIONS[item]
+        elif "=" not in item and not item.startswith("~"):  # (~key deletes a key)
+            raise ConfigError(f"{item!r} is not key=value (an override) nor an option; see rlzoo-train --help")
+        else:
+            overrides.append(item)
+    if any(o.split("=")[0].lstrip("+~").startswith(("hydra.run.dir", "hydra.sweep.subdir", "hydra.output_subdir"))
+           for o in argv):
+        raise ConfigError("set the run's directory with run_dir=... (and a sweep's with hydra.sweep.dir=...); "
+                          "hydra.run.dir, hydra.sweep.subdir and hydra.output_subdir are rlzoo's")
+    check_overrides(overrides)
+    if set(options) & PRINT_ONLY:
+        return _hydra(argv)
+    if not multirun:
         from rlzoo.config import check_run_dir, compose_config, validate
 
-        cfg = compose_config(argv)
+        cfg = compose_config(overrides)
         validate(cfg)
         check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
         with run_lock(Path(cfg.run_dir)):
             check_run_dir(cfg, Path(cfg.run_dir))
             return _hydra(argv)
-    if multirun and set(options) <= {"-m", "--multirun"}:
-        from rlzoo.sweeps import validate_sweep
+    from rlzoo.runs.lock import SWEEP_LOCK_NAME
+    from rlzoo.sweeps import sweep_dir, validate_sweep
 
-        jobs = validate_sweep([a for a in argv if not a.startswith("-")])
-        print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
-    _hydra(argv)
+    jobs = validate_sweep(overrides)
+    print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
+    with run_lock(sweep_dir(overrides), name=SWEEP_LOCK_NAME, what="sweep directory"):
+        _hydra(argv)
 
 
 def _hydra(argv: list[str]) -> None:

@@ -37,7 +37,6 @@ from rlzoo.runs import (
     format_metrics,
     iteration_record,
     load_checkpoint,
-    set_aside_failed_start,
     truncate_jsonl,
     write_summary,
 )
@@ -86,7 +85,6 @@ class Trainer:
             self.started = True
             print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
         else:
-            set_aside_failed_start(self.run_dir)
             self.started = True
             self.write_summary("running")
             self.run_eval("reference", grid_name="before")  # the base model

@@ -10,6 +10,7 @@ its outcome (one line, the exit code) and that no file that existed before chang
 7. one line for every failure, with an exit code for its kind and the traceback in a log
 """
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -119,19 +120,25 @@ def run(trained, tmp_path) -> Path:
     return copy
 
 
-def hold_lock(run_dir: Path):
-    """A process that holds `run_dir`'s lock until killed, as a training run does (flock on
-    .rlzoo.lock, its pid in the file), without importing torch."""
+@contextlib.contextmanager
+def hold_lock(run_dir: Path, name: str = ".rlzoo.lock"):
+    """Another process that holds `run_dir`'s lock for the body of the `with`, as a training run
+    does (flock on the directory, its pid in `name`), without importing torch; killed after."""
     code = ("import fcntl, json, os, sys, time\n"
             "os.makedirs(sys.argv[1], exist_ok=True)\n"
-            "f = open(os.path.join(sys.argv[1], '.rlzoo.lock'), 'a+')\n"
-            "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-            "f.truncate(0); f.write(json.dumps({'pid': os.getpid(), 'host': 'here', 'started': 'now',\n"
-            "                                   'command': 'rlzoo-train (test holder)'})); f.flush()\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "open(os.path.join(sys.argv[1], sys.argv[2]), 'w').write(json.dumps({'pid': os.getpid(),\n"
+            "    'host': 'here', 'started': 'now', 'command': 'rlzoo-train (test holder)'}))\n"
             "print('held', flush=True); time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, env=ENV)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), name], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # ------------------------------------------------------------------ 1. never delete what rlzoo did not write
@@ -236,12 +243,32 @@ def test_report_refuses_a_non_empty_user_directory(capsys, tmp_path):
     assert code == 2 and "not empty" in err and snapshot(out) == before
 
 
-def test_report_refuses_an_output_inside_a_run(capsys, tmp_path):
+def test_report_refuses_an_output_inside_a_run(capsys, tmp_path, run):
     root = sweep_copy(tmp_path)
-    run_dir = next(root.glob("seed=0"))
-    before = snapshot(root)
-    code, err = cli(capsys, "report", str(root), "--out", str(run_dir / "tables"), "--no-plots")
-    assert code == 2 and "inside the run directory" in err and snapshot(root) == before
+    before = snapshot(run)
+    code, err = cli(capsys, "report", str(root), "--out", str(run / "tables"), "--no-plots")
+    assert code == 2 and "inside the run directory" in err and snapshot(run) == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_report_export_writes_nothing_through_a_link_into_a_run(capsys, tmp_path, run, overwrite):
+    """A folder of the export that links to a run directory: no file is created or replaced in it."""
+    root, dest = sweep_copy(tmp_path), tmp_path / "exported"
+    dest.mkdir()
+    (dest / "seed=0").symlink_to(run)
+    before = snapshot(run)
+    code, err = cli(capsys, "report", str(root), "--export", str(dest), "--no-plots", *overwrite)
+    assert code == 2 and ("is a link" in err if overwrite else "not empty" in err) and snapshot(run) == before
+
+
+@pytest.mark.parametrize("out, message", [
+    ("--overwrite", "looks like an option"),
+    ("a_file/sub", "is a file"),
+])
+def test_an_output_path_that_cannot_be_a_folder_is_bad_input(capsys, run, tmp_path, out, message):
+    (tmp_path / "a_file").write_text("x")
+    code, err = cli(capsys, "export", f"run_dir={run}", "--out", str(tmp_path / out) if "/" in out else out)
+    assert code == 2 and message in err
 
 
 def test_report_rerenders_into_its_own_directory(capsys, tmp_path):
@@ -269,11 +296,34 @@ def test_prompts_refuse_a_non_empty_user_directory_and_rewrite_their_own(capsys,
     assert cli(capsys, "prompts", "prompts=geneval", "prompts.per_family=4", "--out", str(fresh))[0] == 0
 
 
-def test_evaluate_refuses_to_replace_a_grid_file(capsys, tmp_path):
+@pytest.mark.parametrize("link", [False, True])
+def test_evaluate_refuses_to_replace_a_grid_file(capsys, tmp_path, link):
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(b"the user's picture")
     grid = tmp_path / "grid.png"
-    grid.write_bytes(b"the user's picture")
+    if link:
+        grid.symlink_to(tmp_path / "elsewhere.png")  # dangling: exists() is False
+    else:
+        grid = picture
     code, err = cli(capsys, "evaluate", "task=toy2d", "debug=tiny", f"grid={grid}")
-    assert code == 2 and "exists" in err and "--overwrite" in err and grid.read_bytes() == b"the user's picture"
+    assert code == 2 and "exists" in err and "--overwrite" in err and picture.read_bytes() == b"the user's picture"
+    assert grid.is_symlink() == link
+
+
+@pytest.mark.parametrize("folder", ["evaluations", "samples", "checkpoints"])
+def test_a_link_inside_a_run_directory_is_refused(capsys, run, tmp_path, here, folder):
+    """A shared or downloaded run whose folder links elsewhere: nothing is written through it."""
+    victim = tmp_path / "victim"
+    shutil.move(str(run / folder), victim) if (run / folder).exists() else victim.mkdir()
+    (victim / "ema.json").write_text("the user's")
+    (run / folder).symlink_to(victim)
+    before = snapshot(victim)
+    if folder == "evaluations":
+        code, err = cli(capsys, "evaluate", f"run_dir={run}")
+    else:
+        out = here(run, "train.iterations=4")
+        code, err = out.returncode, one_line(out.stderr)
+    assert code == 2 and "refuses links inside a run directory" in err and snapshot(victim) == before
 
 
 # ---------------------------------------------------------------- 2. a run directory's files are data, not code
@@ -383,38 +433,30 @@ def test_evaluate_names_what_a_run_directory_lacks(capsys, tmp_path, make, messa
 
 # --------------------------------------------------------------------------- 3. one owner per run directory
 def test_a_second_training_process_stops_in_one_line_and_touches_nothing(run, here):
-    holder = hold_lock(run)
-    try:
+    with hold_lock(run) as holder:
         before = snapshot(run)
         out = here(run, "train.iterations=5")
         line = one_line(out.stderr)
         assert out.returncode == 2 and "in use by process" in line and str(holder.pid) in line
         assert snapshot(run) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_evaluate_waits_for_no_one_while_a_run_trains(capsys, run):
-    holder = hold_lock(run)
-    try:
+    with hold_lock(run):
         before = snapshot(run)
         code, err = cli(capsys, "evaluate", f"run_dir={run}")
         assert code == 2 and "in use by process" in err and snapshot(run) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_killed_owner_leaves_no_lock_and_its_summary_does_not_say_running(run, here):
     from rlzoo.runs import read_summary, write_summary
 
-    holder = hold_lock(run)
-    write_summary(run, "running")
-    assert read_summary(run)["status"] == "running"  # the owner is alive
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    assert read_summary(run)["status"] == "interrupted"
+    with hold_lock(run) as holder:
+        write_summary(run, "running")
+        assert read_summary(run)["status"] == "running"  # the owner is alive
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert read_summary(run)["status"] == "interrupted"
     out = here(run, "train.iterations=4")
     assert out.returncode == 0 and "resuming" in out.stdout, out.stderr[-2000:]
     assert json.loads((run / "summary.json").read_text())["iterations"] == 4
@@ -431,22 +473,23 @@ def test_two_racing_training_processes_leave_one_clean_log(tmp_path):
     assert iterations == list(range(1, 21))
 
 
-def test_a_second_copy_of_a_sweep_skips_the_jobs_the_first_is_running(tmp_path):
+def test_a_second_copy_of_a_running_sweep_stops_in_one_line_and_touches_nothing(tmp_path):
     sweep = tmp_path / "sweep"
-    busy = sweep / "debug=tiny,seed=0,task=toy2d"
-    holder = hold_lock(busy)
-    try:
-        before = snapshot(busy)
+    with hold_lock(sweep, ".rlzoo-sweep.lock") as holder:
+        before = snapshot(sweep)
         out = subprocess.run([str(BIN / "rlzoo-train"), "-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"],
                              capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert "job skipped" in out.stderr and str(holder.pid) in out.stderr
-        assert kept(before, snapshot(busy)) and not (busy / "summary.json").exists()
-        done = json.loads((sweep / "debug=tiny,seed=1,task=toy2d" / "summary.json").read_text())
-        assert done["status"] == "completed"
-    finally:
-        holder.kill()
-        holder.wait()
+        line = one_line(out.stderr)
+        assert out.returncode == 2 and "sweep directory" in line and str(holder.pid) in line
+        assert snapshot(sweep) == before
+
+
+def test_a_deleted_lock_file_lets_no_second_owner_in(run, here):
+    """The lock is on the directory: removing .rlzoo.lock (it looks stale) changes nothing."""
+    with hold_lock(run):
+        (run / ".rlzoo.lock").unlink()
+        out = here(run, "train.iterations=5")
+        assert out.returncode == 2 and "in use by another process" in one_line(out.stderr)
 
 
 def test_a_moved_run_directory_resumes_in_its_new_place(run, tmp_path, here):
@@ -459,17 +502,18 @@ def test_a_moved_run_directory_resumes_in_its_new_place(run, tmp_path, here):
 
 
 # ------------------------------------------------------------------------ 4. a failure never rewrites the record
-def test_a_checkpoint_of_another_run_changes_nothing(run, tmp_path, here):
+def test_a_checkpoint_of_another_run_changes_nothing(tmp_path, here):
     """A completed run whose checkpoint was replaced by another run's (another seed): the resume
-    stops in one line before the summary, the logs or the checkpoint are touched."""
-    other = tmp_path / "other"
+    stops in one line before anything (summary, logs, .hydra/ record, checkpoint) is touched."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    assert here(mine, "train.iterations=1").returncode == 0
     assert here(other, "seed=1", "train.iterations=1").returncode == 0
-    shutil.copyfile(other / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
-    before = snapshot(run)
-    out = here(run, "train.iterations=5")
+    shutil.copyfile(other / "checkpoints" / "last.pt", mine / "checkpoints" / "last.pt")
+    before = snapshot(mine)
+    out = here(mine, "train.iterations=5", "eval.every=5")
     line = one_line(out.stderr)
     assert out.returncode == 2 and "another config" in line and "seed" in line
-    assert kept(before, snapshot(run), allow=(".rlzoo.lock",))
+    assert snapshot(mine) == before and (mine / ".hydra" / "overrides.yaml").exists()
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_changes_nothing(run, here):
@@ -551,13 +595,46 @@ def test_an_interrupted_run_says_so_and_resumes(tmp_path, signum, code, here):
 
 
 def test_leftover_temporary_files_are_removed_and_nothing_else(run, here):
-    leftovers = [run / ".summary.json.k3j2l1.tmp", run / "checkpoints" / ".last.pt.a8s7d6.tmp"]
+    leftovers = [run / ".summary.json.k3j2l1ab.tmp", run / "checkpoints" / ".last.pt.a8s7d6x_.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a write")
-    (run / "notes.tmp").write_text("the user's")  # not rlzoo's pattern
+    mine = [run / "notes.tmp", run / ".notes.v1.tmp", run / "analysis" / ".cache.part1234.tmp"]
+    (run / "analysis").mkdir()
+    for path in mine:  # the user's: not rlzoo's pattern, or not in a folder rlzoo writes
+        path.write_text("the user's")
     out = here(run, "train.iterations=4")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert not any(p.exists() for p in leftovers) and (run / "notes.tmp").read_text() == "the user's"
+    assert not any(p.exists() for p in leftovers) and all(p.read_text() == "the user's" for p in mine)
+
+
+@pytest.mark.parametrize("make", ["a user's folder", "the current directory", "inside a run"])
+def test_a_run_dir_that_is_not_a_run_is_refused(tmp_path, here, run, make, monkeypatch):
+    if make == "a user's folder":
+        run_dir = user_dir(tmp_path, "config.yaml", ".notes.v1.tmp")
+    elif make == "the current directory":
+        monkeypatch.chdir(user_dir(tmp_path, "paper.tex"))
+        run_dir = ""
+    else:
+        run_dir = run / "nested"
+    watched = tmp_path if make != "inside a run" else run
+    before = snapshot(watched)
+    out = here(run_dir)
+    line = one_line(out.stderr)
+    assert out.returncode == 2 and ("holds no rlzoo run" in line or "inside the run directory" in line), line
+    assert snapshot(watched) == before
+
+
+def test_a_completed_run_without_its_checkpoint_is_kept(run, here):
+    """Checkpoints deleted to save space: the same command says it is done; another config or a
+    larger budget is refused (it cannot be continued), never started over the record."""
+    shutil.rmtree(run / "checkpoints")
+    before = snapshot(run)
+    done = here(run, "train.iterations=3")
+    assert done.returncode == 0 and "already completed" in done.stdout
+    for overrides, message in ((["seed=9"], "different config"), (["train.iterations=6"], "cannot be continued")):
+        out = here(run, *overrides)
+        assert out.returncode == 2 and message in one_line(out.stderr)
+    assert kept(before, snapshot(run), allow=(".rlzoo.lock",))
 
 
 # ------------------------------------------------------------------------------ 5. bounded remote rewards
@@ -652,6 +729,49 @@ def test_an_oversized_answer_is_refused_not_read(server, declared):
     assert url in str(info.value) and len(calls) == 1
 
 
+@pytest.mark.parametrize("body, message", [
+    (b'{"scores": [0.5, 0.5], "info": {"x": 5}}', "'info' must map names to lists of 2 finite numbers"),
+    (b'{"scores": [0.5, 0.5], "info": {"x": ["a", "b"]}}', "'info' must map names"),
+    (b'{"scores": [0.5, 1' + b"0" * 400 + b']}', "without 2 finite 'scores'"),
+    (b"[" * 100_000, "not JSON"),
+])
+def test_a_malformed_answer_is_one_error_naming_the_url(server, body, message):
+    from rlzoo.rewards.remote import RemoteRewardError
+
+    url = server(handler=handler(reply(200, body)))
+    with pytest.raises(RemoteRewardError, match=message) as info:
+        score(url)
+    assert url in str(info.value)
+
+
+def test_a_redirect_is_not_followed(server):
+    from rlzoo.rewards.remote import RemoteRewardError
+
+    def redirect(h):
+        h.send_response(302)
+        h.send_header("Location", "http://example.com/")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    with pytest.raises(RemoteRewardError, match="HTTP 302.*redirect"):
+        score(server(handler=handler(redirect)))
+
+
+def test_a_server_that_trickles_its_headers_is_cut_off_too(server):
+    from rlzoo.rewards.remote import RemoteRewardError
+
+    def slow_headers(h):
+        for line in (b"HTTP/1.0 200 OK\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n", b"X-C: 3\r\n", b"\r\n{}"):
+            h.wfile.write(line)
+            h.wfile.flush()
+            time.sleep(0.3)
+
+    start = time.perf_counter()
+    with pytest.raises(RemoteRewardError, match="within 0.5s"):
+        score(server(handler=handler(slow_headers)))
+    assert time.perf_counter() - start < 2.0
+
+
 def test_a_4xx_is_not_retried_and_carries_the_server_reason(server):
     from rlzoo.rewards.remote import RemoteRewardError
 
@@ -715,7 +835,8 @@ def reference():
             time.sleep(0.3)
         return [1.0] * len(images)
 
-    server = serve(scorer, port=0, limits=Limits(max_body_bytes=200_000, max_pixels=64 * 64, timeout=0.5, workers=1))
+    server = serve(scorer, port=0, limits=Limits(max_body_bytes=200_000, max_pixels=64 * 64,
+                                                 max_request_pixels=3 * 64 * 64, timeout=0.5, workers=1))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1], calls
     server.shutdown()
@@ -767,6 +888,20 @@ def test_the_server_refuses_a_decompression_bomb_from_its_header(reference, side
     body = json.dumps({"prompts": ["a"], "images": [bomb_png(side)]}).encode()
     answer, seconds = raw_request(port, post(body))
     assert answer.startswith(b"HTTP/1.0 413") and b"pixels" in answer and calls == [] and seconds < 2
+
+
+def test_the_server_refuses_a_request_over_its_total_pixel_limit(reference):
+    """Many small files that each pass, but decode to too much together."""
+    port, calls = reference
+    body = json.dumps({"prompts": ["a"] * 4, "images": [png(60, 60)] * 4}).encode()
+    answer, _ = raw_request(port, post(body))
+    assert answer.startswith(b"HTTP/1.0 413") and b"in all" in answer and calls == []
+
+
+def test_the_server_refuses_a_json_nesting_bomb(reference):
+    port, calls = reference
+    answer, _ = raw_request(port, post(b"[" * 100_000))
+    assert answer.startswith(b"HTTP/1.0 400") and calls == []
 
 
 def test_the_server_refuses_an_image_over_its_pixel_limit(reference):
@@ -834,6 +969,8 @@ def test_the_server_handles_at_most_its_workers_at_once(reference):
 
 @pytest.mark.parametrize("argv, code, message", [
     (["--workers", "0"], 2, "--workers must be a finite number > 0"),
+    (["--workers", "many"], 2, "invalid int value: 'many'"),
+    (["--port", "99999"], 2, "--port must be in 0..65535"),
     (["--scorer", "nowhere_module:score"], 2, "cannot be imported"),
     (["--scorer", "rlzoo.rewards.server:nothing"], 2, "has no 'nothing'"),
 ])
@@ -867,7 +1004,9 @@ def test_the_server_command_names_a_taken_port():
     (["eval.ema_cap=1.5"], "eval.ema_cap must be a finite number in [0, 1)"),
     (["eval.ema_cap=-0.1"], "eval.ema_cap must be a finite number in [0, 1)"),
     (["eval.teacher_steps=-3"], "eval.teacher_steps must be an int >= 1"),
-    (["seed=1.5"], "seed must be an int, got 1.5"),
+    (["seed=1.5"], "seed must be an int in [-9223372036854775808, 9223372036854775807], got 1.5"),
+    (["seed=1180591620717411303424"], "seed must be an int in"),
+    (["eval.samples=12.0"], "eval.samples must be an int >= 1, got 12.0"),
     (["eval.seed=0.5"], "eval.seed must be an int"),
     (["reward_temperature=0"], "advantage.alpha must be a finite number > 0"),
     (["estimator.num_terms=0"], "estimator.num_terms must be an int >= 1"),
@@ -919,12 +1058,22 @@ def test_a_non_finite_loss_is_one_line(tmp_path, here):
     assert out.returncode == 1 and "non-finite loss" in one_line(out.stderr)
 
 
-def test_an_os_error_names_the_path(tmp_path, here):
+# A folder no one can create a directory in, whoever runs the suite (root included).
+UNWRITABLE = Path("/proc/rlzoo-fault-suite")
+
+
+def test_an_os_error_names_the_path(here):
+    out = here(UNWRITABLE / "run")
+    line = one_line(out.stderr)
+    assert out.returncode == 1 and str(UNWRITABLE) in line and "traceback in" in line
+
+
+def test_a_file_where_a_folder_must_be_is_bad_input(tmp_path, here):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     out = here(blocker / "run")
     line = one_line(out.stderr)
-    assert out.returncode == 1 and str(blocker) in line
+    assert out.returncode == 2 and f"{blocker} is not a directory" in line
 
 
 def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
@@ -943,10 +1092,9 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
     assert not list(run_dir.rglob("*.tmp"))  # the failed write left no temporary file
 
 
-def test_rlzoo_traceback_prints_the_whole_traceback(tmp_path, here, monkeypatch):
-    (tmp_path / "a_file").write_text("not a directory")
+def test_rlzoo_traceback_prints_the_whole_traceback(here, monkeypatch):
     monkeypatch.setenv("RLZOO_TRACEBACK", "1")
-    out = here(tmp_path / "a_file" / "run")
+    out = here(UNWRITABLE / "run")
     assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr
 
 
@@ -964,8 +1112,6 @@ def test_every_command_fails_in_one_line_with_exit_code_2_for_bad_input(capsys, 
     assert code == 2 and message in err, err
 
 
-def test_an_os_error_in_a_command_is_one_line_with_exit_code_1(capsys, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("x")
-    code, err = cli(capsys, "prompts", "prompts=geneval", "prompts.per_family=2", "--out", str(blocker / "out"))
-    assert code == 1 and str(blocker) in err and "traceback in" in err
+def test_an_os_error_in_a_command_is_one_line_with_exit_code_1(capsys):
+    code, err = cli(capsys, "prompts", "prompts=geneval", "prompts.per_family=2", "--out", str(UNWRITABLE / "out"))
+    assert code == 1 and str(UNWRITABLE) in err and "traceback in" in err

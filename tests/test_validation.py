@@ -203,12 +203,14 @@ def test_every_recipe_and_row_composes_to_constructor_arguments():
 def test_a_run_dir_accepts_a_raised_budget_from_another_sweep(run_dir):
     """Budgets and the sweep's name do not change what a run computes, so a run copied into a
     sweep with a larger budget resumes there; any other difference still stops it."""
+    import torch
     from omegaconf import OmegaConf
 
-    from rlzoo.config import ConfigError, check_run_dir, compose_config
+    from rlzoo.config import ConfigError, check_run_dir, compose_config, run_fingerprint
 
     saved = compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=1000", "sweep_name=short"])
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
+    torch.save({"run": run_fingerprint(saved)}, run_dir / "checkpoints" / "last.pt")  # the checkpoint's record
     check_run_dir(compose_config(["task=toy2d", f"run_dir={run_dir}", "train.max_nfe=4000",
                                   "sweep_name=long"]), run_dir)
     with pytest.raises(ConfigError, match=r"differs in critic.seed, seed\)"):  # (the critic's follows it)

@@ -112,6 +112,9 @@ class RemoteReward(ImageReward):
                 continue
             if status >= 400:  # the request itself is wrong: retrying will not help
                 raise RemoteRewardError(f"reward.url={self.url} answered HTTP {status} {reason}{_detail(raw)}")
+            if status >= 300:
+                raise RemoteRewardError(f"reward.url={self.url} answered HTTP {status} {reason} (a redirect); "
+                                        f"point reward.url at the reward server itself")
             return self.parse(raw, expected)
         raise RemoteRewardError(f"reward.url={self.url} failed after {self.retries + 1} tries: {last}")
 
@@ -136,22 +139,23 @@ class RemoteReward(ImageReward):
                 pass  # the server stopped reading (a 413?): its answer, if it sent one, says why
             response = connection.getresponse()
             declared = response.getheader("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+            if declared is not None and declared.isascii() and declared.isdigit() \
+                    and int(declared) > self.max_response_bytes:
                 raise RemoteRewardError(f"reward.url={self.url} answered {int(declared):,} bytes, more than "
                                         f"reward.max_response_bytes={self.max_response_bytes:,}")
             raw = _read_capped(response, self.max_response_bytes)
             if raw is None:
                 raise RemoteRewardError(f"reward.url={self.url} answered more than "
                                         f"reward.max_response_bytes={self.max_response_bytes:,} bytes")
+            if time.monotonic() >= deadline:  # the watchdog cut the answer short
+                raise _Transient(f"no complete answer within {self.timeout:g}s")
             if response.length:  # Content-Length promised more than arrived
-                if time.monotonic() >= deadline:
-                    raise _Transient(f"no complete answer within {self.timeout:g}s")
                 raise _Transient(f"the connection dropped mid-answer ({len(raw):,} bytes of "
                                  f"{len(raw) + response.length:,})")
             return response.status, response.reason, raw
         except (TimeoutError, socket.timeout):
             raise _Transient(f"no answer within {self.timeout:g}s") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a malformed status or header
             if time.monotonic() >= deadline:
                 raise _Transient(f"no answer within {self.timeout:g}s") from None
             if isinstance(exc, http.client.IncompleteRead):
@@ -163,20 +167,32 @@ class RemoteReward(ImageReward):
             connection.close()
 
     def parse(self, raw: bytes, expected: int) -> dict:
+        """The answer's scores (`expected` finite numbers) and info ({name: `expected` finite
+        numbers}), or a RemoteRewardError naming the URL and what is wrong with the answer."""
         try:
             answer = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise RemoteRewardError(f"reward.url={self.url} answered something that is not JSON: "
                                     f"{raw[:80]!r}") from None
         scores = answer.get("scores") if isinstance(answer, dict) else None
-        if (not isinstance(scores, list) or len(scores) != expected
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
+        if not _numbers(scores, expected):
             raise RemoteRewardError(f"reward.url={self.url} answered without {expected} finite 'scores' "
                                     f"(got {str(answer)[:120]})")
         info = answer.get("info", {})
-        if not isinstance(info, dict):
-            raise RemoteRewardError(f"reward.url={self.url}: 'info' must map names to lists of numbers")
-        return {"scores": [float(s) for s in scores], "info": info}
+        if not isinstance(info, dict) or not all(isinstance(k, str) and _numbers(v, expected) for k, v in info.items()):
+            raise RemoteRewardError(f"reward.url={self.url}: 'info' must map names to lists of {expected} finite "
+                                    f"numbers (got {str(info)[:120]})")
+        return {"scores": [float(s) for s in scores], "info": {k: [float(x) for x in v] for k, v in info.items()}}
+
+
+def _numbers(values, expected: int) -> bool:
+    """A list of `expected` finite numbers (a huge JSON integer is not one)."""
+    def finite(x) -> bool:
+        try:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+        except OverflowError:
+            return False
+    return isinstance(values, list) and len(values) == expected and all(finite(x) for x in values)
 
 
 def _shut(opened: list) -> None:

@@ -12,8 +12,9 @@ set has them); `scores` one float per image; `info` {name: [one float per image]
 reward. Protocol: rlzoo/rewards/remote.py.
 
 Limits (as any WSGI server sets them; flags below): a request body of at most --max-body-bytes
-(413 beyond, read no further), at most --max-pixels per decoded image (checked from the PNG header
-before any pixel is decoded, so a small file that would decode to gigabytes is refused with 413),
+(413 beyond, read no further), at most --max-pixels per decoded image and --max-request-pixels for
+all images of a request (checked from the PNG headers before any pixel is decoded, so a small
+file that would decode to gigabytes is refused with 413),
 --timeout seconds for a whole request to arrive (an idle or half-sent connection is closed then)
 and --workers requests scored at once (more wait in the listen queue). A bad request gets a 4xx
 whose message says what was wrong with it; a scorer that fails gets a 500 that says so, and its
@@ -41,6 +42,7 @@ from typing import Callable
 class Limits:
     max_body_bytes: int = 64 * 2**20   # 64 images of 1024² as PNG fit comfortably
     max_pixels: int = 4096 * 4096      # per image; SD3.5 samples are 1024²
+    max_request_pixels: int = 64 * 1024 * 1024  # all images of a request: 64 of 1024², 192 MB decoded
     timeout: float = 30.0              # seconds for a whole request (line, headers, body) to arrive
     workers: int = 8                   # requests handled at once
 
@@ -58,9 +60,8 @@ def brightness(images, prompts, metadata):
     return [float(image.mean()) / 255.0 for image in images]
 
 
-def decode_image(text, index: int, max_pixels: int):
-    """A base64 PNG -> HxWx3 uint8 array; its size is read from the header before decoding."""
-    import numpy as np
+def open_image(text, index: int, max_pixels: int):
+    """A base64 PNG opened lazily: its header read, no pixel decoded yet; too many pixels is a 413."""
     from PIL import Image
 
     if not isinstance(text, str):
@@ -80,18 +81,27 @@ def decode_image(text, index: int, max_pixels: int):
     if width * height > max_pixels:
         raise BadRequest(413, f"images[{index}] has {width}x{height} pixels, more than this server's limit "
                               f"of {max_pixels:,}")
+    return image
+
+
+def decode_image(image, index: int):
+    """An opened PNG -> HxWx3 uint8 array."""
+    import numpy as np
+    from PIL import Image
+
     try:
         return np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         raise BadRequest(400, f"images[{index}] is a damaged PNG") from None
 
 
-def parse_request(body: bytes, max_pixels: int) -> tuple[list, list, list]:
-    """(images, prompts, metadata) of a request body, or BadRequest saying what is wrong."""
+def parse_request(body: bytes, limits: Limits) -> tuple[list, list, list]:
+    """(images, prompts, metadata) of a request body, or BadRequest saying what is wrong. Every
+    image's size is read from its header, and the request's total checked, before any is decoded."""
     try:
         request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(400, "the body is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest(400, "the body is not JSON (or nests too deep)") from None
     if not isinstance(request, dict):
         raise BadRequest(400, "the body is not a JSON object")
     prompts, images = request.get("prompts"), request.get("images")
@@ -102,7 +112,12 @@ def parse_request(body: bytes, max_pixels: int) -> tuple[list, list, list]:
     metadata = request.get("metadata") or [{} for _ in prompts]
     if not isinstance(metadata, list) or len(metadata) != len(prompts) or not all(isinstance(m, dict) for m in metadata):
         raise BadRequest(400, "'metadata' must be a list with one object per prompt")
-    return [decode_image(text, i, max_pixels) for i, text in enumerate(images)], prompts, metadata
+    opened = [open_image(text, i, limits.max_pixels) for i, text in enumerate(images)]
+    total = sum(image.size[0] * image.size[1] for image in opened)
+    if total > limits.max_request_pixels:
+        raise BadRequest(413, f"the request's {len(opened)} images have {total:,} pixels in all, more than this "
+                              f"server's limit of {limits.max_request_pixels:,}; send fewer per request")
+    return [decode_image(image, i) for i, image in enumerate(opened)], prompts, metadata
 
 
 def score_answer(scorer: Callable, images: list, prompts: list, metadata: list) -> dict:
@@ -139,7 +154,7 @@ def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
             try:
                 body = self._read_body()
                 self.watchdog.cancel()  # the request has arrived; scoring may take its time
-                images, prompts, metadata = parse_request(body, limits.max_pixels)
+                images, prompts, metadata = parse_request(body, limits)
             except BadRequest as exc:
                 return self._answer(exc.status, {"error": str(exc)})
             except (OSError, ValueError):  # the connection went away or was cut off mid-request
@@ -154,7 +169,7 @@ def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
 
         def _read_body(self) -> bytes:
             length = self.headers.get("Content-Length")
-            if length is None or not length.strip().isdigit():
+            if length is None or not (length.strip().isascii() and length.strip().isdigit()):
                 raise BadRequest(411, "a Content-Length header is required")
             if int(length) > limits.max_body_bytes:
                 raise BadRequest(413, f"the body of {int(length):,} bytes is more than this server's limit of "
@@ -228,6 +243,11 @@ def load_scorer(spec: str) -> Callable:
     return scorer
 
 
+def _refuse(prog: str, message: str):
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scorer", default=f"{__name__}:brightness", help="module:function")
@@ -235,23 +255,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
     parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="per decoded image")
+    parser.add_argument("--max-request-pixels", type=int, default=Limits.max_request_pixels,
+                        help="all images of one request together")
     parser.add_argument("--timeout", type=float, default=Limits.timeout,
                         help="seconds for a whole request to arrive")
     parser.add_argument("--workers", type=int, default=Limits.workers, help="requests handled at once")
-    args = parser.parse_args(argv)
     prog = "reward server"
-    for name in ("max_body_bytes", "max_pixels", "workers", "timeout"):
+    parser.error = lambda message: _refuse(prog, message)  # one line, not argparse's usage block
+    args = parser.parse_args(argv)
+    for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "workers", "timeout"):
         value = getattr(args, name)
         if not value > 0 or value == float("inf"):
-            print(f"{prog}: error: --{name.replace('_', '-')} must be a finite number > 0, got {value}", file=sys.stderr)
-            raise SystemExit(2)
+            _refuse(prog, f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    if not 0 <= args.port <= 65535:
+        _refuse(prog, f"--port must be in 0..65535, got {args.port}")
     try:
         scorer = load_scorer(args.scorer)
-        server = serve(scorer, args.host, args.port,
-                       Limits(args.max_body_bytes, args.max_pixels, args.timeout, args.workers))
+        server = serve(scorer, args.host, args.port, Limits(args.max_body_bytes, args.max_pixels,
+                                                            args.max_request_pixels, args.timeout, args.workers))
     except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _refuse(prog, str(exc))
     except OSError as exc:  # the port is taken, the address is not this machine's
         print(f"{prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None

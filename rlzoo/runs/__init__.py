@@ -9,8 +9,6 @@ from rlzoo.runs.files import (
     load_checkpoint,
     parse_jsonl,
     read_jsonl,
-    remove_temporary_files,
-    set_aside_failed_start,
     truncate_jsonl,
 )
 from rlzoo.runs.lock import is_held, run_lock
@@ -37,4 +35,4 @@ __all__ = ["CheckpointError", "Compute", "JsonlLogger", "Phase", "Progress", "Pr
            "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "budget_spent", "checkpoint_path",
            "format_metrics", "is_finished", "is_held", "iteration_record", "load_checkpoint", "merge_update_stats",
            "parse_jsonl", "peak_memory_bytes", "print_report", "read_jsonl", "read_summary",
-           "remove_temporary_files", "run_lock", "set_aside_failed_start", "truncate_jsonl", "write_summary"]
+           "run_lock", "truncate_jsonl", "write_summary"]

@@ -43,17 +43,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_temporary_files(directory: Path) -> list[Path]:
-    """Delete the temporary files a killed atomic write left in `directory` and its folders
-    (only names of the form .<name>.<random>.tmp, which rlzoo alone writes); returns them."""
-    removed = []
-    for path in Path(directory).rglob(f".*{TMP_SUFFIX}"):
-        if path.is_file() and path.name.count(".") >= 3:
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -64,44 +53,22 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-# What a start that never reached its first checkpoint leaves behind (besides Hydra's .hydra/).
-START_RECORD = ("summary.json", "metrics.jsonl", "eval.jsonl", "error.txt", "config.yaml", "samples/before.png")
-FAILED_STARTS = "failed_starts"
-
-
-def set_aside_failed_start(run_dir: Path) -> Path | None:
-    """Before a run starts afresh (no checkpoint), move the record an earlier start left (its
-    summary, logs, error, config) into <run_dir>/failed_starts/<n>/, so the new run's logs begin
-    empty and nothing is lost; returns that folder, or None when there was nothing."""
-    run_dir = Path(run_dir)
-    present = [name for name in START_RECORD if (run_dir / name).is_file()]
-    if not present:
-        return None
-    root = run_dir / FAILED_STARTS
-    aside = next(root / str(n) for n in range(1, 10**6) if not (root / str(n)).exists())
-    for name in present:
-        (aside / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(run_dir / name, aside / name)
-    print(f"[rlzoo] {run_dir} held the record of a start that never reached a checkpoint; it is kept in {aside}")
-    return aside
-
-
 def checkpoint_path(run_dir: Path) -> Path:
     """Where a run keeps its checkpoint (the last one; it is overwritten atomically)."""
     return Path(run_dir) / "checkpoints" / "last.pt"
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """A checkpoint of tensors and plain values, loaded with `weights_only=True` (no pickled code
     runs). A truncated or foreign file is a one-line `CheckpointError`; the file stays in place."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for truncated / foreign files
         reason = " ".join(str(exc).split())[:160]
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason}); it was left in place: "
-            f"move it away to restart the run from its last good state, or delete the run directory") from None
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason}); it was left in place: move it "
+            f"away to start this run again from iteration 0, or choose another run_dir=...") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict; it was left in place")
     return state
@@ -125,6 +92,12 @@ def parse_jsonl(path: Path) -> tuple[list[dict], list[int]]:
         else:
             damaged.append(number)
     return records, damaged
+
+
+def peek_checkpoint(path: Path) -> dict:
+    """A checkpoint's plain values without reading its tensors (memory-mapped), to check whose it
+    is before a resume touches anything; a CheckpointError when it cannot be read."""
+    return load_checkpoint(path, mmap=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:

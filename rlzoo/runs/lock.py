@@ -1,9 +1,13 @@
-"""One owner per run directory: an OS lock (flock) on <run_dir>/.rlzoo.lock.
+"""One owner per run directory: an OS lock (flock) on the directory itself.
 
 The kernel releases the lock when its process ends, however it ends (`kill -9`, a crashed node,
-a requeued job), so a stale lock cannot exist; the file itself may stay and means nothing on its
-own (a copied run directory carries the file, not the lock). While the lock is held, the file
-names its holder, so a second process can say who owns the run.
+a requeued job), so a stale lock cannot exist. The lock is on the directory, not on a file in it,
+so no file a user might delete as stale can let a second owner in; a copied run directory is a
+new directory and carries no lock. While the lock is held, <run_dir>/.rlzoo.lock names the
+holder, so a second process can say who owns the run; the file stays afterwards and marks the
+folder as a run directory. (Where a file system cannot lock a directory, NFS among them, the lock
+falls back to that file.) A sweep's folder has its own lock, `.rlzoo-sweep.lock`, held by the
+process that launches the sweep.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from pathlib import Path
 from rlzoo.errors import RunLocked
 
 LOCK_NAME = ".rlzoo.lock"
-_HELD: dict[Path, dict] = {}  # run directories this process holds (the lock is re-entrant within it)
+SWEEP_LOCK_NAME = ".rlzoo-sweep.lock"
+_HELD: dict[tuple[Path, str], dict] = {}  # what this process holds (the lock is re-entrant within it)
 
 
 def _describe(holder: dict) -> str:
@@ -41,35 +46,64 @@ def _try_lock(fd: int, exclusive: bool, attempts: int = 5) -> bool:
     return False
 
 
-def read_holder(run_dir: Path) -> dict:
+def _lockable(directory: Path, name: str) -> int:
+    """A descriptor to flock for `directory`: the directory itself, or where the file system
+    cannot lock a directory, the holder file `name` in it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return json.loads((Path(run_dir) / LOCK_NAME).read_text() or "{}")
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: can this file system lock a directory?
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return fd
+    except BlockingIOError:
+        return fd  # it can (someone holds it)
+    except OSError:
+        os.close(fd)
+        return os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _write_holder(fd: int, path: Path, data: bytes) -> None:
+    """The holder's description: in place when the lock is on the file itself (replacing the
+    file would leave the lock on an unlinked inode), else replaced atomically."""
+    import stat
+
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        from rlzoo.runs.files import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    else:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+
+def read_holder(run_dir: Path, name: str = LOCK_NAME) -> dict:
+    try:
+        holder = json.loads((Path(run_dir) / name).read_text() or "{}")
+        return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, command: str | None = None):
-    """Hold the run directory's lock for the body of the `with`, or raise `RunLocked` naming the
-    process that holds it. Creates the directory if needed (and nothing else). Re-entrant: a
-    process that holds the lock (rlzoo-train takes it before Hydra writes .hydra/) may enter again."""
+def run_lock(run_dir: Path, command: str | None = None, name: str = LOCK_NAME, what: str = "run directory"):
+    """Hold the directory's lock for the body of the `with`, or raise `RunLocked` naming the
+    process that holds it. Creates the directory if needed, and the holder file `name` in it.
+    Re-entrant: a process that holds the lock (rlzoo-train takes it before Hydra starts) may
+    enter again."""
     run_dir = Path(run_dir)
-    key = run_dir.resolve()
+    key = (run_dir.resolve(), name)
     if key in _HELD:
         yield _HELD[key]
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lockable(run_dir, name)
     try:
         if not _try_lock(fd, exclusive=True):
-            raise RunLocked(f"run directory {run_dir} is in use by {_describe(read_holder(run_dir))}; "
-                            f"wait for it to finish or stop it, or choose another run_dir=...")
+            raise RunLocked(f"{what} {run_dir} is in use by {_describe(read_holder(run_dir, name))}; "
+                            f"wait for it to finish or stop it, or choose another directory")
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        _write_holder(fd, run_dir / name, json.dumps(holder).encode())
         _HELD[key] = holder
         try:
             yield holder
@@ -79,17 +113,18 @@ def run_lock(run_dir: Path, command: str | None = None):
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def is_held(run_dir: Path) -> bool:
-    """Whether a live process holds the run directory's lock (a run that says "running" in its
-    summary but whose lock nobody holds was killed)."""
-    path = Path(run_dir) / LOCK_NAME
+def is_held(run_dir: Path, name: str = LOCK_NAME) -> bool:
+    """Whether a live process holds the directory's lock (a run that says "running" in its
+    summary but whose lock nobody holds was killed). Only a folder rlzoo has locked before (it
+    holds the file `name`) is probed."""
+    run_dir = Path(run_dir)
+    if not (run_dir / name).is_file():
+        return False
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _lockable(run_dir, name)
     except OSError:
         return False
     try:
-        if _try_lock(fd, exclusive=False, attempts=1):
-            return False
-        return True
+        return not _try_lock(fd, exclusive=False, attempts=1)
     finally:
         os.close(fd)

@@ -23,10 +23,10 @@ MANIFEST = ".rlzoo-files.json"
 
 
 def is_run_dir(path: Path) -> bool:
-    """A directory rlzoo-train wrote: it holds a run lock, or a summary beside a config or checkpoints."""
+    """A directory a run owns: rlzoo-train locked it (it holds .rlzoo.lock) or it holds checkpoints.
+    (A run's record copied elsewhere, as `rlzoo report --export` copies it, is not one.)"""
     path = Path(path)
-    return (path / LOCK_NAME).is_file() or ((path / "summary.json").is_file()
-                                             and ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir()))
+    return (path / LOCK_NAME).is_file() or (path / "checkpoints").is_dir()
 
 
 def enclosing_run_dir(path: Path) -> Path | None:
@@ -55,9 +55,8 @@ class OutputDir:
     as the user's: refused without --overwrite, never lost)."""
 
     def __init__(self, path: Path, overwrite: bool = False, flag: str = "--overwrite"):
-        self.path, self.overwrite, self.flag = Path(path), overwrite, flag
-        if self.path.exists() and not self.path.is_dir():
-            raise OutputRefused(f"output {self.path} is a file, not a directory; choose a directory")
+        self.path, self.overwrite, self.flag = Path(path).expanduser(), overwrite, flag
+        check_path(self.path, directory=True)
         run = enclosing_run_dir(self.path)
         if run is not None:
             raise OutputRefused(f"output {self.path} is inside the run directory {run}, which only "
@@ -89,6 +88,11 @@ class OutputDir:
         conflicts = []
         for name in names:
             target = self.path / name
+            for folder in list(reversed(target.relative_to(self.path).parents))[1:]:
+                inside = self.path / folder
+                if inside.is_symlink() or is_run_dir(inside):
+                    raise OutputRefused(f"{inside} is a {'link' if inside.is_symlink() else 'run directory'}; "
+                                        f"rlzoo writes no output through it, even with {self.flag}")
             if target.is_dir() or target.is_symlink():
                 raise OutputRefused(f"{target} is a {'link' if target.is_symlink() else 'directory'}; "
                                     f"it will not be replaced by a file")
@@ -123,15 +127,29 @@ class OutputDir:
         return self.write(name, buffer.getvalue())
 
 
+def check_path(path: Path, directory: bool) -> None:
+    """An output path that can be what it is meant to be: no file where a folder must be (the
+    path itself, for a directory, or any parent), no option taken for a path."""
+    if str(path).startswith("-"):
+        raise OutputRefused(f"output {str(path)!r} looks like an option, not a path")
+    for parent in ([path] if directory else []) + list(path.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputRefused(f"output {path}: {parent} is {'a file' if parent.exists() else 'a broken link'}, "
+                                    f"not a directory")
+            break
+
+
 def check_new_file(path: Path, overwrite: bool, flag: str = "--overwrite") -> None:
-    """A single output file the user named: refused where it exists (without the flag) or lies
-    inside a run directory."""
-    path = Path(path)
+    """A single output file the user named: refused where it exists or is a link (without the
+    flag) or lies inside a run directory."""
+    path = Path(path).expanduser()
+    check_path(path, directory=False)
     run = enclosing_run_dir(path.parent)
     if run is not None:
         raise OutputRefused(f"{path} is inside the run directory {run}, which only its run writes; "
                             f"choose a path outside it")
     if path.is_dir():
         raise OutputRefused(f"{path} is a directory; name a file")
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputRefused(f"{path} exists; pass {flag} to replace it, or choose another path")

@@ -54,8 +54,14 @@ class Toy2DTask(Task):
 
     def __init__(self, radius: float = 2.0, mode_std: float = 0.3, p_target: float = 0.3,
                  hit_radius: float = 0.8, num_train_angles: int = 12):
-        self.radius, self.mode_std, self.p_target = radius, mode_std, p_target
-        self.hit_radius = hit_radius
+        from rlzoo.ranges import check
+
+        # (the pretrained base model learnt radius 2, std 0.3 and p 0.3: other values move the target)
+        self.radius = check("task.radius", radius, 0, low_open=True)
+        self.mode_std = check("task.mode_std", mode_std, 0, low_open=True)
+        self.p_target = check("task.p_target", p_target, 0, 1, low_open=True, high_open=True)
+        self.hit_radius = check("task.hit_radius", hit_radius, 0, low_open=True)
+        num_train_angles = check("task.num_train_angles", num_train_angles, 1, integer=True)
         step = 360 / num_train_angles
         self._train = [f"angle {step * k:g}" for k in range(num_train_angles)]
         self._heldout = [f"angle {step * k + step / 2:g}" for k in range(num_train_angles)]

@@ -34,8 +34,14 @@ class ShapesTask(Task):
 
     def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.6,
                  max_length: int = 8, reward_soft_weight: float = 0.0, caption_dropout: float = 0.0):
-        if not 0 <= caption_dropout < 1:
-            raise ValueError(f"task.caption_dropout must be in [0, 1), got {caption_dropout!r}")
+        from rlzoo.ranges import check
+
+        check("task.caption_dropout", caption_dropout, 0, 1, high_open=True)
+        check("task.caption_noise", caption_noise, 0, 1)
+        check("task.heldout_fraction", heldout_fraction, 0, 1, low_open=True, high_open=True)
+        check("task.reward_soft_weight", reward_soft_weight, 0, 1, note="the soft score's share of the reward")
+        check("task.image_size", image_size, 1, integer=True)
+        check("task.max_length", max_length, 1, integer=True)
         self.image_size = image_size
         self.caption_dropout = caption_dropout
         self.sample_shape = (3, image_size, image_size)

@@ -69,6 +69,10 @@ class T2ITask(Task):
                  text_batch_size: int = 32, decode_batch_size: int = 16):
         if not prompts:
             raise ValueError("task=t2i needs a prompt set: prompts=geneval or prompts=file prompts.path=...")
+        from rlzoo.ranges import check
+
+        check("task.text_batch_size", text_batch_size, 1, integer=True)
+        check("task.decode_batch_size", decode_batch_size, 1, integer=True)
         from rlzoo.config import build
 
         self.prompt_set = build(prompts)
