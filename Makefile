@@ -20,15 +20,17 @@ venv: $(VENV)
 run: $(VENV)
 	.venv/bin/rlzoo-train $(ARGS)
 
+# The suite in TEST_JOBS processes (pytest-xdist): every test is isolated in its own tmp_path.
+TEST_JOBS ?= 2
 test: $(VENV)
-	$(PY) -m pytest -q -x
+	$(PY) -m pytest -q -x -n $(TEST_JOBS)
 
 # The fault suite alone (README, Reliability): bad input and faults, nothing lost.
 test-faults: $(VENV)
-	$(PY) -m pytest -q -m faults
+	$(PY) -m pytest -q -m faults -n $(TEST_JOBS)
 
 test-all: $(VENV)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow" -n $(TEST_JOBS)
 
 # A named sweep from rlzoo/conf/sweep/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
 # an equal share of the cores. Rerunning the same command skips finished runs, resumes the rest.

@@ -5,6 +5,7 @@ run directory is touched, and fails with one line naming the bad value and the v
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -548,6 +549,7 @@ def override_dict(overrides) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ a run's files are data, not code
+@functools.lru_cache(maxsize=1)
 def shipped_targets() -> frozenset[str]:
     """Every `_target_` named in the shipped config tree: the components rlzoo will build from a
     config it did not compose itself (a run directory's config.yaml, an export's config.json)."""
