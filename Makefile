@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test test-faults test-all bench sweep report results pretrain features clean
+.PHONY: venv run test lint test-faults test-all bench sweep report results pretrain features clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv
@@ -22,8 +22,11 @@ run: $(VENV)
 
 # The suite in TEST_JOBS processes (pytest-xdist): every test is isolated in its own tmp_path.
 TEST_JOBS ?= 2
-test: $(VENV)
+test: lint
 	$(PY) -m pytest -q -x -n $(TEST_JOBS)
+
+lint: $(VENV)
+	.venv/bin/ruff check rlzoo tests scripts
 
 # The fault suite alone (README, Reliability): bad input and faults, nothing lost.
 test-faults: $(VENV)

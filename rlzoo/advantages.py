@@ -58,7 +58,6 @@ def nft_mapping(advantage: Tensor, adv_clip: float = 5.0) -> Tensor:
 
 
 class Advantage:
-    name = "advantage"
     min_group_size = 1  # the smallest train.group_size for which the advantage is not identically 0
 
     def __call__(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
@@ -66,7 +65,6 @@ class Advantage:
 
 
 class GroupAdvantage(Advantage):
-    name = "group"
 
     min_group_size = 2  # a group of one is its own mean: every advantage would be 0
 
@@ -83,7 +81,6 @@ class ExactAdvantage(Advantage):
     """A = c·(R - group mean) with c = beta/alpha (`exact_scale`): `alpha` the reward
     temperature, `beta` the KL's coefficient (the YAML ties it to kl.beta)."""
 
-    name = "exact"
 
     min_group_size = 2  # a group of one is its own mean: every advantage would be 0
 
@@ -97,7 +94,6 @@ class ExactAdvantage(Advantage):
 
 
 class GlobalStdAdvantage(Advantage):
-    name = "global_std"
 
     def __init__(self, eps: float = 1e-4):
         self.eps = float(check("advantage.eps", eps, 0, low_open=True))

@@ -240,6 +240,15 @@ def _component_class(node: DictConfig):
 
 
 def _validate_combination(cfg: DictConfig, built: dict) -> None:
+    from rlzoo.types import TERM_FIELDS
+
+    vocabulary = TERM_FIELDS | ROLLOUT_FIELDS
+    for group in PIPELINE:  # a misspelt declaration would otherwise read as "never provided"
+        for attribute in ("needs", "provides", "sampler_needs"):
+            unknown = sorted(set(getattr(built[group], attribute, frozenset())) - vocabulary)
+            if unknown:
+                raise ConfigError(f"{group}={_name(cfg[group])} declares {attribute} {unknown}, which are not fields "
+                                  f"of a rollout or a likelihood term; valid: {', '.join(sorted(vocabulary))}")
     error = combination_error(built, {g: _name(cfg[g]) for g in PIPELINE})
     if error:
         raise ConfigError(error)
@@ -392,7 +401,8 @@ def _name(node: DictConfig) -> str:
 
 # Who provides what to whom: a sampler's Rollout feeds the estimator, whose LikelihoodTerm feeds
 # the objective and the KL. Each component declares `needs` and `provides` (sets of field names:
-# rlzoo.types.TERM_FIELDS, and "trajectory" for a rollout that keeps its stochastic steps).
+# rlzoo.types.TERM_FIELDS, and ROLLOUT_FIELDS for what a sampler's rollout can carry).
+ROLLOUT_FIELDS = frozenset({"trajectory", "differentiable_sample"})
 PIPELINE = ("sampler", "estimator", "objective", "kl")
 PROVIDER = {"estimator": "sampler", "objective": "estimator", "kl": "estimator"}
 # (consumer, provider, the consumer's attribute listing what it needs from that provider)

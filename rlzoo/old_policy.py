@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 
-
 def old_policy_decay(schedule: int, step: int) -> float:
     """EMA decay d in old <- d·old + (1 - d)·θ after optimizer step `step`.
 

@@ -115,8 +115,8 @@ class Trainer:
             cond = self.task.group_conditioning(prompt_ids, group_size)
             cond = self.task.guided(cond, self.sampler.cfg_scale).to(self.device)
             noise = torch.randn((batch, *self.task.sample_shape), generator=self.generator).to(self.device)
-            record = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
-            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=record,
+            keep_path = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
+            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=keep_path,
                                           generator=self.generator)
             compute.nfe_forward += batch * rollout.nfe * cond.evaluations_per_velocity
 

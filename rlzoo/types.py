@@ -5,7 +5,7 @@ Shapes: B = batch, K = sampler steps, `...` = the task's sample shape ((2,) for 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import torch
@@ -125,9 +125,9 @@ class LikelihoodTerm:
     kernel_std: Tensor | float | None = None  # the kernel's std before the sqrt(-dt) factor
 
 
-# The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations.
-TERM_FIELDS = frozenset({"velocity", "velocity_old", "velocity_ref", "x_t", "x0", "noise", "t",
-                         "mean", "mean_ref", "std", "kernel_std"})
+# The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations
+# (the validator refuses a declaration outside it, e.g. a misspelt field).
+TERM_FIELDS = frozenset(f.name for f in fields(LikelihoodTerm) if f.default is None)
 
 
 @dataclass

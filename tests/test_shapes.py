@@ -8,11 +8,11 @@ from rlzoo.tasks.shapes import ShapesTask
 from rlzoo.tasks.shapes.model import tokenize, vocabulary
 from rlzoo.tasks.shapes.prompts import (
     FAMILIES,
+    RELATIONS,
     Spec,
     all_specs,
     check,
     sample_scene,
-    RELATIONS,
     split,
 )
 from rlzoo.tasks.shapes.scene import COLOURS, SHAPES, TWO_COLOUR_PATTERNS, Obj, render, render_two_coloured

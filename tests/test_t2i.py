@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
-from rlzoo.policies import ADAPTERS, LoraPolicy, LoraSettings, make_policy
+from rlzoo.policies import LoraSettings, make_policy
 from rlzoo.tasks.t2i import T2ITask
 from rlzoo.tasks.t2i.model import SD3Tiny
 

@@ -252,8 +252,15 @@ def test_needs_are_checked_generically(capsys, run_dir, monkeypatch):
     """A component whose declared needs its provider does not provide is refused by the one
     generic rule, with no pair rule written for it."""
     monkeypatch.syspath_prepend(str(REPO / "tests" / "helpers"))
+    err = fails(capsys, run_dir, "objective._target_=needy_components.NeedsMean")
+    assert "needs mean from estimator=elbo, which does not provide it" in err and "estimator=trajectory" in err
+
+
+def test_a_declaration_outside_the_vocabulary_is_refused(capsys, run_dir, monkeypatch):
+    """needs = {"score"}: no LikelihoodTerm has that field, so no estimator ever could provide it."""
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "helpers"))
     err = fails(capsys, run_dir, "objective._target_=needy_components.NeedsScore")
-    assert "needs score from estimator=elbo, which does not provide it" in err
+    assert "declares needs ['score'], which are not fields" in err and "velocity_ref" in err
 
 
 def test_combination_error_reads_the_declarations():

@@ -84,7 +84,7 @@ class ELBOEstimator:
                     "no old velocity at the current x_t; use estimator.shared_noise=true")
         return None
 
-    def termsper_sample(self, num_sampler_steps: int) -> int:
+    def terms_per_sample(self, num_sampler_steps: int) -> int:
         if self.num_terms is not None:
             return int(self.num_terms)
         return max(1, int(num_sampler_steps * 0.99))
@@ -93,7 +93,7 @@ class ELBOEstimator:
         """(B, J) timesteps for every sample and term."""
         batch = rollout.x0.shape[0]
         schedule = rollout.sigmas[:-1]
-        num = self.termsper_sample(len(schedule))
+        num = self.terms_per_sample(len(schedule))
         if self.timesteps == "sampler":
             if num > len(schedule):
                 raise ValueError(f"estimator.num_terms={num} exceeds the sampler's {len(schedule)} steps")

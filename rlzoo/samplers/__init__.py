@@ -24,7 +24,6 @@ class Sampler:
     The guidance itself is applied by the policy to every view, so the estimators and the KL see
     the velocity the sampler used (rlzoo.policies.guided_velocity)."""
 
-    stochastic = False  # does it draw fresh noise inside the loop (and so define log-probs)?
     needs = frozenset()
     provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition;
     # "differentiable_sample": it records x_k on request and its last step predicts x0 (ODE samplers)

@@ -32,7 +32,6 @@ class SDESampler(Sampler):
     With `record`, the Rollout keeps the trajectory, the behaviour log-prob of every stochastic
     step and which steps were stochastic."""
 
-    stochastic = True
     provides = frozenset({"trajectory"})
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0, kernel: str = "flow_sde", eta: float = 0.7,

@@ -84,9 +84,9 @@ class SD3Local(SD3Source):
 
     def resolved(self) -> str:
         """A directory path, or the snapshot of a hub id in the local cache; else ValueError."""
-        how = (f"fetch the weights on a machine with network access (`hf download "
-               f"stabilityai/stable-diffusion-3.5-medium --local-dir DIR`, after accepting the licence "
-               f"on the hub), copy DIR here and pass model.path=DIR")
+        how = ("fetch the weights on a machine with network access (`hf download "
+               "stabilityai/stable-diffusion-3.5-medium --local-dir DIR`, after accepting the licence "
+               "on the hub), copy DIR here and pass model.path=DIR")
         from rlzoo.tasks.base import resolve_weights
 
         path = resolve_weights(self.path, "model.path", how, kind="directory")
@@ -181,7 +181,12 @@ class SD3Tiny(SD3Source):
         return char_clip_tokenizer(self.max_sequence_length), char_t5_tokenizer(self.max_sequence_length)
 
     def pipeline(self):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+        from diffusers import (
+            AutoencoderKL,
+            FlowMatchEulerDiscreteScheduler,
+            SD3Transformer2DModel,
+            StableDiffusion3Pipeline,
+        )
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
         clip_tokenizer, t5_tokenizer = self.tokenizers()
