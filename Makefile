@@ -35,7 +35,7 @@ test-faults: $(VENV)
 test-all: $(VENV)
 	$(PY) -m pytest -q -m "slow or not slow" -n $(TEST_JOBS)
 
-# A named sweep from rlzoo/conf/sweep/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
+# A named sweep from conf/sweep/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
 # an equal share of the cores. Rerunning the same command skips finished runs, resumes the rest.
 NAME    ?= smoke
 JOBS    ?= 1

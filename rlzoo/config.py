@@ -12,7 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.errors import ConfigError, one_line_errors  # noqa: F401 (the commands import them from here)
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: ships with `pip install .`
+
+def _conf_dir() -> Path:
+    """The config tree: rlzoo/conf inside an installed package (`pip install .` ships conf/ there),
+    else conf/ beside the package in the source tree (an editable install, a checkout)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"
+    return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
           "optimizer", "lr_schedule", "logger", "experiment", "debug", "prompts", "row", "sweep")
 

@@ -1,6 +1,6 @@
 """Sweeps: the jobs a Hydra multirun will launch, validated before the first one starts.
 
-Named sweeps live in rlzoo/conf/sweep/<name>.yaml (the `sweep` config group) and are run with
+Named sweeps live in conf/sweep/<name>.yaml (the `sweep` config group) and are run with
 `rlzoo-train -m +sweep=<name>`; their grid is `hydra.sweeper.params`, extended by any comma lists
 on the command line, exactly as Hydra's basic sweeper expands it.
 """

@@ -4,7 +4,7 @@
     rlzoo-train task=toy2d objective=pepg sampler=euler
     rlzoo-train --help                            # components per group, instantly
     rlzoo-train --list                            # every valid objective x estimator x sampler
-    rlzoo-train -m +sweep=smoke                   # a named sweep from rlzoo/conf/sweep/
+    rlzoo-train -m +sweep=smoke                   # a named sweep from conf/sweep/
 
 A sweep is validated job by job before the first job starts. Inside a sweep a job that crashes or
 goes non-finite is marked failed in its summary.json and the sweep goes on; rerunning the same
@@ -25,7 +25,7 @@ Compose a run from one choice per group (Hydra overrides), e.g.
   rlzoo-train experiment=paper_a task=shapes
 Runs write to run_dir (default runs/<task>/<objective>-<estimator>-<sampler>/seed<seed>);
 rerunning the same command resumes there.
-  rlzoo-train -m +sweep=smoke                    # a named sweep (rlzoo/conf/sweep/<name>.yaml)
+  rlzoo-train -m +sweep=smoke                    # a named sweep (conf/sweep/<name>.yaml)
   rlzoo-train -m objective=epg,pepg seed=0,1,2   # an ad-hoc sweep into multirun/adhoc/
 """
 

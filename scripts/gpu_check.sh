@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rlzoo on a CUDA GPU (device=cuda), in one short script for a lent GPU machine:
-#   1. every recipe (rlzoo/conf/experiment) and every row of Paper A's table (rlzoo/conf/row) trains 2
+#   1. every recipe (conf/experiment) and every row of Paper A's table (conf/row) trains 2
 #      iterations on shapes (the recipes on toy2d and on t2i's sd3_tiny with LoRA too, and a guided
 #      bf16 t2i run), so a tensor left on the wrong device fails;
 #   2. the default recipe on toy2d (its 200 iterations) and on shapes exactly as `make run` runs it

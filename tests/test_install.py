@@ -14,7 +14,8 @@ def test_pip_install_runs_outside_the_source_tree(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "rlzoo", source / "rlzoo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("rlzoo", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     site = tmp_path / "site"
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                           "--target", str(site), str(source)], capture_output=True, text=True)
@@ -28,6 +29,8 @@ def test_pip_install_runs_outside_the_source_tree(tmp_path):
                             "print(c.CONF_DIR)"], capture_output=True, text=True, cwd=elsewhere, env=env)
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(site)) for line in where.stdout.split()), where.stdout
+    assert sorted(p.name for p in (site / "rlzoo" / "conf").iterdir() if p.is_dir()) == \
+        sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())  # every group shipped
 
     helped = subprocess.run([str(site / "bin" / "rlzoo-train"), "--help"], capture_output=True, text=True,
                             cwd=elsewhere, env=env)
@@ -38,3 +41,23 @@ def test_pip_install_runs_outside_the_source_tree(tmp_path):
                          capture_output=True, text=True, cwd=elsewhere, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (elsewhere / "run" / "summary.json").exists()
+
+
+def test_the_source_tree_reads_the_top_level_conf():
+    """An editable install (and a checkout) reads conf/ at the top of the repository, the one
+    config tree; nothing under rlzoo/ is a second copy."""
+    from rlzoo.config import CONF_DIR
+
+    assert CONF_DIR == REPO / "conf" and not (REPO / "rlzoo" / "conf").exists()
+
+
+def test_the_package_list_names_every_package():
+    """pyproject.toml lists the packages explicitly (conf/ is mapped to rlzoo.conf): a new
+    subpackage missing from the list would be left out of a wheel."""
+    import re
+
+    block = re.search(r"^packages = \[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    listed = set(re.findall(r'"([^"]+)"', block))
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "rlzoo").rglob("__init__.py")}
+    assert listed == on_disk | {"rlzoo.conf"}
+

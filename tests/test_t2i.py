@@ -295,7 +295,7 @@ RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path):
-    """Each recipe of rlzoo/conf/experiment, 2 iterations on sd3_tiny with LoRA and the tiny
+    """Each recipe of conf/experiment, 2 iterations on sd3_tiny with LoRA and the tiny
     PickScore, as one sweep (one process); every job completes and leaves its LoRA (Paper B's
     recipes with the critic as a fourth adapter; gndm and gndmr, whose rewards use R_dm, are
     evaluated with the tiny PickScore instead of their training reward)."""

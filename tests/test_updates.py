@@ -1,5 +1,5 @@
 """Several updates per rollout (inner_epochs, minibatches), model-evaluation budgets, and the
-recipes in rlzoo/conf/experiment/ running on both built-in tasks."""
+recipes in conf/experiment/ running on both built-in tasks."""
 import math
 
 import pytest
