@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv run test lint test-faults test-all bench sweep report results pretrain features clean
+.PHONY: venv run test lint test-fast test-faults test-all bench sweep report results pretrain features clean
 
 $(VENV): pyproject.toml
 	python3 -m venv .venv
@@ -27,6 +27,10 @@ test: lint
 
 lint: $(VENV)
 	.venv/bin/ruff check rlzoo tests scripts
+
+# The unit tier: math, components, validation, no end-to-end run (integration) or fault case.
+test-fast: $(VENV)
+	$(PY) -m pytest -q -m "not slow and not integration and not faults" -n $(TEST_JOBS)
 
 # The fault suite alone (README, Reliability): bad input and faults, nothing lost.
 test-faults: $(VENV)

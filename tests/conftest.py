@@ -27,7 +27,7 @@ def server():
     def start(scorer=None, handler=None) -> str:
         srv = ThreadingHTTPServer(("127.0.0.1", 0), handler) if handler else serve(scorer, port=0)
         srv.daemon_threads = True
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         started.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}/"
 

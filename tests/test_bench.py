@@ -1,10 +1,13 @@
 """The benchmark's machinery (its numbers are measured by `make bench`, never asserted here)."""
+import pytest
+
 from rlzoo.bench import measure, table
 
 TINY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8",
         "eval.samples=16", "eval.num_steps=2"]
 
 
+@pytest.mark.integration
 def test_a_bench_cell_measures_one_estimator():
     row = measure(["estimator=trajectory", "sampler=flow_sde", "sampler.num_steps=5", *TINY], 1)
     assert row["estimator"] == "trajectory" and row["steps"] == 5

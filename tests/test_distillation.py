@@ -1,6 +1,7 @@
 """Paper B's math on fixed float64 tensors (tolerance 1e-6), each expected value written out from
 the REFERENCE formula here: the DMD gradient (DMD2's code), the DMD loss's gradient on x, the
 critic's flow-matching loss, and the inferred R_dm estimator."""
+import pytest
 import torch
 
 from rlzoo.distillation import distribution_matching_reward, dmd_gradient, dmd_loss, flow_matching_loss
@@ -93,6 +94,7 @@ def critic_loss_on(critic, x0, cond, seed=123):
         return float(flow_matching_loss(critic.velocity((1 - t[:, None]) * x0 + t[:, None] * noise, t, cond), x0, noise))
 
 
+@pytest.mark.integration
 def test_the_critic_learns_the_students_samples_and_r_dm_turns_negative():
     """Student frozen and perturbed (its samples are the teacher's shifted by 0.6): the critic's
     denoising loss on fresh student samples falls; R_dm of teacher samples stays ≈ 0 when the critic
@@ -115,6 +117,7 @@ def test_the_critic_learns_the_students_samples_and_r_dm_turns_negative():
     assert r_student < 0 and abs(r_teacher) < 0.25 * abs(r_student)
 
 
+@pytest.mark.integration
 def test_dm_reward_runs_in_a_toy2d_run_and_bad_settings_fail_before_any_model(tmp_path):
     import subprocess
     import sys

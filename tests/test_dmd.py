@@ -96,6 +96,7 @@ def test_dmd_gradient_through_the_students_sample_matches_the_formula():
     assert any(a.abs().max() > 0 for a in ours)
 
 
+@pytest.mark.integration
 def test_dmd_and_dmdr_resume_like_an_uninterrupted_run(tmp_path):
     """The critic's weights (a policy view), its optimizer and noise stream, and the objective's
     own generator are checkpointed: 2 + 2 iterations equal 4."""

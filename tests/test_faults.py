@@ -837,7 +837,7 @@ def reference():
 
     server = serve(scorer, port=0, limits=Limits(max_body_bytes=200_000, max_pixels=64 * 64,
                                                  max_request_pixels=3 * 64 * 64, timeout=0.5, workers=1))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server.server_address[1], calls
     server.shutdown()
     server.server_close()

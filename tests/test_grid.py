@@ -6,6 +6,8 @@ import pytest
 from rlzoo.config import build_components, compose_config, valid_grid, validate
 from rlzoo.trainer import Trainer
 
+pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
+
 TINY = ["task=toy2d", "debug=tiny", "train.micro_batch_size=4"]  # two micro-batches per term
 
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
+
 REPO = Path(__file__).resolve().parents[1]
 
 

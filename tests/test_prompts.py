@@ -63,6 +63,7 @@ def test_file_prompts_read_txt_and_geneval_jsonl(tmp_path):
         FilePrompts(str(tmp_path / "bad.jsonl"))
 
 
+@pytest.mark.integration
 def test_cli_writes_the_splits_and_refuses_a_missing_path(tmp_path):
     rlzoo = str(Path(sys.executable).parent / "rlzoo")
     out = subprocess.run([rlzoo, "prompts", "prompts=geneval", "prompts.per_family=10", "--out", str(tmp_path)],

@@ -6,6 +6,8 @@ import pytest
 
 from rlzoo.report import report
 
+pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
+
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 SWEEPS = sorted(p.parent.parent.name for p in RESULTS.glob("*/report/table.md"))
 

@@ -109,6 +109,7 @@ def test_remote_without_url_is_one_line_before_any_model():
         validate(compose_config(["task=t2i", "model=sd3_tiny", "reward=remote", "debug=tiny"]))
 
 
+@pytest.mark.integration
 def test_a_failing_remote_reward_leaves_the_run_as_it_was(server, tmp_path):
     """Garbage from the server: the run stops with the one-line reason in summary.json; the
     iteration-0 checkpoint and the logs hold nothing from the failed iteration."""
@@ -225,6 +226,7 @@ def test_missing_reward_weights_are_one_line_before_any_model(name):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_a_stateful_reward_is_observed_counted_and_resumed(tmp_path):
     """The trainer calls observe once per iteration, counts the model evaluations it reports,
     checkpoints its state and restores it on resume."""

@@ -7,6 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(Path(sys.executable).parent / "rlzoo-train")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}

@@ -40,6 +40,7 @@ def test_trajectory_compute_is_the_hand_count(tmp_path):
     assert t.progress.compute.nfe_backward == 8 * 2
 
 
+@pytest.mark.integration
 def test_checkpoint_loads_with_weights_only(tmp_path):
     t = trainer(tmp_path)
     t.fit()
@@ -52,6 +53,7 @@ def train(run_dir, *overrides):
                            *overrides], capture_output=True, text=True, cwd=REPO)
 
 
+@pytest.mark.integration
 def test_a_truncated_checkpoint_is_a_one_line_error_and_stays(tmp_path):
     run = tmp_path / "run"
     assert train(run, "train.iterations=1").returncode == 0
@@ -73,6 +75,7 @@ def trained(tmp_path_factory):
     return run
 
 
+@pytest.mark.integration
 def test_evaluate_reproduces_the_final_summary(trained):
     final = json.loads((trained / "summary.json").read_text())["final"]
     out = subprocess.run([str(Path(sys.executable).parent / "rlzoo"), "evaluate", f"run_dir={trained}",
@@ -85,6 +88,7 @@ def test_evaluate_reproduces_the_final_summary(trained):
     assert (trained / "evaluations" / "ema.png").exists()
 
 
+@pytest.mark.integration
 def test_evaluate_refuses_bad_input(trained, tmp_path):
     rlzoo = str(Path(sys.executable).parent / "rlzoo")
     for args, expected in ((["weights=best"], "unknown weights='best'; valid: ema, current, base"),
@@ -95,6 +99,7 @@ def test_evaluate_refuses_bad_input(trained, tmp_path):
         assert (expected or "holds no run") in out.stderr
 
 
+@pytest.mark.integration
 def test_export_writes_safetensors_that_rebuild_the_model(trained, tmp_path):
     from hydra.utils import instantiate
     from safetensors.torch import load_file
@@ -112,6 +117,7 @@ def test_export_writes_safetensors_that_rebuild_the_model(trained, tmp_path):
     assert config["weights"] == "ema" and all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
+@pytest.mark.integration
 def test_debug_tiny_keeps_only_the_first_and_last_checkpoint(tmp_path):
     """debug=tiny sets checkpoint_every=null: no periodic checkpoints, the last one is written."""
     t = trainer(tmp_path)

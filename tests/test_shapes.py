@@ -53,6 +53,7 @@ def test_prompts_round_trip_through_the_tokenizer():
         tokenize(["a red circle and a blue square and more"], 8)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", FAMILIES)
 def test_verifier_accepts_clean_renders_of_heldout_prompts(verifier, family):
     """Acceptance: >= 99% strict on >= 2,000 clean renders, every family."""

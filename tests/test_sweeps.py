@@ -13,6 +13,8 @@ from rlzoo.config import ConfigError, check_overrides
 from rlzoo.stats import mean_ci, ratio_ci, t_quantile_975
 from rlzoo.sweeps import sweep_jobs
 
+pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",

@@ -242,6 +242,7 @@ def test_guidance_on_a_task_without_an_empty_prompt_is_refused():
         validate(compose_config(["task=toy2d", "sampler.cfg_scale=4.5"]))
 
 
+@pytest.mark.integration
 def test_t2i_run_leaves_a_diffusers_lora(tmp_path):
     """The acceptance command: 2 iterations on 2 CPU cores; the LoRA lands in the run directory."""
     import subprocess
@@ -265,6 +266,7 @@ SDE_SAMPLERS = [s for s in SAMPLERS if s not in ("euler", "dpm2", "dpm2s")]
 PAIRS = [("elbo", s) for s in SAMPLERS] + [("trajectory", s) for s in SDE_SAMPLERS]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.5])
 @pytest.mark.parametrize("estimator_name, sampler_name", PAIRS)
 def test_first_update_ratio_is_one_with_lora(built, estimator_name, sampler_name, cfg_scale):
@@ -294,6 +296,7 @@ def test_first_update_ratio_is_one_with_lora(built, estimator_name, sampler_name
 RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
+@pytest.mark.integration
 def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path):
     """Each recipe of conf/experiment, 2 iterations on sd3_tiny with LoRA and the tiny
     PickScore, as one sweep (one process); every job completes and leaves its LoRA (Paper B's
@@ -368,6 +371,7 @@ def test_unknown_precision_is_one_line_before_any_model(monkeypatch):
         validate(compose("model.precision=fp8"))
 
 
+@pytest.mark.integration
 def test_export_and_evaluate_a_lora_run(tmp_path):
     """`rlzoo export` of a LoRA run writes the diffusers LoRA of the asked weights; `rlzoo
     evaluate` reloads the run (base pipeline + adapters from the checkpoint) and scores it."""
@@ -396,6 +400,7 @@ def test_export_and_evaluate_a_lora_run(tmp_path):
     assert set(metrics) >= {"reward"} and (run_dir / "evaluations" / "current.json").exists()
 
 
+@pytest.mark.integration
 def test_lora_on_shapes_trains_only_adapters(tmp_path):
     """model.lora works on any task whose model has the targets: shapes' MMDiT."""
     import subprocess

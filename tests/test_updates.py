@@ -9,6 +9,8 @@ from rlzoo.config import available, build_components, compose_config, validate
 from rlzoo.trainer import Trainer, minibatch_rows
 from rlzoo.types import Conditioning, Rollout
 
+pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
+
 TINY_TOY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8",
             "sampler.num_steps=4", "eval.samples=16", "eval.num_steps=2", "eval.every=100",
             "progress_bar=false"]

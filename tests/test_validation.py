@@ -100,6 +100,7 @@ def test_a_run_dir_with_another_config_is_not_reused(capsys, run_dir):
     assert "different config (differs in optimizer.lr)" in err
 
 
+@pytest.mark.integration
 def test_console_script_reports_the_same_error(run_dir):
     before = snapshot(run_dir)
     out = subprocess.run([str(Path(sys.executable).parent / "rlzoo-train"), "task=toy2d", f"run_dir={run_dir}",
@@ -136,6 +137,7 @@ def test_valid_grid_follows_the_rules():
             assert ((o, "trajectory", s) in grid) == expected, (o, s)
 
 
+@pytest.mark.integration
 def test_list_prints_the_grid():
     out = subprocess.run([str(Path(sys.executable).parent / "rlzoo-train"), "--list"], capture_output=True,
                          text=True, cwd=REPO)
@@ -188,6 +190,7 @@ def test_a_key_the_component_does_not_take(capsys, run_dir):
     assert "estimator=trajectory takes no argument 'weighting'" in err and "its arguments: steps" in err
 
 
+@pytest.mark.integration
 def test_every_recipe_and_row_composes_to_constructor_arguments():
     from rlzoo.config import available, compose_config, validate
 
