@@ -1,0 +1,36 @@
+"""What the config tree resolves to: every recipe and row on every task against a committed
+snapshot (a refactor of conf/ must not change what runs), and the task's scale numbers meaning
+the same on every task."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlzoo.config import build, compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from resolved_configs import SNAPSHOT, resolved  # noqa: E402
+
+
+@pytest.mark.integration  # (composes some 60 configs: ~10 s, kept out of make test-fast)
+def test_every_recipe_resolves_as_the_snapshot_says():
+    """A difference means conf/ now runs something else: if it is meant, rerun
+    `python scripts/resolved_configs.py` and review the snapshot's diff."""
+    committed = json.loads(SNAPSHOT.read_text())
+    now = resolved()
+    assert sorted(now) == sorted(committed)
+    differences = [f"{label}: {key} {committed[label].get(key)!r} -> {now[label].get(key)!r}"
+                   for label in now for key in sorted(set(now[label]) | set(committed[label]))
+                   if now[label].get(key) != committed[label].get(key)]
+    assert not differences, "\n".join(differences[:20])
+
+
+@pytest.mark.parametrize("task", ["toy2d", "shapes"])
+@pytest.mark.parametrize("kl, c", [("none", 1.0), ("velocity", 0.1), ("sde_mean", 0.1)])
+def test_the_exact_advantage_means_the_same_on_every_task(task, kl, c):
+    """c = kl.beta / alpha is 0.1 on both tasks with a KL (each sizes beta and alpha together),
+    and 1 without one (it used to be the task's beta / alpha: 0.1 on shapes, 1 on toy2d)."""
+    advantage = build(compose_config([f"task={task}", f"kl={kl}", "advantage=exact"]).advantage)
+    assert advantage.c == pytest.approx(c)
