@@ -38,6 +38,8 @@ def cases() -> dict[str, list[str]]:
             out[f"task={task} experiment={experiment}"] = [f"task={task}", f"experiment={experiment}", *extra]
     for row in available("row"):
         out[f"task=shapes +row={row}"] = ["task=shapes", f"+row={row}"]
+    for reward in available("reward"):  # every reward on the task that takes them all
+        out[f"task=t2i reward={reward}"] = ["task=t2i", "model=sd3_tiny", f"reward={reward}"]
     return out
 
 

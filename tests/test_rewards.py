@@ -192,8 +192,7 @@ def test_mix_with_running_statistics_follows_an_ema_and_resumes():
 
 
 def test_mix_yaml_builds_tiny_parts_and_rejects_mismatched_weights():
-    node = OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "mix.yaml"), {"tiny": True})
-    mix = build(node)
+    mix = build(compose_config(["task=t2i", "model=sd3_tiny", "reward=mix", "reward.tiny=true"]).reward)
     assert all(part.tiny for part in mix.parts.values())
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     out = mix.score_images(images, cond_of(["a cat", "a cat", "a dog", "a dog"], [0, 0, 1, 1]))
