@@ -536,15 +536,27 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def build(node: DictConfig | dict, **kwargs):
-    """Instantiate a component (a config node, or the plain dict a component holds for a nested
-    one); its `name` key labels runs and is not a constructor argument."""
+def build(node: DictConfig | dict, recursive: bool = True, **kwargs):
+    """Instantiate a component and, first, the components inside it (Hydra's recursive
+    instantiation: a mix's parts, DMDR's policy-gradient objective, t2i's prompt set and
+    evaluation rewards), so a component receives built objects and never builds its own. A
+    component's `name` key labels runs and is not a constructor argument. `recursive=False` for a
+    component handed plain data that may hold targets (a logger's copy of the run's config)."""
     from hydra.utils import instantiate
 
     if not isinstance(node, DictConfig):  # a config node keeps its parent (interpolations resolve)
         node = OmegaConf.create(node)
-    params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
-    return instantiate(params, _recursive_=False, _convert_="all", **kwargs)
+    params = _without_names(OmegaConf.to_container(node, resolve=True))
+    return instantiate(params, _recursive_=recursive, _convert_="all", **kwargs)
+
+
+def _without_names(node):
+    """A plain config with the `name` key dropped from every component node (one with `_target_`)."""
+    if isinstance(node, dict):
+        return {k: _without_names(v) for k, v in node.items() if not (k == "name" and "_target_" in node)}
+    if isinstance(node, list):
+        return [_without_names(v) for v in node]
+    return node
 
 
 def build_components(cfg: DictConfig, loggers: list | None = None):

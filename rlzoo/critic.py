@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from rlzoo.distillation import flow_matching_loss, noise_and_t
-from rlzoo.estimators.elbo import noised
+from rlzoo.ops import noised
 from rlzoo.ranges import check
 from rlzoo.types import Conditioning, Rollout
 

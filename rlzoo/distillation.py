@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rlzoo.estimators.elbo import elbo_term
-from rlzoo.ops import mean_dims, per_sample
+from rlzoo.ops import mean_dims, per_sample, velocity_target
 
 
 def dmd_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
@@ -32,11 +32,6 @@ def dmd_gradient_norm_reward(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Ten
     return -mean_dims(dmd_gradient(x, x0_real, x0_fake) ** 2).sqrt()
 
 
-def x0_prediction(x_t: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
-    """x̂0 = x_t − t·v (rectified flow: x_t = (1 − t)·x0 + t·ε, v = ε − x0)."""
-    return x_t - per_sample(t, x_t) * velocity
-
-
 def dmd_loss(x: Tensor, gradient: Tensor) -> Tensor:
     """½·mean((x - sg(x - g))²): a scalar whose gradient on x is g / (B·D)."""
     target = (x - gradient).detach()
@@ -45,7 +40,7 @@ def dmd_loss(x: Tensor, gradient: Tensor) -> Tensor:
 
 def flow_matching_loss(velocity: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
     """The critic's denoising loss: mean((v(x_t, t) - (ε - x0))²) (the pretraining loss)."""
-    return ((velocity - (noise - x0)) ** 2).mean()
+    return ((velocity - velocity_target(x0, noise)) ** 2).mean()
 
 
 def distribution_matching_reward(x0: Tensor, noise: Tensor, t: Tensor, velocity_teacher: Tensor,

@@ -27,42 +27,10 @@ from pathlib import Path
 
 from rlzoo.errors import one_line_errors
 from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
+from rlzoo.policies import LORA_WEIGHTS, lora_files
 
 TRAINED = ("ema", "current")  # the weights a run's checkpoint holds
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the name diffusers' LoRA loader looks for
 USAGE = "usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current] [--overwrite]"
-
-
-def lora_files(lora_state: dict, settings, metadata: dict | None = None) -> dict[str, bytes]:
-    """A LoRA as diffusers writes one: {pytorch_lora_weights.safetensors: bytes, rlzoo.json: bytes},
-    keys `transformer.<module>.lora_A/B.weight`, with the adapter's rank, alpha and targets as
-    metadata, so `StableDiffusion3Pipeline.load_lora_weights(dir)` restores the trained velocity
-    exactly. diffusers writes into a temporary directory of its own (removed with its contents);
-    the caller decides where the bytes go."""
-    import tempfile
-
-    from diffusers import StableDiffusion3Pipeline
-
-    tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in lora_state.items()}
-    with tempfile.TemporaryDirectory(prefix="rlzoo-lora-") as scratch:
-        StableDiffusion3Pipeline.save_lora_weights(
-            scratch, transformer_lora_layers=tensors, weight_name=LORA_WEIGHTS,
-            transformer_lora_adapter_metadata={"r": int(settings.rank), "lora_alpha": float(settings.alpha),
-                                               "target_modules": list(settings.target_modules)})
-        files = {LORA_WEIGHTS: (Path(scratch) / LORA_WEIGHTS).read_bytes()}
-    if metadata:
-        files["rlzoo.json"] = json.dumps(metadata, indent=2).encode()
-    return files
-
-
-def save_lora(lora_state: dict, settings, out: Path, metadata: dict | None = None) -> Path:
-    """Write a LoRA (`lora_files`) into a directory rlzoo owns (a run's `lora/`), each file
-    atomically; nothing else in `out` is touched."""
-    from rlzoo.runs import atomic_write_bytes
-
-    for name, data in lora_files(lora_state, settings, metadata).items():
-        atomic_write_bytes(Path(out) / name, data)
-    return Path(out) / LORA_WEIGHTS
 
 
 def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool = False) -> Path:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -234,6 +236,41 @@ class LoraSettings:
                              f"(targets match module names as suffixes, e.g. {', '.join(examples)})")
 
 
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the name diffusers' LoRA loader looks for
+
+
+def lora_files(lora_state: dict, settings, metadata: dict | None = None) -> dict[str, bytes]:
+    """A LoRA as diffusers writes one: {pytorch_lora_weights.safetensors: bytes, rlzoo.json: bytes},
+    keys `transformer.<module>.lora_A/B.weight`, with the adapter's rank, alpha and targets as
+    metadata, so `StableDiffusion3Pipeline.load_lora_weights(dir)` restores the trained velocity
+    exactly. diffusers writes into a temporary directory of its own (removed with its contents);
+    the caller decides where the bytes go."""
+    import tempfile
+
+    from diffusers import StableDiffusion3Pipeline
+
+    tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in lora_state.items()}
+    with tempfile.TemporaryDirectory(prefix="rlzoo-lora-") as scratch:
+        StableDiffusion3Pipeline.save_lora_weights(
+            scratch, transformer_lora_layers=tensors, weight_name=LORA_WEIGHTS,
+            transformer_lora_adapter_metadata={"r": int(settings.rank), "lora_alpha": float(settings.alpha),
+                                               "target_modules": list(settings.target_modules)})
+        files = {LORA_WEIGHTS: (Path(scratch) / LORA_WEIGHTS).read_bytes()}
+    if metadata:
+        files["rlzoo.json"] = json.dumps(metadata, indent=2).encode()
+    return files
+
+
+def save_lora(lora_state: dict, settings, out: Path, metadata: dict | None = None) -> Path:
+    """Write a LoRA (`lora_files`) into a directory rlzoo owns (a run's `lora/`), each file
+    atomically; nothing else in `out` is touched."""
+    from rlzoo.runs.files import atomic_write_bytes
+
+    for name, data in lora_files(lora_state, settings, metadata).items():
+        atomic_write_bytes(Path(out) / name, data)
+    return Path(out) / LORA_WEIGHTS
+
+
 def lora_module(model: nn.Module) -> nn.Module:
     """The part of a velocity model that LoRA adapts (its transformer), or the model itself."""
     return model.lora_module() if hasattr(model, "lora_module") else model
@@ -350,8 +387,6 @@ class LoraPolicy(Policy):
 
     def export_adapter(self, view: str, out, metadata: dict) -> None:
         """<out>/pytorch_lora_weights.safetensors: the view's LoRA as diffusers loads it."""
-        from rlzoo.export import save_lora
-
         save_lora(self.adapter_state_dict(view), self.lora, out, metadata)
 
     def adapter_state_dict(self, view: str = "current") -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ import time
 import torch
 
 from rlzoo.errors import one_line_errors
+from rlzoo.ops import noised, velocity_target
 
 
 def pretrain(task, model: torch.nn.Module, steps: int, batch_size: int, lr: float, seed: int,
@@ -28,9 +29,7 @@ def pretrain(task, model: torch.nn.Module, steps: int, batch_size: int, lr: floa
         x0, cond = task.pretrain_batch(batch_size, generator)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.sigmoid(torch.randn(batch_size, generator=generator))
-        tt = t.reshape(-1, *([1] * (x0.ndim - 1)))
-        x_t = (1 - tt) * x0 + tt * noise
-        loss = ((model(x_t, t, cond) - (noise - x0)) ** 2).mean()
+        loss = ((model(noised(x0, noise, t), t, cond) - velocity_target(x0, noise)) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -72,7 +72,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
             if cfg.logger.get("_target_"):
                 group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
                 node = {**OmegaConf.to_container(cfg.logger, resolve=True), "group": group}
-                loggers.append(build(node, run_dir=run_dir, name=name, run_config=run_config))
+                loggers.append(build(node, recursive=False, run_dir=run_dir, name=name, run_config=run_config))
             trainer = Trainer(cfg, run_dir, build_components(cfg, loggers))
             summary = trainer.fit()
         except BaseException as exc:

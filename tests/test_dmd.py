@@ -28,7 +28,7 @@ def toy_student(overrides=(), rows=64):
 def test_the_last_step_of_an_ode_sampler_is_the_x0_prediction(sampler):
     """What backward simulation relies on: from the recorded x_{K-1}, one differentiable
     x0-prediction reproduces the sampler's own final sample."""
-    from rlzoo.distillation import x0_prediction
+    from rlzoo.ops import x0_prediction
 
     cfg, task, policy, _, cond, noise = toy_student([f"sampler={sampler}"])
     rollout = build(cfg.sampler).sample(policy.velocity_fn("current"), noise, cond, record=True)
@@ -142,12 +142,13 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
     and loaded with the policy."""
     from rlzoo.critic import Critic
     from rlzoo.policies import LoraSettings
+    from rlzoo.prompts import GenEvalPrompts
+    from rlzoo.rewards.images import CLIPReward
     from rlzoo.tasks.t2i import T2ITask
     from rlzoo.types import Rollout
 
-    prompts = {"_target_": "rlzoo.prompts.GenEvalPrompts", "per_family": 4, "test_fraction": 0.5}
-    pickscore = {"_target_": "rlzoo.rewards.images.CLIPReward", "tiny": True}
-    task = T2ITask(prompts=prompts, eval_rewards={"reward": pickscore}, embedding_cache=str(tmp_path / "embeddings"))
+    task = T2ITask(prompts=GenEvalPrompts(per_family=4, test_fraction=0.5),
+                   eval_rewards={"reward": CLIPReward(tiny=True)}, embedding_cache=str(tmp_path / "embeddings"))
     model_cfg = OmegaConf.create({"_target_": "rlzoo.tasks.t2i.model.SD3Tiny", "seed": 0, "lora": {
         "rank": 4, "alpha": 8, "init": "gaussian", "target_modules": LoraSettings().target_modules}})
     policy = make_policy(task.load_base_model(model_cfg), model_cfg)

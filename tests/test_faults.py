@@ -208,8 +208,7 @@ def test_export_overwrite_replaces_only_its_own_files(capsys, run, tmp_path):
 
 def test_the_lora_saver_replaces_only_its_own_files(tmp_path):
     """A run's lora/ is rewritten at every checkpoint: file by file, never by removing the folder."""
-    from rlzoo.export import LORA_WEIGHTS, save_lora
-    from rlzoo.policies import LoraSettings
+    from rlzoo.policies import LORA_WEIGHTS, LoraSettings, save_lora
 
     out = tmp_path / "lora"
     out.mkdir()

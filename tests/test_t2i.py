@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
 from rlzoo.policies import LoraSettings, make_policy
+from rlzoo.prompts import GenEvalPrompts
 from rlzoo.tasks.t2i import T2ITask
 from rlzoo.tasks.t2i.model import SD3Tiny
 
@@ -16,8 +17,7 @@ PICKSCORE = {"_target_": "rlzoo.rewards.images.CLIPReward", "tiny": True, "scale
 
 
 def tiny_task(tmp_path, **kwargs) -> T2ITask:
-    prompts = {"_target_": "rlzoo.prompts.GenEvalPrompts", "per_family": 4, "test_fraction": 0.5}
-    return T2ITask(prompts=prompts, eval_rewards={"reward": PICKSCORE},
+    return T2ITask(prompts=GenEvalPrompts(per_family=4, test_fraction=0.5), eval_rewards={"reward": build(PICKSCORE)},
                    embedding_cache=str(tmp_path / "embeddings"), **kwargs)
 
 
@@ -115,7 +115,7 @@ def test_old_and_eval_adapters_follow_the_ema(built):
 def test_exported_lora_loads_into_a_diffusers_pipeline(built, tmp_path):
     """The exported LoRA, loaded by StableDiffusion3Pipeline.load_lora_weights into a pipeline
     built from the same tiny components, gives the policy's velocity to 1e-5."""
-    from rlzoo.export import save_lora
+    from rlzoo.policies import save_lora
 
     task, policy, _ = built
     randomize(policy, "eval", seed=4)

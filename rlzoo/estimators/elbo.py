@@ -10,18 +10,12 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from rlzoo.ops import mean_dims, per_sample
+from rlzoo.ops import mean_dims, noised, per_sample, velocity_target, x0_prediction
 from rlzoo.ranges import check
 from rlzoo.types import LikelihoodTerm, Rollout
 
 WEIGHTINGS = ("adaptive", "t", "uniform", "exact")
 TIMESTEPS = ("sampler", "uniform", "logit_normal")
-
-
-def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """x_t = (1 - t)·x0 + t·eps, t of shape (B,)."""
-    t = per_sample(t, x0)
-    return (1 - t) * x0 + t * noise
 
 
 def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting: str = "adaptive",
@@ -37,17 +31,17 @@ def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting:
     the adaptive term by 1/s and the uniform term by 1/s² (no-ops without guidance).
     """
     if weighting in ("adaptive", "t"):
-        x0_hat = noised(x0, noise, t) - per_sample(t, x0) * velocity
+        x0_hat = x0_prediction(noised(x0, noise, t), velocity, t)
         error = x0_hat - x0
         if weighting == "t":
             return -mean_dims(error**2)
         w = mean_dims(error.detach().abs().double()).clamp_min(1e-5)
         return (-mean_dims(error.double() ** 2) / w / guidance_scale).to(x0.dtype)
     if weighting == "uniform":
-        return -mean_dims((noise - x0 - velocity) ** 2) / guidance_scale**2
+        return -mean_dims((velocity_target(x0, noise) - velocity) ** 2) / guidance_scale**2
     if weighting == "exact":
         tt = per_sample(t, x0)
-        return -mean_dims((1 - tt) / (tt + 1e-3) * (noise - x0 - velocity) ** 2)
+        return -mean_dims((1 - tt) / (tt + 1e-3) * (velocity_target(x0, noise) - velocity) ** 2)
     raise ValueError(f"unknown ELBO weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlzoo.ops import mean_dims, per_sample
+from rlzoo.ops import mean_dims, velocity_target, x0_prediction
 from rlzoo.ranges import check
 from rlzoo.types import LikelihoodTerm
 
@@ -139,10 +139,9 @@ def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t:
     L  = 5 · (r·ℓ+ + (1-r)·ℓ-) / γ
     """
     v_old = velocity_old.detach()
-    tt = per_sample(t, x0)
 
     def adaptive(v):
-        error = x_t - tt * v - x0
+        error = x0_prediction(x_t, v, t) - x0
         return mean_dims(error**2) / mean_dims(error.detach().abs()).clamp_min(1e-5)
 
     positive = adaptive(gamma * velocity + (1 - gamma) * v_old)
@@ -153,7 +152,7 @@ def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t:
 def awm_log_prob(velocity: Tensor, noise: Tensor, x0: Tensor, t: Tensor, power: float = 0.25) -> Tensor:
     """AWM's log-likelihood with the `ghuber` time weighting, per sample:
     ℓ = mean_d( (v - (eps - x0))² ),  logp = -((ℓ + 1e-10)^p - (1e-10)^p)·t/p."""
-    loss = mean_dims((velocity - (noise - x0)) ** 2)
+    loss = mean_dims((velocity - velocity_target(x0, noise)) ** 2)
     return -((loss + 1e-10) ** power - 1e-10**power) * t.to(loss.dtype) / power
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t, x0_prediction
-from rlzoo.estimators.elbo import noised
+from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
 from rlzoo.objectives import Objective
+from rlzoo.ops import noised, x0_prediction
 from rlzoo.types import LikelihoodTerm, Rollout
 
 
@@ -81,20 +81,21 @@ class DMD(Objective):
 
 class DMDR(DMD):
     """DMD loss + λ·(an rlzoo objective on the rewards), λ = 0 for the first `warmup_iterations`
-    (DMDR's DMD-only warm-up). `policy_gradient` is an objective config (default EPG)."""
+    (DMDR's DMD-only warm-up). `policy_gradient` is an objective (built from its config, default
+    EPG, by Hydra's recursive instantiation)."""
 
-    def __init__(self, policy_gradient: dict | None = None, reward_weight: float = 0.05,
+    def __init__(self, policy_gradient: Objective | None = None, reward_weight: float = 0.05,
                  warmup_iterations: int = 0, t_range: list[float] = (0.02, 0.98),
                  teacher_cfg_scale: float = 1.0, seed: int = 0):
-        from rlzoo.config import build
+        from rlzoo.objectives import EPG
 
         super().__init__(t_range, teacher_cfg_scale, seed)
         if not float(reward_weight) >= 0:
             raise ValueError(f"objective.reward_weight (λ) must be >= 0, got {reward_weight!r}")
         if not isinstance(warmup_iterations, int) or warmup_iterations < 0:
             raise ValueError(f"objective.warmup_iterations must be an int >= 0, got {warmup_iterations!r}")
-        self.rl = build(policy_gradient or {"_target_": "rlzoo.objectives.EPG"})
-        if isinstance(self.rl, DMD):
+        self.rl = policy_gradient if policy_gradient is not None else EPG()
+        if not isinstance(self.rl, Objective) or isinstance(self.rl, DMD):
             raise ValueError("objective.policy_gradient must be a policy-gradient objective, not a DMD one")
         self.reward_weight, self.warmup_iterations = float(reward_weight), warmup_iterations
         self.needs, self.uses_ratio = self.rl.needs, self.rl.uses_ratio

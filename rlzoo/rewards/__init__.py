@@ -18,6 +18,8 @@ class Reward:
     for a reward that learns while the policy trains (Paper B's R_dm and its critic) — a training
     hook and a state. A stateless reward keeps the no-op defaults."""
 
+    scores_images = False  # True: it scores decoded images, `score_images(images, cond, task)` (ImageReward)
+
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         raise NotImplementedError
 
@@ -90,13 +92,11 @@ class MixReward(Reward):
     spread: these are the adaptive weights (Paper B's GNDMR mixes R_dm with external rewards so;
     its exact rule was not available, this reading is INFERRED) and are returned as `weight_<name>`
     (per row, so the metrics log their mean every iteration). Each part's raw score is returned as
-    `<name>`. `rewards` maps names to reward configs; `tiny`, when set, goes to every part that has
-    that switch."""
+    `<name>`. `rewards` maps names to rewards (built from their configs before the mix, by Hydra's
+    recursive instantiation); `tiny`, when set, goes to every part that scores images."""
 
-    def __init__(self, rewards: dict, weights: dict | None = None, normalize: str = "group",
+    def __init__(self, rewards: dict[str, Reward], weights: dict | None = None, normalize: str = "group",
                  tiny: bool | None = None, momentum: float = 0.9):
-        from rlzoo.config import build
-
         if not rewards:
             raise ValueError("reward=mix needs reward.rewards: {name: reward config, ...}")
         if normalize not in NORMALIZATIONS:
@@ -104,9 +104,15 @@ class MixReward(Reward):
         weights = dict(weights or {name: 1.0 for name in rewards})
         if set(weights) != set(rewards):
             raise ValueError(f"reward.weights names {sorted(weights)} differ from reward.rewards {sorted(rewards)}")
-        if tiny is not None:
-            rewards = {k: {**v, "tiny": bool(tiny)} if "tiny" in v else v for k, v in rewards.items()}
-        self.parts = {name: build(node) for name, node in rewards.items()}
+        not_rewards = sorted(name for name, part in rewards.items() if not isinstance(part, Reward))
+        if not_rewards:
+            raise ValueError(f"reward.rewards.{not_rewards[0]} is not a reward component (a config with a _target_)")
+        self.parts = dict(rewards)
+        if tiny is not None:  # the image rewards build their models lazily, so the switch still applies
+            for part in self.parts.values():
+                if part.scores_images:
+                    part.tiny = bool(tiny)
+        self.scores_images = all(part.scores_images for part in self.parts.values())
         self.weights = {k: float(check(f"reward.weights.{k}", v, 0)) for k, v in weights.items()}
         if not any(self.weights.values()):
             raise ValueError("reward.weights are all 0: the mixed reward, and every advantage, would be 0")
@@ -146,10 +152,8 @@ class MixReward(Reward):
         self.running = {k: v.clone() for k, v in state.get("running", {}).items()}
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
-        from rlzoo.rewards.images import ImageReward
-
-        images = task.images(x0) if any(isinstance(p, ImageReward) for p in self.parts.values()) else None
-        return self._mix({name: (part.score_images(images, cond, task) if isinstance(part, ImageReward)
+        images = task.images(x0) if any(p.scores_images for p in self.parts.values()) else None  # decoded once
+        return self._mix({name: (part.score_images(images, cond, task) if part.scores_images
                                  else part(task, x0, cond))["reward"] for name, part in self.parts.items()}, cond)
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:

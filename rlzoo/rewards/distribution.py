@@ -28,9 +28,9 @@ from rlzoo.distillation import (
     distribution_matching_reward,
     dmd_gradient_norm_reward,
     noise_and_t,
-    x0_prediction,
 )
-from rlzoo.estimators.elbo import WEIGHTINGS, noised
+from rlzoo.estimators.elbo import WEIGHTINGS
+from rlzoo.ops import noised, x0_prediction
 from rlzoo.rewards import Reward
 from rlzoo.types import Conditioning
 

@@ -27,6 +27,8 @@ class ImageReward(Reward):
     {"reward": (B,), other per-sample scores}; `score` is the (B,) reward of (images, prompts)."""
 
     name = "image_reward"
+    scores_images = True
+    tiny = False  # a small random model of the same classes instead of released weights (where one is loaded)
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         return self.score_images(task.images(x0), cond, task)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlzoo.ops import mean_dims, per_sample
+from rlzoo.ops import mean_dims, per_sample, x0_prediction
 
 
 class Step(NamedTuple):
@@ -108,7 +108,7 @@ def cps_step(x, velocity, sigma, sigma_next, *, eta=0.7, noise=None, x_next=None
     sig = per_sample(sigma, x)
     sig_next = per_sample(sigma_next, x)
     std = sig_next * math.sin(eta * math.pi / 2)
-    x0_hat = x - sig * velocity
+    x0_hat = x0_prediction(x, velocity, sigma)
     x1_hat = x + (1 - sig) * velocity
     mean = x0_hat * (1 - sig_next) + x1_hat * torch.sqrt(sig_next**2 - std**2)
     x_next = _draw(mean, std, noise, x_next)
@@ -126,7 +126,7 @@ def dance_sde_step(x, velocity, sigma, sigma_next, *, eta=0.3, noise=None, x_nex
     sig_next = per_sample(sigma_next, x)
     dt = sig_next - sig
     std = eta * torch.sqrt(sig - sig_next)
-    x0_hat = x - sig * velocity
+    x0_hat = x0_prediction(x, velocity, sigma)
     score = -(x - (1 - sig) * x0_hat) / sig**2
     mean = x + dt * velocity - 0.5 * eta**2 * score * dt
     x_next = _draw(mean, std, noise, x_next)

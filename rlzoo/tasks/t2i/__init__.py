@@ -65,7 +65,7 @@ class T2ITask(Task):
     supports_guidance = True
     pretrain_command = "no pretraining: the base model is the pipeline's (model.path)"
 
-    def __init__(self, prompts: dict, eval_rewards: dict | None = None, embedding_cache: str = "~/.cache/rlzoo/text_embeddings",
+    def __init__(self, prompts=None, eval_rewards: dict | None = None, embedding_cache: str = "~/.cache/rlzoo/text_embeddings",
                  text_batch_size: int = 32, decode_batch_size: int = 16):
         if not prompts:
             raise ValueError("task=t2i needs a prompt set: prompts=geneval or prompts=file prompts.path=...")
@@ -73,17 +73,14 @@ class T2ITask(Task):
 
         check("task.text_batch_size", text_batch_size, 1, integer=True)
         check("task.decode_batch_size", decode_batch_size, 1, integer=True)
-        from rlzoo.config import build
-
-        self.prompt_set = build(prompts)
+        self.prompt_set = prompts  # a PromptSet, built from prompts=... before the task
         self._train = [p.text for p in self.prompt_set.train()]
         self._heldout = [p.text for p in self.prompt_set.test()]
         self._prompts = {p.text: p for p in [*self.prompt_set.train(), *self.prompt_set.test()]}
-        self.eval_reward_configs = dict(eval_rewards or {})
-        if "reward" not in self.eval_reward_configs:
+        self._eval_rewards = dict(eval_rewards or {})  # rewards, built before the task (lazy models)
+        if "reward" not in self._eval_rewards:
             raise ValueError(f"task.eval_rewards needs a 'reward' entry (the primary held-out reward); "
-                             f"got {sorted(self.eval_reward_configs)}")
-        self._eval_rewards = None
+                             f"got {sorted(self._eval_rewards)}")
         self.embedding_cache_dir = embedding_cache
         self.text_batch_size, self.decode_batch_size = int(text_batch_size), int(decode_batch_size)
         self.vae = None
@@ -181,10 +178,6 @@ class T2ITask(Task):
 
     # ------------------------------------------------------------------------ scores
     def eval_rewards(self) -> dict:
-        if self._eval_rewards is None:
-            from rlzoo.config import build
-
-            self._eval_rewards = {name: build(node) for name, node in self.eval_reward_configs.items()}
         return self._eval_rewards
 
     def metadata(self, prompt: str) -> dict:
@@ -199,7 +192,7 @@ class T2ITask(Task):
     def _scores(self, x0: Tensor, cond: Conditioning, images: Tensor) -> dict[str, Tensor]:
         out = {}
         for name, reward in self.eval_rewards().items():
-            scores = (reward.score_images(images, cond, self) if hasattr(reward, "score_images")
+            scores = (reward.score_images(images, cond, self) if reward.scores_images
                       else reward(self, x0, cond))
             out[name] = scores["reward"]
             out.update({f"{name}/{k}": v for k, v in scores.items() if k != "reward"})
