@@ -564,13 +564,19 @@ def build_components(cfg: DictConfig, loggers: list | None = None):
     from rlzoo.types import Components
 
     built = {group: build(cfg[group], _partial_=group in PARTIAL_GROUPS) for group in BUILT_GROUPS}
-    critic = build(cfg.critic) if needs_critic(built["objective"], built["reward"]) else None
-    return Components(**built, loggers=list(loggers or []), critic=critic)
+    learners = []
+    if needs_critic(built["objective"], built["reward"]):  # one critic, shared by both
+        critic = build(cfg.critic)
+        for component in (built["objective"], built["reward"]):
+            if component.needs_critic:
+                component.use_critic(critic)
+        learners.append(critic)
+    return Components(**built, loggers=list(loggers or []), learners=learners)
 
 
 def needs_critic(objective, reward) -> bool:
     """Whether DMD's fake score is needed: objective=dmd / dmdr, or reward=dm (also inside a mix)."""
-    return any(getattr(c, "needs_critic", False) for c in (objective, reward))
+    return any(c.needs_critic for c in (objective, reward) if c is not None)
 
 
 def override_dict(overrides) -> dict[str, str]:

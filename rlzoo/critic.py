@@ -1,5 +1,5 @@
 """DMD's "fake score" critic (Paper B and its DMD / DMD2 baseline), shared by objective=dmd and
-reward=dm.
+reward=dm: a learner beside the policy (rlzoo.types.Components.learners).
 
 The critic starts as the teacher (the policy's frozen reference view) and learns the *student's*
 distribution online: once per iteration the trainer calls `update(rollout)`, which takes
@@ -16,10 +16,12 @@ from torch import Tensor
 from rlzoo.distillation import flow_matching_loss, noise_and_t
 from rlzoo.ops import noised
 from rlzoo.ranges import check
-from rlzoo.types import Conditioning, Rollout
+from rlzoo.types import Conditioning, Cost, Rollout
 
 
 class Critic:
+    name = "critic"  # its metrics are logged as critic/<key>, its state checkpointed under this name
+
     def __init__(self, steps_per_update: int = 5, lr: float = 1.0e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), seed: int = 0):
         if not isinstance(steps_per_update, int) or steps_per_update < 1:
@@ -49,7 +51,7 @@ class Critic:
         """The frozen teacher's velocity, guided as `cond` says."""
         return self.policy.velocity(x_t, t, cond, "reference")
 
-    def update(self, rollout: Rollout) -> dict[str, int]:
+    def update(self, rollout: Rollout) -> Cost:
         """`steps_per_update` flow-matching steps on the rollout's detached samples; returns the
         model evaluations spent (forward + backward per row and step)."""
         if self.optimizer is None:
@@ -63,7 +65,11 @@ class Critic:
             self.optimizer.step()
         self.last_loss = float(loss.detach())
         rows = x0.shape[0] * self.steps_per_update
-        return {"nfe_forward": rows, "nfe_backward": rows}
+        return Cost(rows, rows)
+
+    def metrics(self) -> dict[str, float]:
+        """Logged every iteration as critic/<key>: the flow-matching loss of its last step."""
+        return {"loss": self.last_loss}
 
     def state_dict(self) -> dict:
         """The optimizer and noise stream (the critic's weights are saved with the policy)."""

@@ -3,11 +3,12 @@
     for each iteration:
         prompts -> sampler(old policy) -> Rollout
         reward(x0, prompts) -> advantage(rewards, groups) -> A
-        [critic: flow-matching steps on the detached x0]           # DMD's fake score (Paper B)
+        each learner beside the policy learns from the rollout     # e.g. DMD's fake score (Paper B)
         for each of inner_epochs x minibatches updates (one by default):
-            for each likelihood term from estimator(policy, minibatch):   # gradient accumulation
-                loss = w_pg · mean(objective(term, A) + beta·kl(term)) · term.weight  -> backward
-            [w_dm · DMD loss through the student's sample -> backward]    # objective=dmd, dmdr
+            for each loss part of objective.losses(minibatch, A):       # gradient accumulation
+                part -> backward                                        # a likelihood term's
+                                                                        # objective + beta·kl, or
+                                                                        # a pathwise part (DMD)
             optimizer step -> lr schedule -> evaluation EMA
         old-policy EMA -> log / eval / checkpoint
 
@@ -40,7 +41,7 @@ from rlzoo.runs import (
     truncate_jsonl,
     write_summary,
 )
-from rlzoo.types import Components, Rollout
+from rlzoo.types import Components, Rollout, UpdateBatch
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,12 +64,11 @@ class Trainer:
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), torch.device(cfg.device)
         c = components
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
-        self.advantage, self.kl, self.reward, self.critic = c.advantage, c.kl, c.reward, c.critic
+        self.advantage, self.kl, self.reward, self.learners = c.advantage, c.kl, c.reward, list(c.learners)
         self.loggers = [JsonlLogger(self.run_dir), *c.loggers]
         self.policy = make_policy(self.task.load_base_model(cfg.model).to(self.device), cfg.model)
-        if self.critic is not None:  # DMD's fake score, shared by objective=dmd and reward=dm
-            self.critic.attach(self.policy)
-        self.reward.attach(self.policy, self.critic)  # a learnt reward (Paper B's R_dm) takes the teacher here
+        for learner in self.learners:  # each makes its view of the policy (a fake score: the teacher's copy)
+            learner.attach(self.policy)
         self.optimizer = c.optimizer(self.policy.parameters())
         self.lr_schedule = c.lr_schedule(self.optimizer)
         self.eval_sampler = eval_sampler(cfg)
@@ -118,18 +118,17 @@ class Trainer:
             keep_path = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
             rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=keep_path,
                                           generator=self.generator)
-            compute.nfe_forward += batch * rollout.nfe * cond.evaluations_per_velocity
+            compute.add(rollout.cost)
 
         with Phase(compute, "reward"):
             rewards = self.reward(self.task, rollout.x0, cond)
-            compute.add(**self.reward.observe(self.task, rollout))  # a learnt reward's step (Paper B's critic)
+            compute.add(self.reward.cost(batch))
             advantage = self.advantage(rewards["reward"], cond.group_ids.to(rewards["reward"].device))
             advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
 
-        if self.critic is not None:
-            with Phase(compute, "critic"):  # the fake score learns the student's latest samples
-                compute.add(**self.critic.update(rollout))
-                rewards["critic_loss"] = torch.full_like(rewards["reward"], self.critic.last_loss)
+        for learner in self.learners:  # they learn from the latest samples, before the policy moves
+            with Phase(compute, learner.name):
+                compute.add(learner.update(rollout))
 
         with Phase(compute, "train"):
             self.policy.train()
@@ -143,43 +142,24 @@ class Trainer:
             self.policy.update_old(old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
 
         record = iteration_record(self.progress, rewards, advantage, updates, self.optimizer, self.device)
+        record.update({f"{learner.name}/{key}": value for learner in self.learners
+                       for key, value in learner.metrics().items()})
         self.log("metrics", record)
         return record
 
     def update(self, rollout: Rollout, advantage: torch.Tensor) -> dict:
-        """One optimizer step on `rollout`: the loss is formed and back-propagated per likelihood
-        term (gradient accumulation), so memory does not grow with the number of terms."""
-        batch, compute = rollout.x0.shape[0], self.progress.compute
-        micro_batch = int(self.cfg.train.micro_batch_size)
+        """One optimizer step on `rollout`: the objective's loss is formed and back-propagated part
+        by part (gradient accumulation), so memory does not grow with the number of terms."""
         self.optimizer.zero_grad(set_to_none=True)
-        need_ref = self.kl.needs_reference and self.kl.beta > 0
-        pg_weight, dm_weight = self.objective.weights(self.progress.iteration)
         stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0, "likelihood_terms": 0}
-        terms = self.estimator.terms(self.policy, rollout, micro_batch, need_reference=need_ref,
-                                     generator=self.generator) if pg_weight else ()
-        for term in terms:
-            per_sample = self.objective(term, advantage[term.index].to(term.log_lik.dtype))
-            if need_ref:
-                kl = self.kl(term)
-                per_sample = per_sample + self.kl.beta * kl
-                stats["kl"] += float(kl.detach().sum()) * term.weight / batch
-            loss = pg_weight * per_sample.sum() / batch * term.weight
-            self.backward(loss)
-            log_ratio = term.log_lik.detach() - term.log_lik_old
-            stats["loss"] += float(loss.detach())
-            stats["ratio_mean"] += float(torch.exp(log_ratio).sum()) * term.weight / batch
-            stats["log_ratio_abs_max"] = max(stats["log_ratio_abs_max"], float(log_ratio.abs().max()))
-            stats["likelihood_terms"] += 1
-            compute.nfe_forward += term.nfe_forward  # what the estimator says it spent
-            compute.nfe_backward += term.nfe_backward
-        if dm_weight:  # DMD's gradient through the student's sample (backward simulation)
-            stats["dmd_loss"] = 0.0
-            for loss, nfe_forward, nfe_backward in self.objective.distribution_matching_losses(
-                    self.policy, self.critic, self.task, rollout, micro_batch):
-                self.backward(dm_weight * loss)
-                stats["dmd_loss"] += float(loss.detach())
-                stats["loss"] += float(dm_weight * loss.detach())
-                compute.add(nfe_forward, nfe_backward)
+        batch = UpdateBatch(self.policy, rollout, advantage, self.estimator, self.kl, self.task,
+                            int(self.cfg.train.micro_batch_size), self.generator, self.progress.iteration)
+        for part in self.objective.losses(batch):
+            self.backward(part.loss)
+            self.progress.compute.add(part.cost)  # what the part says it spent
+            stats["loss"] += float(part.loss.detach())
+            for key, value in part.stats.items():
+                stats[key] = max(stats[key], value) if key == "log_ratio_abs_max" else stats.get(key, 0) + value
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
@@ -228,7 +208,7 @@ class Trainer:
         atomic_torch_save({"progress": self.progress.state_dict(), "policy": self.policy.state_dict(),
                            "optimizer": self.optimizer.state_dict(),
                            "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
-                           "critic": self.critic.state_dict() if self.critic is not None else {},
+                           "learners": {learner.name: learner.state_dict() for learner in self.learners},
                            "objective": self.objective.state_dict(),
                            "generator": self.generator.get_state(), "run": run_fingerprint(self.cfg)},
                           self.checkpoint_path)
@@ -252,8 +232,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.lr_schedule.load_state_dict(state["lr_schedule"])
             self.reward.load_state_dict(state.get("reward", {}))
-            if self.critic is not None:
-                self.critic.load_state_dict(state["critic"])
+            for learner in self.learners:
+                learner.load_state_dict(state["learners"][learner.name])
             self.objective.load_state_dict(state.get("objective", {}))
             self.generator.set_state(state["generator"].cpu())
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:

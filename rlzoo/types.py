@@ -12,6 +12,19 @@ import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Model evaluations spent, summed over rows: forward and backward (the unit of every budget
+    and table). Each component that evaluates a model reports one: the sampler for its rollout
+    (guidance included), the estimator per likelihood term, a learner per update, a reward per call."""
+
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.nfe_forward + other.nfe_forward, self.nfe_backward + other.nfe_backward)
+
+
 @dataclass
 class Conditioning:
     """What the velocity model is conditioned on, for a batch of B samples.
@@ -77,7 +90,8 @@ class Rollout:
     x0: Tensor  # (B, ...) final samples
     cond: Conditioning
     sigmas: Tensor  # (K+1,) the schedule actually used, sigmas[0] = 1, sigmas[-1] = 0
-    nfe: int  # model evaluations spent on this rollout
+    nfe: int  # model evaluations per sample (unguided): the sampler's steps, DPM2S's 2K - 1
+    cost: Cost = Cost()  # what the rollout spent, summed over rows, guidance included
     trajectory: Tensor | None = None  # (B, K+1, ...) where an estimator needs it
     log_probs: Tensor | None = None  # (B, K) behaviour log-probs of stochastic steps
     stochastic: Tensor | None = None  # (K,) bool, which steps were stochastic
@@ -124,6 +138,35 @@ class LikelihoodTerm:
     std: Tensor | float | None = None  # the step's std
     kernel_std: Tensor | float | None = None  # the kernel's std before the sqrt(-dt) factor
 
+    @property
+    def cost(self) -> Cost:
+        return Cost(self.nfe_forward, self.nfe_backward)
+
+
+@dataclass
+class LossPart:
+    """One backward of an optimizer step: a share of the step's loss (the shares sum to it), what
+    computing it cost, and its statistics (summed over parts; `log_ratio_abs_max` is a max)."""
+
+    loss: Tensor  # scalar
+    cost: Cost
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class UpdateBatch:
+    """What an objective's loss for one optimizer step is computed from (`Objective.losses`)."""
+
+    policy: object  # rlzoo.policies.Policy
+    rollout: "Rollout"
+    advantage: Tensor  # (B,)
+    estimator: object
+    kl: object
+    task: object
+    micro_batch_size: int
+    generator: torch.Generator
+    iteration: int  # iterations done before this one (DMDR's warm-up counts them)
+
 
 # The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations
 # (the validator refuses a declaration outside it, e.g. a misspelt field).
@@ -147,4 +190,6 @@ class Components:
     optimizer: Callable
     lr_schedule: Callable
     loggers: list = field(default_factory=list)  # beyond metrics.jsonl / eval.jsonl (e.g. wandb)
-    critic: object = None  # DMD's fake score (rlzoo.critic), built when the objective or reward needs it
+    # what learns beside the policy, once per iteration on its rollout (DMD's critic): each has a
+    # `name`, attach(policy), update(rollout) -> Cost, metrics() -> dict, state_dict/load_state_dict
+    learners: list = field(default_factory=list)

@@ -76,7 +76,7 @@ def toy_setup(steps_per_update=1, seed=0):
     critic = build(cfg.critic)
     critic.attach(policy)
     reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"), {"terms": 8, "seed": seed}))
-    reward.attach(policy, critic)
+    reward.use_critic(critic)
     ids = torch.arange(256) % len(task.train_prompts())
     cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
 

@@ -345,3 +345,28 @@ def test_awm_log_prob():
     ell = md((v - (noise - x0)) ** 2)
     expected = -((ell + 1e-10) ** 0.25 - 1e-10**0.25) * t / 0.25
     assert torch.allclose(obj.awm_log_prob(v, noise, x0, t), expected, atol=TOL)
+
+
+def test_the_update_reports_ppo_diagnostics_per_term():
+    """approx_kl = mean((ρ − 1) − log ρ) (PPO's estimate of the KL to the old policy; 0 at ρ = 1)
+    and, for a clipping objective, the share of rows with |ρ − 1| > clip_range, each weighted by
+    the term's share like the loss; on fixed log-likelihoods in float64."""
+    from types import SimpleNamespace
+
+    from rlzoo.objectives import GRPO, policy_gradient_losses
+    from rlzoo.types import LikelihoodTerm, UpdateBatch
+
+    log_lik = torch.tensor([0.0, 0.1, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
+    log_lik_old = torch.zeros(4, dtype=torch.float64)
+    term = LikelihoodTerm(index=torch.arange(4), log_lik=log_lik, log_lik_old=log_lik_old, weight=0.5,
+                          nfe_forward=8, nfe_backward=4)
+    estimator = SimpleNamespace(terms=lambda *a, **k: [term, term])
+    kl = SimpleNamespace(needs_reference=False, beta=0.0)
+    rollout = SimpleNamespace(x0=torch.zeros(4, 2))
+    batch = UpdateBatch(None, rollout, torch.ones(4, dtype=torch.float64), estimator, kl, None, 4, None, 0)
+    parts = list(policy_gradient_losses(GRPO(clip_range=0.15, adv_clip=5.0), batch))
+    d = [0.0, 0.1, -0.2, 0.5]
+    approx_kl = sum(math.exp(x) - 1 - x for x in d) / 4 * 0.5
+    assert len(parts) == 2 and all(abs(p.stats["approx_kl"] - approx_kl) < 1e-12 for p in parts)
+    assert all(p.stats["clip_fraction"] == 2 / 4 * 0.5 for p in parts)  # |e^-0.2 − 1| and |e^0.5 − 1| > 0.15
+    assert all(p.cost.nfe_forward == 8 and p.stats["likelihood_terms"] == 1 for p in parts)

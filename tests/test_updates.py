@@ -187,3 +187,4 @@ def test_trajectory_compute_counts_the_reused_log_probs(tmp_path, need_reference
     rollout = 16 * 4
     assert spent[False] == rollout + 16 * terms * (1 + need_reference)
     assert spent[True] - spent[False] == 16 * terms
+

@@ -6,12 +6,14 @@ differentiable), `log_lik_old` = o (behaviour policy on the same noise, no grad)
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
 from rlzoo.ops import mean_dims, velocity_target, x0_prediction
 from rlzoo.ranges import check
-from rlzoo.types import LikelihoodTerm
+from rlzoo.types import LikelihoodTerm, LossPart, UpdateBatch
 
 
 def _log_ratio(log_lik: Tensor, log_lik_old: Tensor) -> Tensor:
@@ -69,21 +71,23 @@ class Objective:
     to the old policy, which is identically 1 when old = current. `needs`: the LikelihoodTerm
     fields it reads beyond log_lik / log_lik_old (checked against the estimator before any compute).
 
-    Distillation objectives (rlzoo.objectives.distribution_matching) add a pathwise loss on the
-    student's sample; `weights(iteration)` says how much of each part an update takes."""
+    `losses(batch)` is the loss of one optimizer step, part by part (one backward each): for a
+    policy-gradient objective, its loss on each likelihood term the estimator yields, plus the
+    KL's (`policy_gradient_losses`); the distillation objectives (rlzoo.objectives.
+    distribution_matching) yield a pathwise part through the student's sample instead or besides."""
 
     uses_ratio = True
     needs = frozenset()
     sampler_needs = frozenset()  # what it needs the rollout sampler to provide
-    needs_critic = False  # DMD's fake score (rlzoo.critic)
+    needs_critic = False  # DMD's fake score (rlzoo.critic), handed over by `use_critic`
+    clip_range: float | None = None  # PPO's clip (grpo, awm): the update reports its clip fraction
     loss_fn = staticmethod(epg_loss)
-
-    def weights(self, iteration: int) -> tuple[float, float]:
-        """(policy-gradient weight, distribution-matching weight) of the update at `iteration`."""
-        return 1.0, 0.0
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return self.loss_fn(term.log_lik, term.log_lik_old, advantage)
+
+    def losses(self, batch: UpdateBatch) -> Iterator[LossPart]:
+        yield from policy_gradient_losses(self, batch)
 
     def state_dict(self) -> dict:
         """An objective with its own noise stream (DMD's t and step k) checkpoints it here."""
@@ -91,6 +95,36 @@ class Objective:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def policy_gradient_losses(objective: Objective, batch: UpdateBatch, weight: float = 1.0) -> Iterator[LossPart]:
+    """The policy-gradient part of an optimizer step, one LossPart per likelihood term:
+
+        loss_j = weight · sum_b( objective(term_j, A)_b + beta·kl(term_j)_b ) / B · w_j
+
+    (w_j the term's share of its estimate, B the step's rows), so the parts sum to the step's
+    mean loss and each is back-propagated alone (gradient accumulation). Statistics per part: the
+    mean ratio to the old policy, the largest |log ratio|, PPO's approximate KL to the old policy
+    mean((ρ − 1) − log ρ) and, for a clipping objective, the fraction of rows clipped (|ρ − 1| >
+    clip_range); the KL to the reference where one is computed."""
+    rollout, kl, rows = batch.rollout, batch.kl, batch.rollout.x0.shape[0]
+    need_reference = kl.needs_reference and kl.beta > 0
+    for term in batch.estimator.terms(batch.policy, rollout, batch.micro_batch_size,
+                                      need_reference=need_reference, generator=batch.generator):
+        per_sample = objective(term, batch.advantage[term.index].to(term.log_lik.dtype))
+        stats = {"likelihood_terms": 1}
+        if need_reference:
+            divergence = kl(term)
+            per_sample = per_sample + kl.beta * divergence
+            stats["kl"] = float(divergence.detach().sum()) * term.weight / rows
+        log_ratio = term.log_lik.detach() - term.log_lik_old
+        ratio = torch.exp(log_ratio)
+        stats.update(ratio_mean=float(ratio.sum()) * term.weight / rows,
+                     log_ratio_abs_max=float(log_ratio.abs().max()),
+                     approx_kl=float(((ratio - 1) - log_ratio).sum()) * term.weight / rows)
+        if objective.clip_range:
+            stats["clip_fraction"] = float(((ratio - 1).abs() > objective.clip_range).sum()) * term.weight / rows
+        yield LossPart(weight * per_sample.sum() / rows * term.weight, term.cost, stats)
 
 
 class EPG(Objective):

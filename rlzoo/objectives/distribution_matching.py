@@ -19,13 +19,15 @@ the iteration's rewards, λ = 0 during a DMD-only warm-up.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
 from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
-from rlzoo.objectives import Objective
+from rlzoo.objectives import Objective, policy_gradient_losses
 from rlzoo.ops import noised, x0_prediction
-from rlzoo.types import LikelihoodTerm, Rollout
+from rlzoo.types import Cost, LikelihoodTerm, LossPart, UpdateBatch
 
 
 class DMD(Objective):
@@ -39,24 +41,32 @@ class DMD(Objective):
             raise ValueError(f"objective.teacher_cfg_scale must be >= 1 (1 = no guidance), got {teacher_cfg_scale!r}")
         self.teacher_cfg_scale = float(teacher_cfg_scale)
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.critic = None
 
-    def weights(self, iteration: int) -> tuple[float, float]:
-        return 0.0, 1.0
+    def use_critic(self, critic) -> None:
+        """The run's critic (rlzoo.critic: the fake score beside the frozen teacher)."""
+        self.critic = critic
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         raise RuntimeError("objective=dmd has no policy-gradient part")
 
-    def distribution_matching_losses(self, policy, critic, task, rollout: Rollout, micro_batch_size: int):
-        """Yield (loss share, nfe_forward, nfe_backward) per micro-batch of `rollout`: DMD's loss
-        on the student's x0-prediction at one step k drawn for the batch. The shares sum to the
-        batch's loss (each micro-batch's mean weighted by its rows / B), for gradient accumulation."""
+    def losses(self, batch: UpdateBatch) -> Iterator[LossPart]:
+        yield from self.distribution_matching_losses(batch)
+
+    def distribution_matching_losses(self, batch: UpdateBatch) -> Iterator[LossPart]:
+        """One LossPart per micro-batch of the rollout: DMD's loss on the student's x0-prediction
+        at one step k drawn for the batch. The shares sum to the batch's loss (each micro-batch's
+        mean weighted by its rows / B), for gradient accumulation; `dmd_loss` in its statistics."""
+        policy, critic, task, rollout = batch.policy, self.critic, batch.task, batch.rollout
+        if critic is None:
+            raise RuntimeError("objective=dmd needs the run's critic (use_critic) before its first update")
         if rollout.trajectory is None:
             raise ValueError("objective=dmd needs the rollout's trajectory (sample with record=True)")
-        batch, steps = rollout.x0.shape[0], rollout.trajectory.shape[1] - 1
+        batch_rows, steps = rollout.x0.shape[0], rollout.trajectory.shape[1] - 1
         k = int(torch.randint(steps, (), generator=self.generator))
         sigma = rollout.sigmas[k]
-        for start in range(0, batch, micro_batch_size):
-            rows = torch.arange(start, min(start + micro_batch_size, batch))
+        for start in range(0, batch_rows, batch.micro_batch_size):
+            rows = torch.arange(start, min(start + batch.micro_batch_size, batch_rows))
             part = rollout.select(rows)
             x_k, cond = part.trajectory[:, k], part.cond
             x = x0_prediction(x_k, policy.velocity(x_k, sigma.to(x_k).expand(len(rows)), cond), sigma.to(x_k))
@@ -69,7 +79,8 @@ class DMD(Objective):
                 gradient = dmd_gradient(x.detach(), x0_real, x0_fake)
             n = len(rows)  # student (with grad) + teacher + critic evaluations
             forward = n * (cond.evaluations_per_velocity + teacher_cond.evaluations_per_velocity + 1)
-            yield dmd_loss(x, gradient) * n / batch, forward, n * cond.evaluations_per_velocity
+            loss = dmd_loss(x, gradient) * n / batch_rows
+            yield LossPart(loss, Cost(forward, n * cond.evaluations_per_velocity), {"dmd_loss": float(loss.detach())})
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -98,10 +109,13 @@ class DMDR(DMD):
         if not isinstance(self.rl, Objective) or isinstance(self.rl, DMD):
             raise ValueError("objective.policy_gradient must be a policy-gradient objective, not a DMD one")
         self.reward_weight, self.warmup_iterations = float(reward_weight), warmup_iterations
-        self.needs, self.uses_ratio = self.rl.needs, self.rl.uses_ratio
-
-    def weights(self, iteration: int) -> tuple[float, float]:
-        return (0.0 if iteration < self.warmup_iterations else self.reward_weight), 1.0
+        self.needs, self.uses_ratio, self.clip_range = self.rl.needs, self.rl.uses_ratio, self.rl.clip_range
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return self.rl(term, advantage)
+
+    def losses(self, batch: UpdateBatch) -> Iterator[LossPart]:
+        """λ × the policy-gradient part (none during the warm-up), then DMD's pathwise part."""
+        if batch.iteration >= self.warmup_iterations and self.reward_weight:
+            yield from policy_gradient_losses(self, batch, weight=self.reward_weight)
+        yield from self.distribution_matching_losses(batch)

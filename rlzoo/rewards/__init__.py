@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rlzoo.ranges import check
-from rlzoo.types import Conditioning
+from rlzoo.types import Conditioning, Cost
 
 
 class Reward:
@@ -19,6 +19,7 @@ class Reward:
     hook and a state. A stateless reward keeps the no-op defaults."""
 
     scores_images = False  # True: it scores decoded images, `score_images(images, cond, task)` (ImageReward)
+    needs_critic = False  # True: it reads DMD's critic (Paper B's R_dm), given by `use_critic`
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -26,15 +27,15 @@ class Reward:
     def check(self) -> None:
         """Raise ValueError (one line) when a file the reward needs is missing; loads nothing."""
 
-    def attach(self, policy, critic=None) -> None:
-        """Called by the trainer once the policy is built, with DMD's critic (rlzoo.critic) when
-        some component needs one (Paper B's R_dm reads the teacher and the critic through it)."""
+    def use_critic(self, critic) -> None:
+        """A reward that `needs_critic` (Paper B's R_dm) receives the run's critic here, when the
+        components are built; it reads the teacher and the critic through it."""
 
-    def observe(self, task, rollout) -> dict[str, int]:
-        """Called by the trainer once per iteration with the iteration's rollout (after the rewards
-        were computed on it); returns the model evaluations it spent, {"nfe_forward": ...,
-        "nfe_backward": ...} summed over rows, which the compute record counts."""
-        return {}
+    def cost(self, rows: int) -> Cost:
+        """The model evaluations a call on `rows` samples spends (a reward made of the policy's
+        own models, like R_dm), which the compute record counts; none for a verifier or an
+        external reward model."""
+        return Cost()
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue the reward as it was (checkpointed with the policy)."""
@@ -125,22 +126,19 @@ class MixReward(Reward):
 
     @property
     def needs_critic(self) -> bool:
-        return any(getattr(p, "needs_critic", False) for p in self.parts.values())
+        return any(part.needs_critic for part in self.parts.values())
 
     def check(self) -> None:
         for part in self.parts.values():
             part.check()
 
-    def attach(self, policy, critic=None) -> None:
+    def use_critic(self, critic) -> None:
         for part in self.parts.values():
-            part.attach(policy, critic)
+            if part.needs_critic:
+                part.use_critic(critic)
 
-    def observe(self, task, rollout) -> dict[str, int]:
-        spent: dict[str, int] = {}
-        for part in self.parts.values():
-            for key, n in part.observe(task, rollout).items():
-                spent[key] = spent.get(key, 0) + n
-        return spent
+    def cost(self, rows: int) -> Cost:
+        return sum((part.cost(rows) for part in self.parts.values()), Cost())
 
     def state_dict(self) -> dict:
         return {"parts": {name: part.state_dict() for name, part in self.parts.items()},

@@ -32,13 +32,13 @@ from rlzoo.distillation import (
 from rlzoo.estimators.elbo import WEIGHTINGS
 from rlzoo.ops import noised, x0_prediction
 from rlzoo.rewards import Reward
-from rlzoo.types import Conditioning
+from rlzoo.types import Conditioning, Cost
 
 FORMS = ("elbo_difference", "dmd_norm")
 
 
 class DistributionMatchingReward(Reward):
-    needs_critic = True  # the trainer builds the shared critic (rlzoo.critic) and attaches it
+    needs_critic = True  # the run's critic (rlzoo.critic) is handed over by use_critic
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
                  form: str = "elbo_difference", shared_in_group: bool = False, seed: int = 0):
@@ -53,15 +53,13 @@ class DistributionMatchingReward(Reward):
         self.generator = torch.Generator().manual_seed(int(seed))
         self.critic = None
 
-    def attach(self, policy, critic=None) -> None:
-        if critic is None:
-            raise ValueError("reward=dm needs the critic (the trainer builds it from the `critic` config)")
+    def use_critic(self, critic) -> None:
         self.critic = critic
 
     @torch.no_grad()
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         if self.critic is None:
-            raise RuntimeError("reward=dm needs attach(policy, critic) before its first call")
+            raise RuntimeError("reward=dm needs the run's critic (use_critic) before its first call")
         cond = unguided(cond)
         reward = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         groups = torch.unique(cond.group_ids.cpu(), return_inverse=True)[1] if self.shared_in_group else None
@@ -80,10 +78,10 @@ class DistributionMatchingReward(Reward):
             reward += term / self.terms
         return {"reward": reward}  # (the trainer logs the critic's loss after its update)
 
-    def observe(self, task, rollout) -> dict[str, int]:
-        """The reward call's model evaluations (teacher + critic per term and row); the critic's
-        own training is counted by the trainer's critic update."""
-        return {"nfe_forward": rollout.x0.shape[0] * 2 * self.terms}
+    def cost(self, rows: int) -> Cost:
+        """A call's model evaluations: teacher + critic per term and row (the critic's own
+        training is the critic's cost, as a learner)."""
+        return Cost(rows * 2 * self.terms)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

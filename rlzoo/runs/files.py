@@ -71,6 +71,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
             f"away to start this run again from iteration 0, or choose another run_dir=...") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict; it was left in place")
+    if "learners" not in state and "critic" in state:  # (written before learners: the critic was the only one)
+        critic = state.pop("critic")
+        state["learners"] = {"critic": critic} if critic else {}
     return state
 
 

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from rlzoo.types import Cost
+
 PHASES = ("rollout", "reward", "critic", "train", "eval")
 
 
@@ -29,10 +31,10 @@ class Compute:
         """Forward + backward model evaluations per sample: the unit of every budget and table."""
         return self.nfe_forward + self.nfe_backward
 
-    def add(self, nfe_forward: int = 0, nfe_backward: int = 0) -> None:
-        """Count model evaluations a component reports spending (e.g. a learnt reward's step)."""
-        self.nfe_forward += int(nfe_forward)
-        self.nfe_backward += int(nfe_backward)
+    def add(self, cost: Cost) -> None:
+        """Count the model evaluations a component reports spending (rlzoo.types.Cost)."""
+        self.nfe_forward += int(cost.nfe_forward)
+        self.nfe_backward += int(cost.nfe_backward)
 
     @property
     def training_seconds(self) -> float:

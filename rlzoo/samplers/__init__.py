@@ -13,7 +13,7 @@ from torch import Tensor
 from rlzoo.ranges import check
 from rlzoo.samplers.kernels import dpm_solver_2m_step, euler_step
 from rlzoo.samplers.schedule import shifted_sigmas
-from rlzoo.types import Conditioning, Rollout
+from rlzoo.types import Conditioning, Cost, Rollout
 
 VelocityFn = Callable[[Tensor, Tensor, Conditioning], Tensor]
 
@@ -73,6 +73,7 @@ class ODESampler(Sampler):
             x, memory = self.step(velocity_fn, x, sigmas, k, cond, memory)
             states.append(x)
         return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.nfe_per_sample,
+                       cost=Cost(len(x) * self.nfe_per_sample * cond.evaluations_per_velocity),
                        trajectory=torch.stack(states, dim=1) if record else None)
 
 

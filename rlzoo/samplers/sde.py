@@ -6,7 +6,7 @@ import torch
 from rlzoo.ranges import check
 from rlzoo.samplers import Sampler, VelocityFn, _sigma_batch
 from rlzoo.samplers.kernels import cps_step, dance_sde_step, euler_step, flow_sde_step
-from rlzoo.types import Conditioning, Rollout
+from rlzoo.types import Conditioning, Cost, Rollout
 
 KERNELS = {"flow_sde": flow_sde_step, "cps": cps_step, "dance_sde": dance_sde_step}
 
@@ -84,6 +84,7 @@ class SDESampler(Sampler):
             x = step.x_next
             trajectory.append(x)
         return Rollout(x0=x, cond=cond, sigmas=sigmas, nfe=self.num_steps,
+                       cost=Cost(len(x) * self.num_steps * cond.evaluations_per_velocity),
                        trajectory=torch.stack(trajectory, 1) if record else None,
                        log_probs=torch.stack(log_probs, 1) if record else None,
                        stochastic=stochastic if record else None,
