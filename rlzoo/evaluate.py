@@ -20,7 +20,7 @@ from rlzoo.errors import one_line_errors
 from rlzoo.samplers import EulerSampler, Sampler
 
 # `weights=` names -> policy views; a run's checkpoint holds "ema" and "current", a base model "base"
-WEIGHTS = {"ema": "eval", "current": "current", "base": "reference"}
+WEIGHTS = {"ema": "ema", "current": "current", "base": "reference"}
 
 
 def eval_weights(cfg) -> str:

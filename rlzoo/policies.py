@@ -1,11 +1,11 @@
 """One velocity model, four views: current (trainable), old (behaviour), reference (frozen base)
-and eval (an EMA of the weights, what evaluations measure).
+and ema (an EMA of the weights, what evaluations measure: `weights=ema`).
 
-Two ways to hold the views, one interface (`velocity`, `velocity_fn`, `update_old`, `update_eval`):
+Two ways to hold the views, one interface (`velocity`, `velocity_fn`, `update_old`, `update_ema`):
 - `Policy` (full fine-tuning; the toy tasks): each view is a copy of the small model. A model that
   owns frozen parts (a text encoder) says which parameters train through `trainable_parameters()`.
 - `LoraPolicy` (`model.lora` set; SD3.5): one base model with three peft LoRA adapters — current
-  (trainable), old and eval (EMA copies of it) — and the reference is the base with adapters
+  (trainable), old and ema (EMA copies of it) — and the reference is the base with adapters
   disabled. No copy of the base weights exists.
 
 Classifier-free guidance is applied here, so the sampler, the estimators and the KL all see the
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from rlzoo.ranges import check
 from rlzoo.types import Conditioning
 
-VIEWS = ("current", "old", "reference", "eval", "critic")  # critic: only after add_critic()
+VIEWS = ("current", "old", "reference", "ema", "critic")  # critic: only after add_critic()
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -97,7 +97,7 @@ class Policy:
             p.requires_grad_(id(p) in trainable)
         self.old = self._frozen_copy(model)
         self.reference = self._frozen_copy(model if reference is None else reference)
-        self.eval = self._frozen_copy(model)
+        self.ema = self._frozen_copy(model)
         self.critic = None  # DMD's fake score (Paper B), made by add_critic()
 
     @staticmethod
@@ -155,9 +155,9 @@ class Policy:
         ema_update(self.old, self.current, decay)
 
     @torch.no_grad()
-    def update_eval(self, decay: float) -> None:
-        """eval <- decay·eval + (1 - decay)·current."""
-        ema_update(self.eval, self.current, decay)
+    def update_ema(self, decay: float) -> None:
+        """ema <- decay·ema + (1 - decay)·current."""
+        ema_update(self.ema, self.current, decay)
 
     def export_adapter(self, view: str, out, metadata: dict) -> None:
         """Write a view's adapter where diffusers can load it; full fine-tuning has none."""
@@ -165,7 +165,7 @@ class Policy:
     @property
     def saved_views(self) -> tuple[str, ...]:
         """The views a checkpoint holds (the reference is the base model, never saved)."""
-        return ("current", "old", "eval") + (("critic",) if self.critic is not None else ())
+        return ("current", "old", "ema") + (("critic",) if self.critic is not None else ())
 
     def state_dict(self) -> dict:
         return {v: self.module(v).state_dict() for v in self.saved_views}
@@ -191,8 +191,8 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
 
 
 # ----------------------------------------------------------------------------------- LoRA
-# peft adapter names of the three trained views ("eval" cannot name a submodule: nn.Module.eval)
-ADAPTERS = {"current": "current", "old": "old", "eval": "ema"}
+# peft adapter names of the three trained views
+ADAPTERS = {"current": "current", "old": "old", "ema": "ema"}
 TRAINABLE_VIEWS = ("current", "critic")  # the views whose adapters take gradients
 LORA_INITS = ("gaussian", "default")  # peft: gaussian A, or kaiming A; B = 0 in both
 
@@ -293,8 +293,8 @@ class LoraPolicy(Policy):
             for adapter in ADAPTERS.values():
                 inject_adapter_in_model(lora.peft_config(), target, adapter_name=adapter)
         self.adapter_params = {view: self._params_of(target, adapter) for view, adapter in ADAPTERS.items()}
-        with torch.no_grad():  # old and eval start as exact copies of the current adapter
-            for view in ("old", "eval"):
+        with torch.no_grad():  # old and ema start as exact copies of the current adapter
+            for view in ("old", "ema"):
                 for name, p in self.adapter_params[view].items():
                     p.copy_(self.adapter_params["current"][name])
         self.precision.cast_frozen(model)
@@ -382,8 +382,8 @@ class LoraPolicy(Policy):
     def update_old(self, decay: float) -> None:
         self._ema("old", decay)
 
-    def update_eval(self, decay: float) -> None:
-        self._ema("eval", decay)
+    def update_ema(self, decay: float) -> None:
+        self._ema("ema", decay)
 
     def export_adapter(self, view: str, out, metadata: dict) -> None:
         """<out>/pytorch_lora_weights.safetensors: the view's LoRA as diffusers loads it."""

@@ -164,7 +164,7 @@ class Trainer:
         self.optimizer.step()
         self.lr_schedule.step()
         self.progress.optimizer_steps += 1
-        self.policy.update_eval(eval_ema_decay(self.progress.optimizer_steps, self.cfg.eval.ema_cap)
+        self.policy.update_ema(eval_ema_decay(self.progress.optimizer_steps, self.cfg.eval.ema_cap)
                                 if self.cfg.eval.ema else 0.0)
         return {**stats, "grad_norm": float(grad_norm)}
 

@@ -6,7 +6,7 @@ Shapes: B = batch, K = sampler steps, `...` = the task's sample shape ((2,) for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -173,6 +173,114 @@ class UpdateBatch:
 TERM_FIELDS = frozenset(f.name for f in fields(LikelihoodTerm) if f.default is None)
 
 
+# ---------------------------------------------------------------- what each component family provides
+# The interfaces the trainer relies on, one per config group. A component need not subclass
+# rlzoo's base classes: anything with these members plugs in (tests/test_components.py checks that
+# every shipped choice does).
+
+@runtime_checkable
+class SamplerProtocol(Protocol):
+    num_steps: int
+    shift: float
+    cfg_scale: float  # guidance of the rollouts (1 = none)
+    needs: frozenset
+    provides: frozenset  # "trajectory", "differentiable_sample"
+
+    def sample(self, velocity_fn: Callable, noise: Tensor, cond: Conditioning, record: bool = False,
+               generator: torch.Generator | None = None) -> Rollout: ...
+
+
+@runtime_checkable
+class EstimatorProtocol(Protocol):
+    needs: frozenset  # from the sampler
+    provides: frozenset  # LikelihoodTerm fields
+
+    def terms(self, policy, rollout: Rollout, micro_batch_size: int, need_reference: bool = False,
+              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]: ...
+
+
+@runtime_checkable
+class ObjectiveProtocol(Protocol):
+    uses_ratio: bool
+    needs: frozenset  # LikelihoodTerm fields
+    sampler_needs: frozenset
+    needs_critic: bool
+    clip_range: float | None
+
+    def losses(self, batch: UpdateBatch) -> Iterator[LossPart]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class AdvantageProtocol(Protocol):
+    min_group_size: int
+
+    def __call__(self, rewards: Tensor, group_ids: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class KLProtocol(Protocol):
+    beta: float
+    needs: frozenset
+    needs_reference: bool
+
+    def __call__(self, term: LikelihoodTerm) -> Tensor | None: ...
+
+
+@runtime_checkable
+class RewardProtocol(Protocol):
+    scores_images: bool
+    needs_critic: bool
+
+    def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]: ...
+
+    def check(self) -> None: ...
+
+    def cost(self, rows: int) -> Cost: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class TaskProtocol(Protocol):
+    name: str
+    sample_shape: tuple
+
+    def train_prompts(self) -> list[str]: ...
+
+    def heldout_prompts(self) -> list[str]: ...
+
+    def sample_train_prompts(self, n: int, generator: torch.Generator) -> list[int]: ...
+
+    def group_conditioning(self, prompt_ids: list[int], group_size: int) -> Conditioning: ...
+
+    def guided(self, cond: Conditioning, scale: float) -> Conditioning: ...
+
+    def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]: ...
+
+    def load_base_model(self, model_cfg): ...
+
+
+@runtime_checkable
+class LearnerProtocol(Protocol):
+    name: str
+
+    def attach(self, policy) -> None: ...
+
+    def update(self, rollout: Rollout) -> Cost: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 @dataclass
 class Components:
     """Everything the trainer is built from, one field per config group (README, Components).
@@ -180,16 +288,15 @@ class Components:
     `optimizer` and `lr_schedule` are factories (Hydra partials): the optimizer is built on the
     policy's trainable parameters, the schedule on the optimizer."""
 
-    task: object
-    sampler: object
-    estimator: object
-    objective: object
-    advantage: object
-    kl: object
-    reward: object
+    task: TaskProtocol
+    sampler: SamplerProtocol
+    estimator: EstimatorProtocol
+    objective: ObjectiveProtocol
+    advantage: AdvantageProtocol
+    kl: KLProtocol
+    reward: RewardProtocol
     optimizer: Callable
     lr_schedule: Callable
     loggers: list = field(default_factory=list)  # beyond metrics.jsonl / eval.jsonl (e.g. wandb)
-    # what learns beside the policy, once per iteration on its rollout (DMD's critic): each has a
-    # `name`, attach(policy), update(rollout) -> Cost, metrics() -> dict, state_dict/load_state_dict
-    learners: list = field(default_factory=list)
+    # what learns beside the policy, once per iteration on its rollout (DMD's critic)
+    learners: list[LearnerProtocol] = field(default_factory=list)

@@ -34,3 +34,30 @@ def test_the_exact_advantage_means_the_same_on_every_task(task, kl, c):
     and 1 without one (it used to be the task's beta / alpha: 0.1 on shapes, 1 on toy2d)."""
     advantage = build(compose_config([f"task={task}", f"kl={kl}", "advantage=exact"]).advantage)
     assert advantage.c == pytest.approx(c)
+
+
+FAMILIES = {"sampler": "SamplerProtocol", "estimator": "EstimatorProtocol", "objective": "ObjectiveProtocol",
+            "advantage": "AdvantageProtocol", "kl": "KLProtocol", "reward": "RewardProtocol"}
+
+
+@pytest.mark.integration  # (builds every shipped component: ~10 s)
+def test_every_shipped_component_provides_its_familys_interface():
+    """rlzoo.types holds one Protocol per component family, the members the trainer relies on;
+    every choice of every group provides them (so does the critic, the one shipped learner)."""
+    import rlzoo.types as types
+    from rlzoo.config import available
+
+    missing = []
+    for group, protocol in FAMILIES.items():
+        for choice in available(group):
+            extra = ["task=t2i", "model=sd3_tiny", "reward.url=http://127.0.0.1:1/"] if choice == "remote" else \
+                ["task=t2i", "model=sd3_tiny"] if group == "reward" else ["task=toy2d"]
+            component = build(compose_config([*extra, f"{group}={choice}"])[group])
+            if not isinstance(component, getattr(types, protocol)):
+                missing.append(f"{group}={choice}")
+    for task in ("toy2d", "shapes", "t2i"):
+        cfg = compose_config([f"task={task}", *(["model=sd3_tiny"] if task == "t2i" else [])])
+        if not isinstance(build(cfg.task), types.TaskProtocol):
+            missing.append(f"task={task}")
+    critic = build(compose_config(["task=toy2d"]).critic)
+    assert isinstance(critic, types.LearnerProtocol) and missing == []

@@ -169,10 +169,10 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
     with torch.no_grad():
         assert torch.equal(policy.velocity(x, sigma, cond, "critic"), policy.velocity(x, sigma, cond, "reference"))
     before = {view: {k: v.clone() for k, v in policy.adapter_state_dict(view).items()}
-              for view in ("current", "old", "eval", "critic")}
+              for view in ("current", "old", "ema", "critic")}
     critic.update(Rollout(x0=x, cond=cond, sigmas=torch.tensor([1.0, 0.0]), nfe=1))
     after = {view: policy.adapter_state_dict(view) for view in before}
-    for view in ("current", "old", "eval"):
+    for view in ("current", "old", "ema"):
         assert all(torch.equal(before[view][k], after[view][k]) for k in before[view])
     assert any(not torch.equal(before["critic"][k], after["critic"][k]) for k in before["critic"])
     assert all(p.requires_grad for p in policy.parameters())  # the current adapter still trains
@@ -181,7 +181,7 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
     with torch.no_grad():
         v_critic = policy.velocity(x, sigma, cond, "critic")
     state = policy.state_dict()
-    assert set(state) == {"current", "old", "eval", "critic"}
+    assert set(state) == {"current", "old", "ema", "critic"}
     fresh = make_policy(task.load_base_model(model_cfg), model_cfg)
     fresh.add_critic()
     fresh.load_state_dict(state)

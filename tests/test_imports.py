@@ -72,3 +72,10 @@ def test_the_math_layer_imports_only_math_helpers_and_types():
     offenders = {m: sorted(d for d in imports(p, known) if not within(d, MATH))
                  for m, p in known.items() if within(m, MATH)}
     assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def test_the_trainer_knows_no_paper_b_noun():
+    """The loop of README's Architecture is generic: what Paper B adds (a critic, DMD's pathwise
+    loss, a learnt reward) enters through the objective's loss parts and the learners."""
+    text = (REPO / "rlzoo" / "trainer.py").read_text()
+    assert [word for word in ("critic", "dm_weight", "observe", "dmd", "distribution_matching") if word in text] == []

@@ -45,7 +45,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     t = trainer(tmp_path)
     t.fit()
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert state["progress"]["iteration"] == 2 and set(state["policy"]) == {"current", "old", "eval"}
+    assert state["progress"]["iteration"] == 2 and set(state["policy"]) == {"current", "old", "ema"}
 
 
 def train(run_dir, *overrides):
@@ -113,7 +113,7 @@ def test_export_writes_safetensors_that_rebuild_the_model(trained, tmp_path):
     weights = load_file(tmp_path / "exported" / "model.safetensors")
     model = instantiate(config["model"])
     model.load_state_dict(weights)
-    expected = load_checkpoint(trained / "checkpoints" / "last.pt")["policy"]["eval"]
+    expected = load_checkpoint(trained / "checkpoints" / "last.pt")["policy"]["ema"]
     assert config["weights"] == "ema" and all(torch.equal(weights[k], expected[k]) for k in expected)
 
 

@@ -87,7 +87,7 @@ def test_only_the_current_adapter_trains_and_switching_views_keeps_its_gradient(
     assert all(p.grad is not None for p in policy.parameters())
     zero = [n for n, p in policy.adapter_params["current"].items() if p.grad.abs().sum() == 0]
     assert all(n.startswith("transformer_blocks.1.attn.add_q_proj") for n in zero)
-    for view in ("old", "eval"):
+    for view in ("old", "ema"):
         assert all(p.grad is None and not p.requires_grad for p in policy.adapter_params[view].values())
     assert not any(p.requires_grad for n, p in policy.model.named_parameters() if "lora_" not in n)
     for p in policy.parameters():
@@ -103,13 +103,13 @@ def test_old_and_eval_adapters_follow_the_ema(built):
     for name, p in policy.adapter_params["old"].items():
         expected = 0.25 * old[name] + 0.75 * policy.adapter_params["current"][name]
         assert torch.allclose(p, expected, atol=1e-7)
-    policy.update_eval(0.0)
+    policy.update_ema(0.0)
     x, sigma, cond = batch(task)
     with torch.no_grad():
-        assert torch.allclose(policy.velocity(x, sigma, cond, "eval"), policy.velocity(x, sigma, cond, "current"),
+        assert torch.allclose(policy.velocity(x, sigma, cond, "ema"), policy.velocity(x, sigma, cond, "current"),
                               atol=1e-6)
     state = policy.state_dict()
-    assert set(state) == {"current", "old", "eval"} and set(state["old"]) == set(policy.adapter_params["old"])
+    assert set(state) == {"current", "old", "ema"} and set(state["old"]) == set(policy.adapter_params["old"])
 
 
 def test_exported_lora_loads_into_a_diffusers_pipeline(built, tmp_path):
@@ -118,8 +118,8 @@ def test_exported_lora_loads_into_a_diffusers_pipeline(built, tmp_path):
     from rlzoo.policies import save_lora
 
     task, policy, _ = built
-    randomize(policy, "eval", seed=4)
-    path = save_lora(policy.adapter_state_dict("eval"), policy.lora, tmp_path / "lora")
+    randomize(policy, "ema", seed=4)
+    path = save_lora(policy.adapter_state_dict("ema"), policy.lora, tmp_path / "lora")
     pipe = SD3Tiny(seed=0).pipeline()
     pipe.load_lora_weights(str(path.parent))
     x, sigma, cond = batch(task)
@@ -127,7 +127,7 @@ def test_exported_lora_loads_into_a_diffusers_pipeline(built, tmp_path):
         loaded = pipe.transformer(hidden_states=x, encoder_hidden_states=cond.inputs["prompt_embeds"],
                                   pooled_projections=cond.inputs["pooled_prompt_embeds"], timestep=sigma * 1000,
                                   return_dict=False)[0]
-        ours = policy.velocity(x, sigma, cond, "eval")
+        ours = policy.velocity(x, sigma, cond, "ema")
         assert (ours - policy.velocity(x, sigma, cond, "reference")).abs().max() > 1e-2
     assert (loaded - ours).abs().max() < 1e-5
 

@@ -152,7 +152,7 @@ def test_ema_schedules_count_optimizer_steps(tmp_path):
     def weights(module):
         return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
 
-    old0, eval0 = weights(t.policy.old), weights(t.policy.eval)
+    old0, eval0 = weights(t.policy.old), weights(t.policy.ema)
     after_each = []
     update = t.update
 
@@ -166,7 +166,7 @@ def test_ema_schedules_count_optimizer_steps(tmp_path):
     assert t.progress.optimizer_steps == 2 and len(after_each) == 2
     d1, d2 = eval_ema_decay(1, 0.9), eval_ema_decay(2, 0.9)
     expected_eval = d2 * (d1 * eval0 + (1 - d1) * after_each[0]) + (1 - d2) * after_each[1]
-    assert torch.allclose(weights(t.policy.eval), expected_eval, atol=1e-6)
+    assert torch.allclose(weights(t.policy.ema), expected_eval, atol=1e-6)
     d = old_policy_decay(1, 2)
     assert torch.allclose(weights(t.policy.old), d * old0 + (1 - d) * after_each[1], atol=1e-6)
 

@@ -74,6 +74,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
     if "learners" not in state and "critic" in state:  # (written before learners: the critic was the only one)
         critic = state.pop("critic")
         state["learners"] = {"critic": critic} if critic else {}
+    if isinstance(state.get("policy"), dict) and "eval" in state["policy"]:  # (the ema view's old name)
+        state["policy"]["ema"] = state["policy"].pop("eval")
     return state
 
 
