@@ -1,102 +1,13 @@
-"""Config composition and validation before compute.
-
-Every check here runs on the composed config alone, before any model is built and before the
-run directory is touched, and fails with one line naming the bad value and the valid choices.
-"""
+"""Validation before compute: every check runs on the composed config alone, before any model is
+built and before the run directory is touched, and fails with one line naming the bad value and
+the valid choices (README, Validation before compute)."""
 from __future__ import annotations
-
-import functools
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlzoo.errors import ConfigError, one_line_errors  # noqa: F401 (the commands import them from here)
-
-
-def _conf_dir() -> Path:
-    """The config tree: rlzoo/conf inside an installed package (`pip install .` ships conf/ there),
-    else conf/ beside the package in the source tree (an editable install, a checkout)."""
-    package = Path(__file__).resolve().parent
-    shipped = package / "conf"
-    return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
-
-
-CONF_DIR = _conf_dir()
-GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl", "reward",
-          "optimizer", "lr_schedule", "logger", "experiment", "debug", "prompts", "row", "sweep")
-
-
-def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def parse_overrides(overrides: list[str]) -> list:
-    """Hydra's parse of command-line overrides, with the config groups known, so that sweep
-    functions (`choice`, `range`, `glob`) expand as the sweeper will expand them."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
-    try:
-        return OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
-    except HydraException as exc:
-        raise ConfigError(" ".join(str(exc).split())) from None
-
-
-def override_values(override) -> list[str]:
-    """Every value a parsed override takes: one, or each value of a sweep."""
-    if override.is_sweep_override():
-        return list(override.sweep_string_iterator())
-    return [override.get_value_element_as_str()]
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Reject `group=name` overrides that name no YAML file, listing the valid choices (each
-    value of a sweep too: `a,b`, `choice(a,b)`, `glob(...)`)."""
-    items = [o for o in overrides if "=" in o and not o.startswith("-")]
-    for override in parse_overrides(items):
-        key = override.key_or_group
-        if key.startswith("hydra") or "/" in key or key not in GROUPS or override.is_delete():
-            continue
-        choices = available(key)
-        for name in override_values(override):
-            if name and name != "null" and name not in choices:
-                raise ConfigError(f"unknown {key} {name!r}; valid choices: {', '.join(choices)}")
-
-
-def _unknown_key_error(message: str, overrides: list[str]) -> str:
-    """One line for Hydra's "Could not override 'a.b'" (a key the config does not have)."""
-    import re
-
-    match = re.search(r"Could not override '([^']+)'", message)
-    if not match:
-        return " ".join(message.split())
-    key = match.group(1)
-    parent, _, leaf = key.rpartition(".")
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        base = compose(config_name="config", overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~") == key])
-    node = OmegaConf.select(base, parent) if parent else base
-    valid = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else "none"
-    return (f"unknown key {key!r} ({leaf!r} is not a key of {parent or 'the config'}; valid: {valid}); "
-            f"to add a new key write +{key}=...")
-
-
-def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
-    """The config `rlzoo-train` would run, composed without starting a Hydra job."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    check_overrides(overrides)
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides),
-                           return_hydra_config=return_hydra_config)
-    except HydraException as exc:  # a misspelt key, a bad value type: one line, not a traceback
-        raise ConfigError(_unknown_key_error(str(exc), list(overrides))) from None
+from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
+from rlzoo.config.compose import _load, available
+from rlzoo.errors import ConfigError
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
@@ -349,13 +260,6 @@ def _validate_guidance(cfg: DictConfig) -> None:
                               f"{cfg.task.name!r} does not have; use {key}=1 or task={'|'.join(guided) or '?'}")
 
 
-# Groups instantiated from their YAML by `build` (the model is built by its task); the
-# PARTIAL_GROUPS are built as factories, applied to the policy's parameters and to the optimizer.
-BUILT_GROUPS = ("task", "sampler", "estimator", "objective", "advantage", "kl", "reward",
-                "optimizer", "lr_schedule")
-PARTIAL_GROUPS = ("optimizer", "lr_schedule")
-
-
 def _validate_arguments(cfg: DictConfig) -> None:
     """Every key of a component's node is an argument of its constructor, so a typo, or a key a
     recipe set for another component (e.g. ELBO knobs after estimator=trajectory), fails here
@@ -400,10 +304,6 @@ def _validate_construction(cfg: DictConfig) -> dict:
     return built
 
 
-def _load(group: str, name: str) -> DictConfig:
-    return OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
-
-
 def _name(node: DictConfig) -> str:
     return node.get("name", node.get("_target_", "?"))
 
@@ -412,8 +312,14 @@ def _name(node: DictConfig) -> str:
 # the objective and the KL. Each component declares `needs` and `provides` (sets of field names:
 # rlzoo.types.TERM_FIELDS, and ROLLOUT_FIELDS for what a sampler's rollout can carry).
 ROLLOUT_FIELDS = frozenset({"trajectory", "differentiable_sample"})
+
+
 PIPELINE = ("sampler", "estimator", "objective", "kl")
+
+
 PROVIDER = {"estimator": "sampler", "objective": "estimator", "kl": "estimator"}
+
+
 # (consumer, provider, the consumer's attribute listing what it needs from that provider)
 LINKS = (*((c, p, "needs") for c, p in PROVIDER.items()), ("objective", "sampler", "sampler_needs"))
 
@@ -458,229 +364,3 @@ def valid_grid() -> list[tuple[str, str, str]]:
     return [(o, e, s) for o, (needs, o_sampler) in objectives.items()
             for e, (e_needs, e_provides) in estimators.items() for s, s_provides in samplers.items()
             if not (needs - e_provides or e_needs - s_provides or o_sampler - s_provides)]
-
-
-def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """The run directory can hold this run (rlzoo.runs.directory: a folder that is empty or holds a
-    run, with no links where rlzoo writes), and a run already there is this one: the same config
-    (RESUMABLE_KEYS aside) in its config.yaml and in its checkpoint's record, a checkpoint that
-    can be read. A run is there once it has started (config.yaml beside a checkpoint, or beside a
-    completed summary); a start that failed before its first checkpoint claims nothing, so the
-    corrected command runs into the same directory. Nothing is written."""
-    from rlzoo.runs.directory import check_run_dir_layout
-    from rlzoo.runs.files import checkpoint_path, peek_checkpoint
-    from rlzoo.runs.summary import read_summary
-
-    run_dir = Path(run_dir)
-    check_run_dir_layout(run_dir)
-    saved, checkpoint = run_dir / "config.yaml", checkpoint_path(run_dir)
-    summary = read_summary(run_dir) or {}
-    completed = summary.get("status") == "completed"
-    if not saved.exists() or not (checkpoint.exists() or completed):
-        return
-    try:
-        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-    except Exception as exc:  # a damaged config.yaml: the directory still holds a run
-        raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read "
-                          f"({type(exc).__name__}); choose another run_dir=...") from None
-    new = run_fingerprint(cfg)
-    diffs = config_differences(old if isinstance(old, dict) else {}, new)
-    if diffs:
-        raise ConfigError(
-            f"run directory {run_dir} holds a run with a different config (differs in {', '.join(diffs[:5])}); "
-            f"choose another run_dir=... or delete that directory")
-    if checkpoint.exists():
-        from rlzoo.errors import CheckpointError
-
-        diffs = config_differences(peek_checkpoint(checkpoint).get("run"), new)
-        if diffs:
-            raise CheckpointError(f"checkpoint {checkpoint} was written by a run with another config (differs in "
-                                  f"{', '.join(diffs[:5])}); it was left in place: choose another run_dir=...")
-    else:
-        from rlzoo.runs.progress import is_finished
-
-        if not is_finished(summary, cfg.train):
-            raise ConfigError(f"run directory {run_dir} holds a completed run of {summary.get('iterations')} "
-                              f"iterations whose checkpoint is gone, so it cannot be continued; choose another "
-                              f"run_dir=...")
-
-
-def run_fingerprint(cfg: DictConfig) -> dict:
-    """The resolved config as plain values: what a checkpoint and config.yaml record of a run."""
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def config_differences(old: dict | None, new: dict) -> list[str]:
-    """Keys whose values differ between two runs' configs, except those a resumed run may change
-    (RESUMABLE_KEYS); none when `old` is unknown (a checkpoint from before fingerprints)."""
-    if not isinstance(old, dict):
-        return []
-    return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
-
-
-# Keys that may change when a run is resumed: they do not change what is trained (sweep_name only
-# names where a sweep writes, so a run copied into another sweep with a larger budget resumes;
-# run_dir only where the run lives, so a moved or copied run resumes in its new place;
-# evaluations draw from their own fixed noise, so how often they happen changes no update).
-RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
-                  "sweep_name", "run_dir", "eval.every", "eval.every_nfe", "eval.teacher_steps",
-                  "task.embedding_cache")
-
-
-def _diff(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def build(node: DictConfig | dict, recursive: bool = True, **kwargs):
-    """Instantiate a component and, first, the components inside it (Hydra's recursive
-    instantiation: a mix's parts, DMDR's policy-gradient objective, t2i's prompt set and
-    evaluation rewards), so a component receives built objects and never builds its own. A
-    component's `name` key labels runs and is not a constructor argument. `recursive=False` for a
-    component handed plain data that may hold targets (a logger's copy of the run's config)."""
-    from hydra.utils import instantiate
-
-    if not isinstance(node, DictConfig):  # a config node keeps its parent (interpolations resolve)
-        node = OmegaConf.create(node)
-    params = _without_names(OmegaConf.to_container(node, resolve=True))
-    return instantiate(params, _recursive_=recursive, _convert_="all", **kwargs)
-
-
-def _without_names(node):
-    """A plain config with the `name` key dropped from every component node (one with `_target_`)."""
-    if isinstance(node, dict):
-        return {k: _without_names(v) for k, v in node.items() if not (k == "name" and "_target_" in node)}
-    if isinstance(node, list):
-        return [_without_names(v) for v in node]
-    return node
-
-
-def build_components(cfg: DictConfig, loggers: list | None = None):
-    """Every component the trainer takes, built from the composed config."""
-    from rlzoo.types import Components
-
-    built = {group: build(cfg[group], _partial_=group in PARTIAL_GROUPS) for group in BUILT_GROUPS}
-    learners = []
-    if needs_critic(built["objective"], built["reward"]):  # one critic, shared by both
-        critic = build(cfg.critic)
-        for component in (built["objective"], built["reward"]):
-            if component.needs_critic:
-                component.use_critic(critic)
-        learners.append(critic)
-    return Components(**built, loggers=list(loggers or []), learners=learners)
-
-
-def needs_critic(objective, reward) -> bool:
-    """Whether DMD's fake score is needed: objective=dmd / dmdr, or reward=dm (also inside a mix)."""
-    return any(c.needs_critic for c in (objective, reward) if c is not None)
-
-
-def override_dict(overrides) -> dict[str, str]:
-    """`key=value` command-line overrides as {key: value}; `+`/`~` prefixes dropped."""
-    pairs = [str(o).split("=", 1) for o in overrides if "=" in str(o)]
-    return {k.lstrip("+~"): v for k, v in pairs}
-
-
-# ------------------------------------------------------------------ a run's files are data, not code
-@functools.lru_cache(maxsize=1)
-def shipped_targets() -> frozenset[str]:
-    """Every `_target_` named in the shipped config tree: the components rlzoo will build from a
-    config it did not compose itself (a run directory's config.yaml, an export's config.json)."""
-    targets: set[str] = set()
-    for path in CONF_DIR.rglob("*.yaml"):
-        _collect_targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False), targets)
-    return frozenset(targets)
-
-
-def _collect_targets(node, out: set) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_" and isinstance(value, str):
-                out.add(value)
-            _collect_targets(value, out)
-    elif isinstance(node, list):
-        for value in node:
-            _collect_targets(value, out)
-
-
-def _untrusted_entries(node, prefix: str = ""):
-    """(key path, value) of every `_target_`, and of every string holding an interpolation, in a
-    plain container."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            path = f"{prefix}{key}"
-            if key == "_target_":
-                yield path, value
-            yield from _untrusted_entries(value, path + ".")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _untrusted_entries(value, f"{prefix}{i}.")
-    elif isinstance(node, str) and "${" in node:
-        yield prefix.rstrip("."), node
-
-
-def check_untrusted(container: dict, source: str, trusted: frozenset[str] = frozenset()) -> None:
-    """Refuse a config read from a file rlzoo did not compose (a run directory's config.yaml)
-    unless every `_target_` in it is a shipped component or one in `trusted` (named by the
-    user on the command line), and it holds no interpolation (rlzoo saves configs resolved, so
-    one is a sign of a crafted file; resolvers would run)."""
-    allowed = shipped_targets() | trusted
-    for path, value in _untrusted_entries(container):
-        if path.rpartition(".")[2] == "_target_":
-            if not isinstance(value, str) or value not in allowed:
-                raise ConfigError(
-                    f"{source} names {path}={str(value)[:80]!r}, which is not one of rlzoo's components; rlzoo never "
-                    f"runs code named by a file it reads (a component you wrote yourself runs when you name its "
-                    f"_target_ on the command line)")
-        else:
-            raise ConfigError(f"{source} holds an interpolation at {path} ({str(value)[:60]!r}); rlzoo saves a run's "
-                              f"config resolved, so this file was not written by rlzoo-train")
-
-
-def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
-    """A run directory's config.yaml as data: read with a safe YAML loader, every `_target_`
-    checked (`check_untrusted`), then `key=value` overrides applied to keys it already has (an
-    unknown key is refused as rlzoo-train refuses one). Targets named in `overrides` are the
-    user's own and trusted. Validated like a config rlzoo-train composes."""
-    path = Path(path)
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # a YAML error, an unreadable file
-        raise ConfigError(f"{path} is not a readable config ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:160]})") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path} is not a config (it holds a {type(loaded).__name__})")
-    container = OmegaConf.to_container(loaded, resolve=False)
-    pairs = [str(o).split("=", 1) for o in overrides]
-    for pair in pairs:
-        if len(pair) != 2 or pair[0].startswith(("+", "~")) or not pair[0]:
-            raise ConfigError(f"override {'='.join(pair)!r} must be key=value for a key the run's config has")
-    trusted = frozenset(v for k, v in pairs if k == "_target_" or k.endswith("._target_"))  # the user's own
-    check_untrusted(container, str(path), trusted)
-    cfg = OmegaConf.create(container)
-    for key, value in pairs:
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf not in node:
-            valid = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else "none"
-            raise ConfigError(f"unknown key {key!r} ({leaf!r} is not a key of {parent or 'the config'} in {path}; "
-                              f"valid: {valid})")
-        try:
-            OmegaConf.update(cfg, key, _parse_value(value), merge=False)
-        except Exception as exc:
-            raise ConfigError(f"{key}={value!r}: {' '.join(str(exc).split())[:160]}") from None
-    return cfg
-
-
-def _parse_value(text: str):
-    """A command-line value as Hydra types it (1 -> int, 1e-4 -> float, true -> bool, null)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        return OverridesParser.create().parse_override(f"key={text}").value()
-    except Exception:
-        return text

@@ -1,0 +1,31 @@
+"""Config composition, validation before compute, and building the components.
+
+    compose   the shipped config tree (conf/) and the command line's overrides -> a config
+    validate  every check that needs no model, each a one-line ConfigError
+    build     components from a config (recursively: a component receives its parts built)
+    run_dir   whether a run directory can hold this run (the resume rules)
+    untrusted a run directory's config.yaml, read as data
+
+The commands import what they need from here.
+"""
+from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, build_components, needs_critic
+from rlzoo.config.compose import (
+    CONF_DIR,
+    GROUPS,
+    available,
+    check_overrides,
+    compose_config,
+    override_dict,
+    override_values,
+    parse_overrides,
+)
+from rlzoo.config.run_dir import RESUMABLE_KEYS, check_run_dir, config_differences, run_fingerprint
+from rlzoo.config.untrusted import check_untrusted, load_untrusted_config, shipped_targets
+from rlzoo.config.validate import combination_error, valid_grid, validate
+from rlzoo.errors import ConfigError, one_line_errors
+
+__all__ = ["BUILT_GROUPS", "CONF_DIR", "GROUPS", "PARTIAL_GROUPS", "RESUMABLE_KEYS", "ConfigError", "available",
+           "build", "build_components", "check_overrides", "check_run_dir", "check_untrusted", "combination_error",
+           "compose_config", "config_differences", "load_untrusted_config", "needs_critic", "one_line_errors",
+           "override_dict", "override_values", "parse_overrides", "run_fingerprint", "shipped_targets",
+           "valid_grid", "validate"]

@@ -1,0 +1,60 @@
+"""One velocity model, four views: current (trainable), old (behaviour), reference (frozen base)
+and ema (an EMA of the weights, what evaluations measure: `weights=ema`).
+
+Two ways to hold the views, one interface (`velocity`, `velocity_fn`, `update_old`, `update_ema`):
+- `Policy` (full fine-tuning; the toy tasks): each view is a copy of the small model. A model that
+  owns frozen parts (a text encoder) says which parameters train through `trainable_parameters()`.
+- `LoraPolicy` (`model.lora` set; SD3.5): one base model with three peft LoRA adapters — current
+  (trainable), old and ema (EMA copies of it) — and the reference is the base with adapters
+  disabled. No copy of the base weights exists.
+
+Classifier-free guidance is applied here, so the sampler, the estimators and the KL all see the
+same guided velocity: v = v_u + s·(v_c − v_u) when the conditioning carries s > 1.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from rlzoo.policies.full import PRECISIONS, VIEWS, Policy, Precision, check_view, ema_update, trainable_parameters
+from rlzoo.policies.guidance import guided_velocity
+from rlzoo.policies.lora import (
+    ADAPTERS,
+    LORA_INITS,
+    LORA_WEIGHTS,
+    LoraPolicy,
+    LoraSettings,
+    lora_files,
+    lora_module,
+    save_lora,
+)
+
+__all__ = ["ADAPTERS", "LORA_INITS", "LORA_WEIGHTS", "PRECISIONS", "VIEWS", "LoraPolicy", "LoraSettings", "Policy",
+           "Precision", "check_view", "ema_update", "guided_velocity", "lora_files", "lora_module", "make_policy",
+           "save_lora", "trainable_parameters"]
+
+
+def make_policy(model: nn.Module, model_cfg) -> Policy:
+    """The policy a model config asks for: LoRA adapters (`model.lora`) or module copies, with
+    `model.precision`, `model.gradient_checkpointing` and `model.compile`."""
+    get = model_cfg.get if hasattr(model_cfg, "get") else (lambda k, d=None: d)
+    if get("gradient_checkpointing", False):
+        target = lora_module(model)
+        if not hasattr(target, "enable_gradient_checkpointing"):
+            raise ValueError(f"model.gradient_checkpointing: {type(target).__name__} does not support it")
+        target.enable_gradient_checkpointing()
+    lora = get("lora", None)
+    precision = get("precision", "fp32") or "fp32"
+    if lora is None:
+        policy = Policy(model, precision=precision)
+    else:
+        from omegaconf import OmegaConf
+
+        settings = OmegaConf.to_container(lora, resolve=True) if not isinstance(lora, dict) else dict(lora)
+        policy = LoraPolicy(model, LoraSettings(**settings), precision=precision)
+    policy.max_batch_size = get("max_batch_size", None)
+    if get("compile", False):  # each distinct module once (under LoRA all views share one); the
+        # critic, made later by add_critic(), is a copy of the compiled reference (or its adapter)
+        views = (v for v in VIEWS if v != "critic")
+        for target in {id(m): m for m in (lora_module(policy.module(v)) for v in views)}.values():
+            target.compile()
+    return policy
