@@ -11,10 +11,8 @@ its outcome (one line, the exit code) and that no file that existed before chang
 """
 import base64
 import contextlib
-import hashlib
 import io
 import json
-import os
 import shutil
 import signal
 import socket
@@ -29,35 +27,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import BIN, ENV, HELPERS, REPO, rlzoo_train, snapshot
 
 pytestmark = pytest.mark.faults
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-HELPERS = REPO / "tests" / "helpers"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-       "PYTHONPATH": str(HELPERS)}
 TINY = ["task=toy2d", "debug=tiny", "threads=1", "progress_bar=false"]
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def snapshot(directory: Path) -> dict:
-    """{relative path: sha256} of every file under `directory`."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
-
-
 def kept(before: dict, after: dict, allow: tuple = ()) -> bool:
     """Every file of `before` is still there with the same bytes (except the `allow`ed names)."""
     return all(after.get(k) == v for k, v in before.items() if k not in allow)
 
 
 def train(run_dir, *overrides, wait=True, **kwargs):
-    command = [str(BIN / "rlzoo-train"), *TINY, f"run_dir={run_dir}", *overrides]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300, **kwargs)
+    return rlzoo_train(*TINY, f"run_dir={run_dir}", *overrides, wait=wait, **kwargs)
 
 
 @pytest.fixture

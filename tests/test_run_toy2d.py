@@ -1,30 +1,19 @@
 """End-to-end runs on toy2d: the run directory's contents, and resume after SIGKILL."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from common import REPO, records, rlzoo_train
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN = str(Path(sys.executable).parent / "rlzoo-train")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 SMALL = ["task=toy2d", "threads=1", "progress_bar=false", "train.batch_size=64", "train.group_size=8",
          "train.micro_batch_size=32", "eval.samples=96", "sampler.num_steps=6", "eval.num_steps=6"]
 
 
 def train(run_dir, *overrides, **kwargs):
-    return subprocess.run([TRAIN, *SMALL, f"run_dir={run_dir}", *overrides], capture_output=True,
-                          text=True, cwd=REPO, env=ENV, **kwargs)
-
-
-def lines(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return rlzoo_train(*SMALL, f"run_dir={run_dir}", *overrides, **kwargs)
 
 
 def test_run_directory_contents(tmp_path):
@@ -39,11 +28,11 @@ def test_run_directory_contents(tmp_path):
     assert summary["compute"]["nfe_forward"] > summary["compute"]["nfe_backward"] > 0
     for key in ("base", "final", "best"):
         assert 0.0 <= summary[key]["reward"] <= 1.0
-    metrics = lines(run / "metrics.jsonl")
+    metrics = records(run / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
     assert all(m["likelihood_terms"] == 2 * 5 for m in metrics)  # 2 micro-batches x int(0.99·6)
     assert all(abs(m["ratio_mean"] - 1) < 1e-5 for m in metrics[:1])  # old == current at the start
-    evals = lines(run / "eval.jsonl")
+    evals = records(run / "eval.jsonl")
     assert [e["iteration"] for e in evals] == [0, 2, 4]
     assert (run / "samples" / "before.png").stat().st_size > 0
     assert (run / "samples" / "after.png").stat().st_size > 0
@@ -59,8 +48,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([TRAIN, *SMALL, f"run_dir={run}", *common], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = rlzoo_train(*SMALL, f"run_dir={run}", *common, wait=False)
     deadline = time.time() + 120
     while time.time() < deadline:
         metrics = run / "metrics.jsonl"
@@ -69,7 +57,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(lines(run / "metrics.jsonl")) < 30, "the run finished before it was killed"
+    assert len(records(run / "metrics.jsonl")) < 30, "the run finished before it was killed"
     resumed = train(run, *common)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
@@ -80,10 +68,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert a["final"] == b["final"] and a["base"] == b["base"] and a["best"] == b["best"]
     assert a["compute"]["nfe_forward"] == b["compute"]["nfe_forward"]
     keys = ("iteration", "reward/reward", "loss", "grad_norm", "kl")
-    assert [{k: m[k] for k in keys} for m in lines(tmp_path / "reference" / "metrics.jsonl")] == \
-           [{k: m[k] for k in keys} for m in lines(run / "metrics.jsonl")]
-    assert [e["reward"] for e in lines(tmp_path / "reference" / "eval.jsonl")] == \
-           [e["reward"] for e in lines(run / "eval.jsonl")]
+    assert [{k: m[k] for k in keys} for m in records(tmp_path / "reference" / "metrics.jsonl")] == \
+           [{k: m[k] for k in keys} for m in records(run / "metrics.jsonl")]
+    assert [e["reward"] for e in records(tmp_path / "reference" / "eval.jsonl")] == \
+           [e["reward"] for e in records(run / "eval.jsonl")]
 
 
 def test_wandb_logger_offline(tmp_path):
@@ -92,7 +80,7 @@ def test_wandb_logger_offline(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    assert len(lines(run / "metrics.jsonl")) == 2  # JSONL stays the source of truth
+    assert len(records(run / "metrics.jsonl")) == 2  # JSONL stays the source of truth
     images = sorted(p.name for p in (offline[0] / "files" / "media" / "images").rglob("*.png"))
     assert any(n.startswith("before") for n in images), images
     assert any(n.startswith("after") for n in images), images

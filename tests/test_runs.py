@@ -5,20 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import common
 import pytest
 import torch
+from common import REPO, rlzoo_train
 
-from rlzoo.config import build_components, compose_config, validate
-from rlzoo.trainer import Trainer
-
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["task=toy2d", "debug=tiny", "threads=1"]
 
 
-def trainer(run_dir, *overrides) -> Trainer:
-    cfg = compose_config([*TINY, *overrides])
-    validate(cfg)
-    return Trainer(cfg, run_dir, build_components(cfg))
+def trainer(run_dir, *overrides):
+    return common.trainer(run_dir, *TINY, *overrides)
 
 
 def test_elbo_compute_with_two_noise_draws_is_the_hand_count(tmp_path):
@@ -49,8 +45,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
 
 
 def train(run_dir, *overrides):
-    return subprocess.run([str(Path(sys.executable).parent / "rlzoo-train"), *TINY, f"run_dir={run_dir}",
-                           *overrides], capture_output=True, text=True, cwd=REPO)
+    return rlzoo_train(*TINY, f"run_dir={run_dir}", *overrides)
 
 
 @pytest.mark.integration

@@ -2,12 +2,11 @@
 ablation tables, and `rlzoo report`."""
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from common import BIN, ENV, REPO
 
 from rlzoo.config import ConfigError, check_overrides
 from rlzoo.stats import mean_ci, ratio_ci, t_quantile_975
@@ -15,10 +14,6 @@ from rlzoo.sweeps import sweep_jobs
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-       "PYTHONPATH": str(REPO / "tests" / "helpers")}
 TINY = ["train.iterations=4", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=16",
         "sampler.num_steps=3", "eval.samples=32", "eval.num_steps=2", "eval.every=2", "threads=1",
         "progress_bar=false"]

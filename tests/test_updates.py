@@ -2,11 +2,12 @@
 recipes in conf/experiment/ running on both built-in tasks."""
 import math
 
+import common
 import pytest
 import torch
 
-from rlzoo.config import available, build_components, compose_config, validate
-from rlzoo.trainer import Trainer, minibatch_rows
+from rlzoo.config import available
+from rlzoo.trainer import minibatch_rows
 from rlzoo.types import Conditioning, Rollout
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
@@ -19,10 +20,8 @@ TINY_SHAPES = ["task=shapes", "threads=1", "train.batch_size=8", "train.group_si
                "eval.num_steps=2", "eval.every=100", "progress_bar=false"]
 
 
-def trainer(tmp_path, overrides) -> Trainer:
-    cfg = compose_config(overrides)
-    validate(cfg)
-    return Trainer(cfg, tmp_path, build_components(cfg))
+def trainer(tmp_path, overrides):
+    return common.trainer(tmp_path, *overrides)
 
 
 def test_minibatch_rows_split_whole_groups():

@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import REPO, snapshot
 
 from rlzoo.train import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -19,10 +18,6 @@ def run_dir(tmp_path):
     (d / "summary.json").write_text('{"status": "running"}\n')
     (d / "checkpoints" / "last.pt").write_bytes(b"precious")
     return d
-
-
-def snapshot(directory: Path) -> dict:
-    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def fails(capsys, run_dir, *overrides) -> str:
