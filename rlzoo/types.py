@@ -78,10 +78,6 @@ class Conditioning:
             raise ValueError("classifier-free guidance needs the negative prompt's inputs")
         return replace(self, negative=negative if scale != 1.0 else None, guidance_scale=float(scale))
 
-    def unconditional(self) -> "Conditioning":
-        """The negative prompt's conditioning (unguided), for the v_u half of guidance."""
-        return replace(self, prompts=[""] * len(self), inputs=self.negative, negative=None, guidance_scale=1.0)
-
 
 @dataclass
 class Rollout:

@@ -16,6 +16,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE"
        "PYTHONPATH": os.pathsep.join([str(HELPERS), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
+def lora_targets() -> list[str]:
+    """The shipped LoRA target list (conf/shared/lora.yaml), the one place it is written."""
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(REPO / "conf" / "shared" / "lora.yaml").target_modules)
+
+
 def rlzoo_train(*argv: str, wait: bool = True, **kwargs):
     """`rlzoo-train argv...` in a new process, from the repository, offline: the finished
     CompletedProcess, or (wait=False) the running Popen."""

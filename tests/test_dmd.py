@@ -3,6 +3,7 @@ gradient through the student's sample against REFERENCE's formula, the critic as
 as a LoRA adapter, resume, and the one-line errors before any model."""
 import pytest
 import torch
+from common import lora_targets
 from omegaconf import OmegaConf
 
 from rlzoo.config import ConfigError, build, build_components, compose_config, validate
@@ -149,7 +150,6 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
     training moves only its own adapter, the current adapter keeps its gradient, and it is saved
     and loaded with the policy."""
     from rlzoo.critic import Critic
-    from rlzoo.policies import LoraSettings
     from rlzoo.prompts import GenEvalPrompts
     from rlzoo.rewards.images import CLIPReward
     from rlzoo.tasks.t2i import T2ITask
@@ -158,7 +158,7 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
     task = T2ITask(prompts=GenEvalPrompts(per_family=4, test_fraction=0.5),
                    eval_rewards={"reward": CLIPReward(tiny=True)}, embedding_cache=str(tmp_path / "embeddings"))
     model_cfg = OmegaConf.create({"_target_": "rlzoo.tasks.t2i.model.SD3Tiny", "seed": 0, "lora": {
-        "rank": 4, "alpha": 8, "init": "gaussian", "target_modules": LoraSettings().target_modules}})
+        "rank": 4, "alpha": 8, "init": "gaussian", "target_modules": lora_targets()}})
     policy = make_policy(task.load_base_model(model_cfg), model_cfg)
     critic = Critic(steps_per_update=2, lr=1e-2)
     critic.attach(policy)

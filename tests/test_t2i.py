@@ -1,13 +1,15 @@
 """task=t2i on the tiny SD3 (random weights, built in code): LoRA views, CFG, the text-embedding
 cache, the diffusers-loadable LoRA, image rewards, and one-line errors before any model is built."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from common import lora_targets
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
-from rlzoo.policies import LoraSettings, make_policy
+from rlzoo.policies import make_policy
 from rlzoo.prompts import GenEvalPrompts
 from rlzoo.tasks.t2i import T2ITask
 from rlzoo.tasks.t2i.model import SD3Tiny
@@ -23,7 +25,7 @@ def tiny_task(tmp_path, **kwargs) -> T2ITask:
 
 def lora_cfg(rank=4, alpha=8):
     return OmegaConf.create({**TINY, "lora": {"rank": rank, "alpha": alpha, "init": "gaussian",
-                                              "target_modules": LoraSettings().target_modules}})
+                                              "target_modules": lora_targets()}})
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,9 @@ def test_classifier_free_guidance_is_the_guided_combination(built):
     with torch.no_grad():
         for view in ("current", "reference"):
             v_c = policy.velocity(x, sigma, cond, view)
-            v_u = policy.velocity(x, sigma, guided.unconditional(), view)
+            unconditional = replace(guided, prompts=[""] * len(guided), inputs=guided.negative, negative=None,
+                                    guidance_scale=1.0)
+            v_u = policy.velocity(x, sigma, unconditional, view)
             expected = v_u + 4.5 * (v_c - v_u)
             assert (policy.velocity(x, sigma, guided, view) - expected).abs().max() < 1e-5
     empty = task.conditioning([""], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
@@ -406,7 +410,7 @@ def test_lora_on_shapes_trains_only_adapters(tmp_path):
     import subprocess
     import sys
 
-    targets = ",".join(LoraSettings().target_modules)
+    targets = ",".join(lora_targets())
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=shapes", "debug=tiny", f"run_dir={run_dir}",
                              f"+model.lora={{rank:4,alpha:8,init:gaussian,target_modules:[{targets}]}}"],

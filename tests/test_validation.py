@@ -286,3 +286,10 @@ def test_combination_error_reads_the_declarations():
 def test_the_old_pair_rules_are_needs(capsys, run_dir, overrides, needed):
     err = fails(capsys, run_dir, *overrides)
     assert f"needs {needed} from" in err
+
+
+def test_lora_without_targets_names_the_missing_key(capsys, run_dir):
+    """The target list has no Python default (conf/shared/lora.yaml is the one list): a model.lora
+    without it is one line naming the key."""
+    err = fails(capsys, run_dir, "+model.lora={rank:4,alpha:8}")
+    assert "model.lora.target_modules is missing" in err and "conf/shared/lora.yaml" in err

@@ -240,6 +240,9 @@ def _validate_policy_settings(model: DictConfig) -> None:
     if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
         raise ConfigError(f"model.max_batch_size must be a positive int or null, got {rows!r}")
     if model.get("lora") is not None:
+        if "target_modules" not in model.lora:
+            raise ConfigError("model.lora.target_modules is missing: name the modules to adapt (matched as "
+                              "name suffixes); the SD3 model files take conf/shared/lora.yaml's list")
         try:
             LoraSettings(**OmegaConf.to_container(model.lora, resolve=True))
         except (TypeError, ValueError) as exc:

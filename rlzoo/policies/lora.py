@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,18 +24,17 @@ TRAINABLE_VIEWS = ("current", "critic")  # the views whose adapters take gradien
 LORA_INITS = ("gaussian", "default")  # peft: gaussian A, or kaiming A; B = 0 in both
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraSettings:
-    """`model.lora`: Paper A's r 32, α 64, gaussian init, on the joint attention's q/k/v/out and
-    added projections. Targets match module names as suffixes, so `attn.to_q` adapts
+    """`model.lora`: rank, alpha, init and the modules to adapt. The one list of targets is
+    conf/shared/lora.yaml (Paper A's: the joint attention's q/k/v/out and added projections), so
+    there is no default here. Targets match module names as suffixes, so `attn.to_q` adapts
     `transformer_blocks.N.attn.to_q` and not the dual-attention `attn2.to_q`."""
 
+    target_modules: list[str]
     rank: int = 32
     alpha: float = 64.0
     init: str = "gaussian"
-    target_modules: list[str] = field(default_factory=lambda: [
-        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"])
 
     def __post_init__(self):
         check("model.lora.rank", self.rank, 1, integer=True)
