@@ -1,8 +1,14 @@
-"""Parity of the math layer with docs/math.md, on fixed float64 tensors (tolerance 1e-6).
+"""The math layer against its peers' own code, on fixed float64 tensors (tolerance 1e-6).
 
-Each expected value is written out from the reference formula here, independently of the code.
+The expected values in tests/golden/peers.json were computed by the peers' functions — FlowGRPO,
+DanceGRPO, DiffusionNFT, AWM and Paper A's public code, each cited there by repository, file and
+commit — on the inputs built here; diffusers' scheduler is the oracle for the Euler step. What no
+peer computes (per-sample sigmas, gradients through detached weights, schedule properties) is
+checked as a property.
 """
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,25 +16,31 @@ import torch
 from rlzoo import advantages as adv
 from rlzoo import objectives as obj
 from rlzoo.estimators.elbo import elbo_term
-from rlzoo.kl import sde_mean_kl, velocity_kl
+from rlzoo.kl import SDEMeanKL, sde_mean_kl, velocity_kl
 from rlzoo.old_policy import eval_ema_decay, old_policy_decay
 from rlzoo.policies import ema_update
 from rlzoo.samplers.kernels import cps_step, dance_sde_step, euler_step, flow_sde_step
+from rlzoo.types import LikelihoodTerm
 
 TOL = 1e-6
 D = torch.float64
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "peers.json").read_text())
 
 
 def fixed(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
 
+def peer(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=D)
+
+
 def md(x):
     return x.reshape(x.shape[0], -1).mean(1)
 
 
-def col(v, like):
-    return torch.as_tensor(v, dtype=D).reshape(-1, *([1] * (like.ndim - 1))) if torch.is_tensor(v) else v
+def close(actual, expected) -> bool:
+    return torch.allclose(torch.as_tensor(actual, dtype=D), peer(expected), atol=TOL, rtol=0)
 
 
 @pytest.fixture
@@ -36,28 +48,29 @@ def xv():
     return fixed(4, 3, 2, 2, seed=1), fixed(4, 3, 2, 2, seed=2), fixed(4, 3, 2, 2, seed=3)
 
 
-def test_euler_step(xv):
+# ------------------------------------------------------------------------------- sampler kernels
+@pytest.mark.parametrize("sigma,sigma_next", [(0.8, 0.6), (1.0, 0.9), (0.3, 0.0)])
+def test_euler_step_is_diffusers_flow_match_euler(xv, sigma, sigma_next):
+    """diffusers' FlowMatchEulerDiscreteScheduler.step from sigma to sigma_next (it computes in float32)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     x, v, _ = xv
-    step = euler_step(x, v, 0.8, 0.6)
-    assert torch.allclose(step.x_next, x + v * (0.6 - 0.8), atol=TOL)
-    assert step.log_prob is None
+    oracle = FlowMatchEulerDiscreteScheduler()
+    oracle.set_timesteps(sigmas=[sigma, sigma_next] if sigma_next > 0 else [sigma])
+    assert oracle.sigmas[1].item() == pytest.approx(sigma_next, abs=1e-7)
+    expected = oracle.step(v.float(), oracle.timesteps[0], x.float()).prev_sample
+    step = euler_step(x, v, sigma, sigma_next)
+    assert torch.allclose(step.x_next.float(), expected, atol=1e-5) and step.log_prob is None
 
 
-@pytest.mark.parametrize("sigma,sigma_next", [(0.8, 0.6), (1.0, 0.9)])
-def test_flow_sde_step_scalar(xv, sigma, sigma_next):
+@pytest.mark.parametrize("case", GOLDEN["flow_sde_step"]["cases"], ids=lambda c: f"{c['sigma']}->{c['sigma_next']}")
+def test_flow_sde_step_is_flowgrpo(xv, case):
+    """FlowGRPO's sde_step_with_logprob: mean, std and log-density of x_next (at sigma = 1 its
+    denominator uses the schedule's second sigma, here sigma_next)."""
     x, v, x_next = xv
-    eta = 0.7
-    denom = sigma_next if sigma == 1.0 else sigma  # at sigma = 1 use the next sigma
-    s = eta * math.sqrt(sigma / (1 - denom))
-    dt = sigma_next - sigma
-    mu = x * (1 + s**2 / (2 * sigma) * dt) + v * (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
-    std = s * math.sqrt(-dt)
-    logp = md(-((x_next - mu) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi))
-    step = flow_sde_step(x, v, sigma, sigma_next, eta=eta, x_next=x_next)
-    assert torch.isfinite(step.log_prob).all()
-    assert torch.allclose(step.mean, mu, atol=TOL)
-    assert torch.allclose(step.std, torch.tensor(std, dtype=D), atol=TOL)
-    assert torch.allclose(step.log_prob, logp, atol=TOL)
+    step = flow_sde_step(x, v, case["sigma"], case["sigma_next"], eta=0.7, x_next=x_next)
+    assert close(step.mean, case["mean"]) and close(step.log_prob, case["log_prob"])
+    assert close(step.std, case["std"]) and close(step.kernel_std, case["std_dev_t"])
 
 
 def test_flow_sde_step_per_sample_sigmas(xv):
@@ -80,80 +93,61 @@ def test_flow_sde_draw_uses_given_noise(xv):
     assert torch.allclose(again.log_prob, step.log_prob, atol=TOL)
 
 
-def test_cps_step(xv):
+def test_cps_step_is_flowgrpo_cps(xv):
+    """FlowGRPO's sde_type 'cps' (coefficients-preserving): mean and its constant-free log-likelihood."""
     x, v, x_next = xv
-    sigma, sigma_next, eta = 0.7, 0.5, 0.7
-    std = sigma_next * math.sin(eta * math.pi / 2)
-    x0_hat, x1_hat = x - sigma * v, x + (1 - sigma) * v
-    mu = x0_hat * (1 - sigma_next) + x1_hat * math.sqrt(sigma_next**2 - std**2)
-    step = cps_step(x, v, sigma, sigma_next, eta=eta, x_next=x_next)
-    assert torch.allclose(step.mean, mu, atol=TOL)
-    assert torch.allclose(step.log_prob, -md((x_next - mu) ** 2), atol=TOL)
+    g = GOLDEN["cps_step"]
+    step = cps_step(x, v, g["sigma"], g["sigma_next"], eta=g["eta"], x_next=x_next)
+    assert close(step.mean, g["mean"]) and close(step.log_prob, g["log_prob"]) and close(step.std, g["std"])
 
 
-def test_dance_sde_step(xv):
+def test_dance_sde_step_is_dancegrpo(xv):
+    """DanceGRPO's flux_step. Its log-density drops -log std - ½log 2π by a slip (a discarded
+    statement); ours keeps them, which shifts every log-likelihood by one constant and leaves
+    ratios unchanged."""
     x, v, x_next = xv
-    sigma, sigma_next, eta = 0.7, 0.5, 0.3
-    dt = sigma_next - sigma
-    std = eta * math.sqrt(sigma - sigma_next)
-    x0_hat = x - sigma * v
-    score = -(x - (1 - sigma) * x0_hat) / sigma**2
-    mu = x + dt * v - 0.5 * eta**2 * score * dt
-    logp = md(-((x_next - mu) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi))
-    step = dance_sde_step(x, v, sigma, sigma_next, eta=eta, x_next=x_next)
-    assert torch.allclose(step.mean, mu, atol=TOL)
-    assert torch.allclose(step.log_prob, logp, atol=TOL)
+    g = GOLDEN["dance_sde_step"]
+    step = dance_sde_step(x, v, g["sigma"], g["sigma_next"], eta=g["eta"], x_next=x_next)
+    assert close(step.mean, g["mean"]) and close(step.std, g["std"]) and close(step.log_prob, g["log_prob"])
+    constant = -math.log(g["std"]) - 0.5 * math.log(2 * math.pi)
+    assert close(step.log_prob - constant, g["log_prob_as_run"])
 
 
+# ------------------------------------------------------------------------------- ELBO
 @pytest.fixture
 def elbo_inputs():
     x0, noise, v = fixed(5, 3, 4, 4, seed=4), fixed(5, 3, 4, 4, seed=5), fixed(5, 3, 4, 4, seed=6)
-    t = torch.tensor([1.0, 0.9, 0.5, 0.2, 0.05], dtype=D)
-    return x0, noise, t, v
+    return x0, noise, peer(GOLDEN["elbo"]["timesteps"]), v
 
 
-def test_elbo_adaptive(elbo_inputs):
-    x0, noise, t, v = elbo_inputs
-    tt = t.view(-1, 1, 1, 1)
-    x_t = (1 - tt) * x0 + tt * noise
-    x0_hat = x_t - tt * v
-    w = md((x0_hat - x0).abs()).clamp_min(1e-5)
-    expected = -md((x0_hat - x0) ** 2) / w
-    assert torch.allclose(elbo_term(x0, noise, t, v, "adaptive"), expected, atol=TOL)
+@pytest.mark.parametrize("weighting", ["adaptive", "t", "uniform", "exact"])
+def test_elbo_is_paper_a(elbo_inputs, weighting):
+    """Paper A's compute_elbo, each weighting."""
+    assert close(elbo_term(*elbo_inputs, weighting), GOLDEN["elbo"][weighting])
+
+
+@pytest.mark.parametrize("weighting", ["adaptive", "uniform"])
+def test_elbo_under_guidance_is_paper_a(elbo_inputs, weighting):
+    """Paper A's compute_elbo with guidance_scale 4.5 (adaptive divided by s, uniform by s²)."""
+    assert close(elbo_term(*elbo_inputs, weighting, guidance_scale=4.5), GOLDEN["elbo"]["guidance_4.5"][weighting])
+
+
+@pytest.mark.parametrize("weighting", ["t", "exact"])
+def test_elbo_guidance_leaves_the_other_weightings(elbo_inputs, weighting):
+    assert torch.allclose(elbo_term(*elbo_inputs, weighting, guidance_scale=4.5), elbo_term(*elbo_inputs, weighting),
+                          atol=TOL)
 
 
 def test_elbo_adaptive_weight_is_not_differentiated(elbo_inputs):
+    """The adaptive weight w = mean_d|x̂0 - x0| is a constant: the gradient is that of
+    -mean_d(err²)/w with w held fixed (err = x_t - t·v - x0)."""
     x0, noise, t, v = elbo_inputs
     v = v.clone().requires_grad_(True)
     elbo_term(x0, noise, t, v, "adaptive").sum().backward()
     tt = t.view(-1, 1, 1, 1)
     err = ((1 - tt) * x0 + tt * noise - tt * v - x0).detach()
     w = md(err.abs()).view(-1, 1, 1, 1)
-    n = err[0].numel()
-    expected = 2 * err * tt / (w * n)  # d/dv of -mean((err)^2)/w with err = ... - t v
-    assert torch.allclose(v.grad, expected, atol=TOL)
-
-
-@pytest.mark.parametrize("weighting", ["t", "uniform", "exact"])
-def test_elbo_other_weightings(elbo_inputs, weighting):
-    x0, noise, t, v = elbo_inputs
-    tt = t.view(-1, 1, 1, 1)
-    x0_hat = (1 - tt) * x0 + tt * noise - tt * v
-    expected = {
-        "t": -md((x0_hat - x0) ** 2),
-        "uniform": -md((noise - x0 - v) ** 2),
-        "exact": -md((1 - tt) / (tt + 1e-3) * (noise - x0 - v) ** 2),
-    }[weighting]
-    assert torch.allclose(elbo_term(x0, noise, t, v, weighting), expected, atol=TOL)
-
-
-@pytest.mark.parametrize("weighting, power", [("adaptive", 1), ("uniform", 2), ("t", 0), ("exact", 0)])
-def test_elbo_under_guidance_scales_as_paper_a(elbo_inputs, weighting, power):
-    """With guidance scale s the adaptive term is divided by s and the uniform one by s² (REFERENCE,
-    ELBO); the others are unchanged."""
-    x0, noise, t, v = elbo_inputs
-    unguided = elbo_term(x0, noise, t, v, weighting)
-    assert torch.allclose(elbo_term(x0, noise, t, v, weighting, guidance_scale=4.5), unguided / 4.5**power, atol=TOL)
+    assert torch.allclose(v.grad, 2 * err * tt / (w * err[0].numel()), atol=TOL)
 
 
 def test_elbo_unknown_weighting(elbo_inputs):
@@ -161,29 +155,22 @@ def test_elbo_unknown_weighting(elbo_inputs):
         elbo_term(*elbo_inputs, weighting="snr")
 
 
+# ------------------------------------------------------------------------------- objectives
 @pytest.fixture
 def foA():
-    f = torch.tensor([-0.5, -1.2, 0.3, -2.0], dtype=D)
-    o = torch.tensor([-0.6, -1.0, 0.3, -1.5], dtype=D)
-    A = torch.tensor([0.7, -0.2, 1.5, -6.0], dtype=D)
-    return f, o, A
+    g = GOLDEN["objectives"]["inputs"]
+    return peer(g["f"]), peer(g["o"]), peer(g["A"])
 
 
-def test_ratio_objectives(foA):
-    f, o, A = foA
-    lr = f - o
-    rho = torch.exp(lr)
-    cases = {
-        obj.epg_loss: -rho * A * f,
-        obj.epg_noratio_loss: -A * f,
-        obj.pepg_loss: -rho * (A - lr) * f,
-        obj.pepg_noratio_loss: -(A - lr) * f,
-        obj.par_loss: 0.5 * rho * (A - (f - o)) ** 2,
-        obj.par_noratio_loss: 0.5 * (A - (f - o)) ** 2,
-        obj.reinforce_loss: -A * f,
-    }
-    for fn, expected in cases.items():
-        assert torch.allclose(fn(f, o, A), expected, atol=TOL), fn.__name__
+@pytest.mark.parametrize("name", ["epg", "epg_noratio", "pepg", "pepg_noratio", "par", "par_noratio", "grpo"])
+def test_objectives_are_paper_a(foA, name):
+    """Paper A's compute_policy_loss per sample (its grpo is FlowGRPO's, clip 1e-3, A clipped to ±5)."""
+    loss = obj.grpo_loss(*foA, clip_range=1e-3) if name == "grpo" else getattr(obj, f"{name}_loss")(*foA)
+    assert close(loss, GOLDEN["objectives"]["losses"][name])
+
+
+def test_reinforce_is_epg_without_ratio(foA):
+    assert torch.allclose(obj.reinforce_loss(*foA), obj.epg_noratio_loss(*foA), atol=TOL)
 
 
 def test_ratio_is_detached_in_epg(foA):
@@ -201,15 +188,6 @@ def test_par_gradient(foA):
     assert torch.allclose(f.grad, -rho * (A - (f.detach() - o)), atol=TOL)
 
 
-def test_grpo(foA):
-    f, o, A = foA
-    eps = 1e-3
-    r = torch.exp(f - o)
-    Ac = A.clamp(-5, 5)
-    expected = torch.maximum(-Ac * r, -Ac * r.clamp(1 - eps, 1 + eps))
-    assert torch.allclose(obj.grpo_loss(f, o, A, clip_range=eps), expected, atol=TOL)
-
-
 def test_objectives_reduce_to_minus_A_grad_f_when_ratio_is_one():
     f = torch.tensor([-0.5, -1.2, 0.3], dtype=D, requires_grad=True)
     A = torch.tensor([0.7, -0.2, 1.5], dtype=D)
@@ -220,98 +198,134 @@ def test_objectives_reduce_to_minus_A_grad_f_when_ratio_is_one():
 
 
 @pytest.fixture
+def nft_inputs():
+    x0, noise, v, v_old = (fixed(3, 2, 2, 2, seed=s) for s in (10, 11, 12, 13))
+    t = peer(GOLDEN["nft"]["t"])
+    tt = t.view(-1, 1, 1, 1)
+    return v, v_old, (1 - tt) * x0 + tt * noise, x0, t
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.1])
+def test_nft_loss_is_diffusionnft(nft_inputs, gamma):
+    """DiffusionNFT's loss per sample (its beta is our gamma; scaled by its adv_clip_max 5)."""
+    loss = obj.nft_loss(*nft_inputs, peer(GOLDEN["nft"]["r"]), gamma)
+    assert close(loss, GOLDEN["nft"][f"loss_gamma_{gamma:g}"])
+
+
+def test_nft_objective_scales_by_its_advantage_clip(nft_inputs):
+    """DiffusionNFT scales the loss by adv_clip_max, the clip that also maps A to r: at 2.5 both change."""
+    v, v_old, x_t, x0, t = nft_inputs
+    g = GOLDEN["nft"]["adv_clip_2.5"]
+    term = LikelihoodTerm(index=torch.arange(3), log_lik=torch.zeros(3, dtype=D), log_lik_old=torch.zeros(3, dtype=D),
+                          weight=1.0, nfe_forward=0, nfe_backward=0, velocity=v, velocity_old=v_old, x_t=x_t, x0=x0, t=t)
+    assert close(adv.nft_mapping(peer(g["A"]), 2.5), g["r"])
+    assert close(obj.NFT(gamma=1.0, adv_clip=2.5)(term, peer(g["A"])), g["loss"])
+
+
+def test_nft_mapping_is_diffusionnft():
+    g = GOLDEN["nft"]["mapping"]
+    assert close(adv.nft_mapping(peer(g["A"]), g["adv_clip_max"]), g["r"])
+
+
+@pytest.fixture
+def awm_term():
+    x0, noise, v, v_old = (fixed(3, 2, 2, 2, seed=s) for s in (20, 21, 22, 23))
+    return LikelihoodTerm(index=torch.arange(3), log_lik=torch.zeros(3, dtype=D), log_lik_old=torch.zeros(3, dtype=D),
+                          weight=1.0, nfe_forward=0, nfe_backward=0, velocity=v, velocity_old=v_old, noise=noise,
+                          x0=x0, t=peer(GOLDEN["awm"]["t"]))
+
+
+def test_awm_log_prob_is_awm(awm_term):
+    """AWM's compute_log_prob_awm with the ghuber weighting (power 0.25)."""
+    g, term = GOLDEN["awm"], awm_term
+    assert close(obj.awm_log_prob(term.velocity, term.noise, term.x0, term.t), g["log_prob"])
+    assert close(obj.awm_log_prob(term.velocity_old, term.noise, term.x0, term.t), g["log_prob_old"])
+
+
+@pytest.mark.parametrize("advantage_max,key", [(1.0, "loss_advantage_max_1"), (None, "loss_no_rescale")])
+def test_awm_objective_is_awm(awm_term, advantage_max, key):
+    """AWM's exp_first loss: A clipped to ±5, rescaled to ±advantage_max (1 in its configs), PPO-clip 1."""
+    g = GOLDEN["awm"]
+    assert close(obj.AWM(advantage_max=advantage_max)(awm_term, peer(g["A"])), g[key])
+
+
+# ------------------------------------------------------------------------------- advantages
+@pytest.fixture
 def rewards():
-    R = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5], dtype=D)
-    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    return R, groups
+    g = GOLDEN["advantages"]
+    return peer(g["rewards"]), torch.tensor(g["groups"])
 
 
-def test_group_advantage_global_std(rewards):
-    R, g = rewards
-    means = torch.tensor([0.5] * 4 + [0.625] * 4, dtype=D)
-    std = R.std(unbiased=False)
-    assert torch.allclose(adv.group_advantage(R, g), (R - means) / (std + 1e-4), atol=TOL)
+def test_group_advantages_are_flowgrpo(rewards):
+    """FlowGRPO's PerPromptStatTracker (mean per prompt; std of the group or of the batch, + 1e-4)
+    and its no-tracking branch (mean and std of the batch)."""
+    g = GOLDEN["advantages"]
+    assert close(adv.group_advantage(*rewards), g["global_std"])
+    assert close(adv.group_advantage(*rewards, std="group"), g["group_std"])
+    assert close(adv.global_std_advantage(*rewards), g["batch"])
 
 
-def test_group_advantage_group_std(rewards):
-    R, g = rewards
-    a, b = R[:4], R[4:]
-    expected = torch.cat([(a - a.mean()) / (a.std(unbiased=False) + 1e-4),
-                          (b - b.mean()) / (b.std(unbiased=False) + 1e-4)])
-    assert torch.allclose(adv.group_advantage(R, g, std="group"), expected, atol=TOL)
-
-
-def test_exact_and_global_std_advantage(rewards):
-    R, g = rewards
-    means = torch.tensor([0.5] * 4 + [0.625] * 4, dtype=D)
-    assert torch.allclose(adv.exact_advantage(R, g, c=0.1), 0.1 * (R - means), atol=TOL)
-    assert torch.allclose(adv.global_std_advantage(R, g),
-                          (R - R.mean()) / (R.std(unbiased=False) + 1e-4), atol=TOL)
+def test_exact_advantage_is_paper_a(rewards):
+    """Paper A's adv='exact': beta·(R - mean)/alpha, and (R - mean) without a KL."""
+    g = GOLDEN["advantages"]
+    assert close(adv.ExactAdvantage(alpha=1e-3, beta=1e-4)(*rewards), g["exact_alpha1e-3_beta1e-4"])
+    assert close(adv.ExactAdvantage(alpha=1e-3, beta=0.0)(*rewards), g["exact_beta0"])
 
 
 @pytest.mark.parametrize("alpha,beta,c", [(1e-3, 1e-4, 0.1), (0.1, 0.01, 0.1), (1e-3, 0.01, 10.0),
                                           (1e-3, 0.0, 1.0)])
 def test_exact_advantage_scale_is_beta_over_alpha(rewards, alpha, beta, c):
     """Paper A: c = beta_kl/alpha (1e-4/1e-3 = 0.1 in the headline recipe); c = 1 without a KL."""
-    R, g = rewards
-    means = torch.tensor([0.5] * 4 + [0.625] * 4, dtype=D)
     component = adv.ExactAdvantage(alpha=alpha, beta=beta)
     assert component.c == pytest.approx(c)
-    assert torch.allclose(component(R, g), c * (R - means), atol=TOL)
+    assert torch.allclose(component(*rewards), adv.exact_advantage(*rewards, c=c), atol=TOL)
 
 
-def test_nft_mapping():
-    A = torch.tensor([-7.0, -5.0, 0.0, 2.5, 9.0], dtype=D)
-    expected = (A.clamp(-5, 5) / 5 / 2 + 0.5).clamp(0, 1)
-    assert torch.allclose(adv.nft_mapping(A), expected, atol=TOL)
-    assert torch.allclose(adv.nft_mapping(A), torch.tensor([0, 0, 0.5, 0.75, 1], dtype=D), atol=TOL)
+# ------------------------------------------------------------------------------- KL
+def test_velocity_kl_is_paper_a():
+    """Paper A's kl_method 'girsanov': mean_d (v - v_ref)²."""
+    v, v_ref = fixed(5, 3, 4, 4, seed=6), fixed(5, 3, 4, 4, seed=4)
+    assert close(velocity_kl(v, v_ref), GOLDEN["elbo"]["velocity_kl_v_vs_x0"])
 
 
-def test_kl(xv):
-    v, v_ref, std = xv
-    assert torch.allclose(velocity_kl(v, v_ref), md((v - v_ref) ** 2), atol=TOL)
-    s = torch.tensor(0.3, dtype=D)
-    assert torch.allclose(sde_mean_kl(v, v_ref, s), md((v - v_ref) ** 2) / (2 * 0.09), atol=TOL)
+def test_sde_mean_kl_divides_by_twice_the_variance(xv):
+    v, v_ref, _ = xv
+    assert torch.allclose(sde_mean_kl(v, v_ref, torch.tensor(0.3, dtype=D)), md((v - v_ref) ** 2) / 0.18, atol=TOL)
 
 
-@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.889), (0.667, 0.556), (0.112, 0.001)])
-def test_sde_mean_kl_normalizers(xv, sigma, sigma_next):
-    """FlowGRPO's convention (scripts/train_sd3.py): ‖mu - mu_ref‖² / (2·s²) with s = std_dev_t =
-    eta·sqrt(sigma/(1 - sigma)) before the sqrt(-dt) factor; `step` divides by the step's full
-    variance s²·(-dt), which is 1/|dt| times stronger."""
-    from rlzoo.kl import SDEMeanKL
-    from rlzoo.types import LikelihoodTerm
-
+@pytest.mark.parametrize("case", GOLDEN["flow_sde_kl"]["cases"], ids=lambda c: f"{c['sigma']}->{c['sigma_next']}")
+def test_sde_mean_kl_normalizers(xv, case):
+    """normalizer=kernel is FlowGRPO's train_sd3.py KL (‖mu - mu_ref‖² / (2·std_dev_t²), the kernel's
+    std before sqrt(-dt)); `step` divides by the step's full variance, 1/|dt| times stronger."""
     x, v, v_ref = xv
-    eta, dt = 0.7, sigma_next - sigma
-    s = eta * math.sqrt(sigma / (1 - (sigma_next if sigma == 1.0 else sigma)))
-
-    def mu(vel):
-        return x * (1 + s**2 / (2 * sigma) * dt) + vel * (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
-
-    flowgrpo = md((mu(v) - mu(v_ref)) ** 2) / (2 * s**2)
-    step, step_ref = (flow_sde_step(x, vel, sigma, sigma_next, eta=eta, sigma_max=sigma_next) for vel in (v, v_ref))
+    sigma, sigma_next = case["sigma"], case["sigma_next"]
+    step, step_ref = (flow_sde_step(x, vel, sigma, sigma_next, eta=0.7, sigma_max=sigma_next) for vel in (v, v_ref))
     term = LikelihoodTerm(index=torch.arange(4), log_lik=step.log_prob, log_lik_old=step.log_prob, weight=1.0,
                           nfe_forward=0, nfe_backward=0, mean=step.mean, mean_ref=step_ref.mean, std=step.std,
                           kernel_std=step.kernel_std)
-    assert torch.allclose(SDEMeanKL(0.04, normalizer="kernel")(term), flowgrpo, atol=TOL)
-    assert torch.allclose(SDEMeanKL(0.04, normalizer="step")(term), flowgrpo / -dt, atol=TOL)
+    assert close(SDEMeanKL(0.04, normalizer="kernel")(term), case["kl"])
+    assert close(SDEMeanKL(0.04, normalizer="step")(term), peer(case["kl"]) / (sigma - sigma_next))
     with pytest.raises(ValueError, match="valid: step, kernel"):
         SDEMeanKL(0.04, normalizer="full")
 
 
-def test_old_policy_schedules():
-    assert old_policy_decay(0, 100) == 0.0
-    assert old_policy_decay(1, 1) == pytest.approx(0.001)
-    assert old_policy_decay(1, 300) == pytest.approx(0.3)
-    assert old_policy_decay(1, 5000) == 0.5
-    assert old_policy_decay(2, 74) == 0.0
-    assert old_policy_decay(2, 175) == pytest.approx(0.75)
-    assert old_policy_decay(2, 10**6) == 0.999
-    assert eval_ema_decay(0) == pytest.approx(0.1)
-    assert eval_ema_decay(10**6) == 0.9
-    with pytest.raises(ValueError, match="valid: 0, 1, 2"):
-        old_policy_decay(3, 1)
+# ------------------------------------------------------------------------------- old policy and EMA
+@pytest.mark.parametrize("schedule", [0, 1, 2, 3])
+def test_old_policy_schedules_are_diffusionnft(schedule):
+    """DiffusionNFT's return_decay (3 is in Paper A's copy)."""
+    g = GOLDEN["old_policy_decay"]
+    assert [old_policy_decay(schedule, s) for s in g["steps"]] == pytest.approx(g[f"type{schedule}"], abs=1e-12)
+
+
+def test_unknown_old_policy_schedule():
+    with pytest.raises(ValueError, match="valid: 0, 1, 2, 3"):
+        old_policy_decay(4, 1)
+
+
+def test_eval_ema_decay_is_flowgrpo_ema():
+    """FlowGRPO's EMAModuleWrapper warm-up, as DiffusionNFT builds it (cap 0.9)."""
+    g = GOLDEN["eval_ema_decay"]
+    assert [eval_ema_decay(s) for s in g["steps"]] == pytest.approx(g["decay"], abs=1e-12)
 
 
 def test_ema_update():
@@ -319,32 +333,6 @@ def test_ema_update():
     expected = 0.3 * target.weight.detach().clone() + 0.7 * source.weight.detach()
     ema_update(target, source, 0.3)
     assert torch.allclose(target.weight, expected, atol=TOL)
-
-
-def test_nft_loss():
-    x0, noise, v, v_old = (fixed(3, 2, 2, 2, seed=s) for s in (10, 11, 12, 13))
-    t = torch.tensor([0.9, 0.5, 0.1], dtype=D)
-    tt = t.view(-1, 1, 1, 1)
-    x_t = (1 - tt) * x0 + tt * noise
-    r = torch.tensor([0.0, 0.25, 1.0], dtype=D)
-    for gamma in (1.0, 0.1):
-        vp = gamma * v + (1 - gamma) * v_old
-        vm = (1 + gamma) * v_old - gamma * v
-
-        def ell(vv):
-            e = x_t - tt * vv - x0
-            return md(e**2) / md(e.abs()).clamp_min(1e-5)
-
-        expected = 5 * (r * ell(vp) + (1 - r) * ell(vm)) / gamma
-        assert torch.allclose(obj.nft_loss(v, v_old, x_t, x0, t, r, gamma), expected, atol=TOL)
-
-
-def test_awm_log_prob():
-    x0, noise, v = (fixed(3, 2, 2, 2, seed=s) for s in (20, 21, 22))
-    t = torch.tensor([0.9, 0.5, 0.1], dtype=D)
-    ell = md((v - (noise - x0)) ** 2)
-    expected = -((ell + 1e-10) ** 0.25 - 1e-10**0.25) * t / 0.25
-    assert torch.allclose(obj.awm_log_prob(v, noise, x0, t), expected, atol=TOL)
 
 
 def test_the_update_reports_ppo_diagnostics_per_term():

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
 from rlzoo.config.compose import _load, available
 from rlzoo.errors import ConfigError
+from rlzoo.old_policy import OLD_POLICY_SCHEDULES
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
@@ -70,8 +71,9 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
         valid = [d for d in range(1, groups + 1) if groups % d == 0]
         raise ConfigError(f"train.minibatches={minibatches} does not divide the {groups} prompt groups "
                           f"per batch; valid: {', '.join(map(str, valid))}")
-    if cfg.train.old_policy_schedule not in (0, 1, 2) or isinstance(cfg.train.old_policy_schedule, bool):
-        raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; valid: 0, 1, 2")
+    if cfg.train.old_policy_schedule not in OLD_POLICY_SCHEDULES or isinstance(cfg.train.old_policy_schedule, bool):
+        raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; "
+                          f"valid: {', '.join(map(str, OLD_POLICY_SCHEDULES))}")
     _validate_lr_schedule(cfg)
     _validate_ratio(cfg)
     _validate_guidance(cfg)

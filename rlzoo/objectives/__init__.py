@@ -6,6 +6,7 @@ differentiable), `log_lik_old` = o (behaviour policy on the same noise, no grad)
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -165,12 +166,14 @@ class GRPO(Objective):
 
 
 def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t: Tensor,
-             optimality: Tensor, gamma: float = 1.0) -> Tensor:
+             optimality: Tensor, gamma: float = 1.0, scale: float = 5.0) -> Tensor:
     """DiffusionNFT, per sample (r = nft_mapping(A) in [0, 1]):
 
     v+ = γ·v_θ + (1-γ)·sg(v_old),   v- = (1+γ)·sg(v_old) - γ·v_θ
     ℓ± = mean_d( (x_t - t·v± - x0)² / sg(mean_d|x_t - t·v± - x0|).clamp_min(1e-5) )
-    L  = 5 · (r·ℓ+ + (1-r)·ℓ-) / γ
+    L  = scale · (r·ℓ+ + (1-r)·ℓ-) / γ
+
+    DiffusionNFT's scale is its advantage clip (`adv_clip_max`, 5), the knob that also maps A to r.
     """
     v_old = velocity_old.detach()
 
@@ -180,7 +183,7 @@ def nft_loss(velocity: Tensor, velocity_old: Tensor, x_t: Tensor, x0: Tensor, t:
 
     positive = adaptive(gamma * velocity + (1 - gamma) * v_old)
     negative = adaptive((1 + gamma) * v_old - gamma * velocity)
-    return 5.0 * (optimality * positive + (1 - optimality) * negative) / gamma
+    return scale * (optimality * positive + (1 - optimality) * negative) / gamma
 
 
 def awm_log_prob(velocity: Tensor, noise: Tensor, x0: Tensor, t: Tensor, power: float = 0.25) -> Tensor:
@@ -203,20 +206,28 @@ class NFT(Objective):
         from rlzoo.advantages import nft_mapping
 
         return nft_loss(term.velocity, term.velocity_old, term.x_t, term.x0, term.t,
-                        nft_mapping(advantage, self.adv_clip), self.gamma)
+                        nft_mapping(advantage, self.adv_clip), self.gamma, scale=self.adv_clip)
 
 
 class AWM(Objective):
-    """Advantage weighted matching: PPO-clip on the ratio of AWM log-likelihoods."""
+    """Advantage weighted matching: PPO-clip on the ratio of AWM log-likelihoods, with the advantage
+    clipped to ±adv_clip and rescaled to ±advantage_max (AWM's released configs: 5 and 1; null
+    keeps the clipped advantage)."""
 
     needs = frozenset({"velocity", "velocity_old", "noise", "x0", "t"})
 
-    def __init__(self, clip_range: float = 1.0, power: float = 0.25, adv_clip: float = 5.0):
+    def __init__(self, clip_range: float = 1.0, power: float = 0.25, adv_clip: float = 5.0,
+                 advantage_max: float | None = 1.0):
         self.clip_range = float(check("objective.clip_range", clip_range, 0, low_open=True))
         self.power = float(check("objective.power", power, 0, 1, low_open=True))
         self.adv_clip = float(check("objective.adv_clip", adv_clip, 0, low_open=True))
+        self.advantage_max = None if advantage_max is None else float(
+            check("objective.advantage_max", advantage_max, 0, low_open=True))
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         log_prob = awm_log_prob(term.velocity, term.noise, term.x0, term.t, self.power)
         log_prob_old = awm_log_prob(term.velocity_old, term.noise, term.x0, term.t, self.power)
-        return grpo_loss(log_prob, log_prob_old, advantage, self.clip_range, self.adv_clip)
+        advantage = advantage.clamp(-self.adv_clip, self.adv_clip)
+        if self.advantage_max is not None:
+            advantage = advantage / self.adv_clip * self.advantage_max
+        return grpo_loss(log_prob, log_prob_old, advantage, self.clip_range, adv_clip=math.inf)
