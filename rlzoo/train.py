@@ -12,9 +12,11 @@ command skips completed runs and resumes the others from their checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
+from rlzoo import distributed
 from rlzoo.config import CONF_DIR, GROUPS, available, check_overrides
 from rlzoo.errors import one_line_errors
 
@@ -53,34 +55,41 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
 
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with run_lock(run_dir):  # (a single run took it before Hydra started; a sweep's job takes it here)
+    main = distributed.is_main_process()  # under torchrun, rank 0 owns the run directory and writes
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        # (a single run took the lock before Hydra started; a sweep's job takes it here)
         check_run_dir(cfg, run_dir)  # everything a resume needs is checked before anything is written
         summary = read_summary(run_dir)
         if summary is not None and summary.get("status") == "completed" and is_finished(summary, cfg.train):
-            print(f"[rlzoo] {run_dir} already completed")
-            print_report(summary)
+            if main:
+                print(f"[rlzoo] {run_dir} already completed")
+                print_report(summary)
             return
-        remove_temporary_files(run_dir)  # what a killed write left (.<name>.<random>.tmp)
-        if not checkpoint_path(run_dir).exists():
-            set_aside_failed_start(run_dir)
-        write_hydra_record(run_dir, cfg)
+        if main:
+            remove_temporary_files(run_dir)  # what a killed write left (.<name>.<random>.tmp)
+            if not checkpoint_path(run_dir).exists():
+                set_aside_failed_start(run_dir)
+            write_hydra_record(run_dir, cfg)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         torch.manual_seed(int(cfg.seed))
-        loggers, trainer = [], None
+        loggers, trainer, dist = [], None, distributed.SINGLE
         try:
-            if cfg.logger.get("_target_"):
+            dist = distributed.init(cfg.device, float(cfg.get("dist", {}).get("timeout_s", 1800)))
+            if cfg.logger.get("_target_") and main:
                 group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
                 node = {**OmegaConf.to_container(cfg.logger, resolve=True), "group": group}
                 loggers.append(build(node, recursive=False, run_dir=run_dir, name=name, run_config=run_config))
-            trainer = Trainer(cfg, run_dir, build_components(cfg, loggers))
+            trainer = Trainer(cfg, run_dir, build_components(cfg, loggers), dist)
             summary = trainer.fit()
         except BaseException as exc:
-            raise RunFailed(exc, *_record_failure(run_dir, trainer, exc)) from exc
+            raise RunFailed(exc, *_record_failure(run_dir, trainer, exc, main)) from exc
         finally:
             for logger in loggers:
                 logger.finish()
-    print_report(summary)
+            distributed.shutdown(dist)
+    if main:
+        print_report(summary)
 
 
 class RunFailed(Exception):
@@ -92,7 +101,7 @@ class RunFailed(Exception):
         self.cause, self.what, self.log = cause, what, log
 
 
-def _record_failure(run_dir: Path, trainer, exc: BaseException) -> tuple[str, Path | None]:
+def _record_failure(run_dir: Path, trainer, exc: BaseException, main: bool = True) -> tuple[str, Path | None]:
     """Say in the run directory how the run ended, without rewriting its record: bad input (a
     checkpoint that does not fit, a config that does not) writes nothing; an interruption writes
     summary.json with status "interrupted"; any other failure writes the traceback to error.txt
@@ -103,6 +112,8 @@ def _record_failure(run_dir: Path, trainer, exc: BaseException) -> tuple[str, Pa
 
     started = trainer is not None and trainer.started
     number = signal_number(exc)
+    if not main:  # rank 0 records the run's end; the others only say it
+        return one_line(exc), None
     if number is not None:
         import signal
 
@@ -172,6 +183,7 @@ def _launch(argv: list[str], multirun: bool) -> None:
     """Validate, then hand the run (or sweep) to Hydra. The run's directory (a sweep's folder) is
     locked here, before Hydra starts, so a second process can touch nothing of it."""
     from rlzoo.config import ConfigError
+    from rlzoo.distributed import is_main_process
     from rlzoo.runs import run_lock
 
     options, overrides, expect_value = [], [], False
@@ -201,6 +213,8 @@ def _launch(argv: list[str], multirun: bool) -> None:
 
         cfg = compose_config(overrides)
         validate(cfg)
+        if not is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
+            return _hydra(argv)
         check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
         with run_lock(Path(cfg.run_dir)):
             check_run_dir(cfg, Path(cfg.run_dir))

@@ -13,7 +13,9 @@
         old-policy EMA -> log / eval / checkpoint
 
 The EMA decays count optimizer steps (the peers' global_step), not iterations. Bookkeeping
-(compute, budgets, summary.json, files) lives in `rlzoo.runs`.
+(compute, budgets, summary.json, files) lives in `rlzoo.runs`. Under torchrun each rank rolls out
+its share of the prompt groups, and rewards, gradients and statistics meet in rlzoo.distributed;
+rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rlzoo import distributed
 from rlzoo.config import config_differences, run_fingerprint
 from rlzoo.errors import CheckpointError
 from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
 from rlzoo.old_policy import eval_ema_decay, old_policy_decay
 from rlzoo.policies import make_policy
+from rlzoo.rng import KeyedDraws, StreamDraws
 from rlzoo.runs import (
     JsonlLogger,
     Phase,
@@ -60,12 +64,14 @@ def minibatch_rows(batch: int, group_size: int, minibatches: int,
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path, components: Components):
-        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), torch.device(cfg.device)
+    def __init__(self, cfg: DictConfig, run_dir: Path, components: Components,
+                 dist: distributed.Dist = distributed.SINGLE):
+        self.cfg, self.run_dir, self.device, self.dist = cfg, Path(run_dir), torch.device(cfg.device), dist
+        self.keyed = cfg.train.get("rng", "stream") == "keyed"
         c = components
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
         self.advantage, self.kl, self.reward, self.learners = c.advantage, c.kl, c.reward, list(c.learners)
-        self.loggers = [JsonlLogger(self.run_dir), *c.loggers]
+        self.loggers = [JsonlLogger(self.run_dir), *c.loggers] if dist.is_main else []
         self.policy = make_policy(self.task.load_base_model(cfg.model).to(self.device), cfg.model)
         for learner in self.learners:  # each makes its view of the policy (a fake score: the teacher's copy)
             learner.attach(self.policy)
@@ -80,50 +86,73 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict:
+        main = self.dist.is_main
         if self.checkpoint_path.exists():
             self.load_checkpoint()  # everything checked before any file of the run is touched
             self.started = True
-            print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
+            if main:
+                print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
         else:
             self.started = True
             self.write_summary("running")
             self.run_eval("reference", grid_name="before")  # the base model
             # the run directory is claimed (config.yaml + a checkpoint) only once the run has started
-            atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode())
+            if main:
+                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode())
             self.save_checkpoint()
         self.write_summary("running")
-        bar = ProgressBar(self.cfg.train, self.progress, enabled=self.cfg.progress_bar)
-        while not self.progress.stop_reason(self.cfg.train):
+        bar = ProgressBar(self.cfg.train, self.progress, enabled=self.cfg.progress_bar and main)
+        while not self.stopping():
             record = self.train_step()
             bar.update(reward=f"{record['reward/reward']:.3f}", kl=f"{record['kl']:.2e}")
-            if self.progress.eval_due(self.cfg.eval) and not self.progress.stop_reason(self.cfg.train):
+            if self.progress.eval_due(self.cfg.eval) and not self.stopping():
                 metrics = self.run_eval(self.eval_view)  # (the final evaluation follows the loop)
-                bar.write(f"[eval] iteration {self.progress.iteration}: " + format_metrics(metrics))
+                if main:
+                    bar.write(f"[eval] iteration {self.progress.iteration}: " + format_metrics(metrics))
             if self.cfg.checkpoint_every and self.progress.iteration % int(self.cfg.checkpoint_every) == 0:
                 self.save_checkpoint()
         bar.close()
-        print(f"[rlzoo] stopped: {self.progress.describe_stop(self.cfg.train)}")
+        if main:
+            print(f"[rlzoo] stopped: {self.progress.describe_stop(self.cfg.train)}")
         self.run_eval(self.eval_view, grid_name="after")
         self.save_checkpoint()
-        return self.write_summary("completed")
+        summary = self.write_summary("completed")
+        distributed.barrier(self.dist)  # no rank leaves while rank 0 still writes
+        return summary
+
+    def stopping(self) -> bool:
+        """Whether training stops now: iterations and compute agree on every rank by construction,
+        a wall-clock budget is agreed (rank clocks differ)."""
+        return distributed.agree(self.progress.stop_reason(self.cfg.train) is not None, self.dist)
 
     def train_step(self) -> dict:
         train, compute = self.cfg.train, self.progress.compute
-        batch, group_size = int(train.batch_size), int(train.group_size)
+        batch, group_size, d = int(train.batch_size), int(train.group_size), self.dist
+        nfe_before = (compute.nfe_forward, compute.nfe_backward)
+        # this rank's prompt groups and rows (all of them in one process)
+        groups = distributed.my_groups(batch // group_size, d)
+        rows = torch.arange(groups.start * group_size, groups.stop * group_size)
+        counts = [len(distributed.my_groups(batch // group_size, distributed.Dist(r, d.world))) * group_size
+                  for r in range(d.world)]
+        draws = self.draws("rollout", rows)
         with Phase(compute, "rollout"):
             prompt_ids = self.task.sample_train_prompts(batch // group_size, self.generator)
             cond = self.task.group_conditioning(prompt_ids, group_size)
+            group_ids = cond.group_ids
+            if d.active:
+                cond = cond.select(rows)
             cond = self.task.guided(cond, self.sampler.cfg_scale).to(self.device)
-            noise = torch.randn((batch, *self.task.sample_shape), generator=self.generator).to(self.device)
+            noise = draws.randn((len(rows), *self.task.sample_shape)).to(self.device)
             keep_path = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
             rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=keep_path,
-                                          generator=self.generator)
+                                          generator=draws)
             compute.add(rollout.cost)
 
         with Phase(compute, "reward"):
             rewards = self.reward(self.task, rollout.x0, cond)
-            compute.add(self.reward.cost(batch))
-            advantage = self.advantage(rewards["reward"], cond.group_ids.to(rewards["reward"].device))
+            compute.add(self.reward.cost(len(rows)))
+            rewards = {k: distributed.gather_rows(v, counts, d) for k, v in rewards.items()}  # the whole batch
+            advantage = self.advantage(rewards["reward"], group_ids.to(rewards["reward"].device))
             advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
 
         for learner in self.learners:  # they learn from the latest samples, before the policy moves
@@ -132,34 +161,58 @@ class Trainer:
 
         with Phase(compute, "train"):
             self.policy.train()
-            updates = []
+            updates, shuffle = [], self.draws("minibatch", torch.arange(0)).shared
+            update_draws = self.draws("update", rows)
+            first = int(rows[0])
             for _ in range(int(train.inner_epochs)):  # several updates per rollout: ratios move off 1
-                for rows in minibatch_rows(batch, group_size, int(train.minibatches), self.generator):
-                    part = rollout if len(rows) == batch else rollout.select(rows)
-                    updates.append(self.update(part, advantage[rows.to(advantage.device)]))
+                for step_rows in minibatch_rows(batch, group_size, int(train.minibatches), shuffle):
+                    # this rank's rows of the step, numbered within its rollout
+                    mine = step_rows[(step_rows >= first) & (step_rows < first + len(rows))] - first
+                    part = rollout if len(mine) == len(rows) else rollout.select(mine)
+                    updates.append(self.update(part, advantage[(mine + first).to(advantage.device)],
+                                               update_draws.select(mine), len(step_rows)))
             self.progress.iteration += 1
             # the behaviour policy moves once per rollout, after its last update
             self.policy.update_old(old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
 
+        if d.active:  # every rank counts the compute of all ranks
+            spent = distributed.reduce_numbers({"nfe_forward": compute.nfe_forward - nfe_before[0],
+                                                "nfe_backward": compute.nfe_backward - nfe_before[1]}, d)
+            compute.nfe_forward, compute.nfe_backward = (nfe_before[0] + int(spent["nfe_forward"]),
+                                                         nfe_before[1] + int(spent["nfe_backward"]))
         record = iteration_record(self.progress, rewards, advantage, updates, self.optimizer, self.device)
         record.update({f"{learner.name}/{key}": value for learner in self.learners
                        for key, value in learner.metrics().items()})
         self.log("metrics", record)
         return record
 
-    def update(self, rollout: Rollout, advantage: torch.Tensor) -> dict:
-        """One optimizer step on `rollout`: the objective's loss is formed and back-propagated part
-        by part (gradient accumulation), so memory does not grow with the number of terms."""
+    def update(self, rollout: Rollout, advantage: torch.Tensor, draws=None, rows: int | None = None) -> dict:
+        """One optimizer step on `rollout` (this rank's rows of a step of `rows` over all ranks):
+        the objective's loss is formed and back-propagated part by part (gradient accumulation),
+        so memory does not grow with the number of terms; then the gradients are summed over ranks."""
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0, "likelihood_terms": 0}
         batch = UpdateBatch(self.policy, rollout, advantage, self.estimator, self.kl, self.task,
-                            int(self.cfg.train.micro_batch_size), self.generator, self.progress.iteration)
-        for part in self.objective.losses(batch):
-            self.backward(part.loss)
-            self.progress.compute.add(part.cost)  # what the part says it spent
-            stats["loss"] += float(part.loss.detach())
-            for key, value in part.stats.items():
-                stats[key] = max(stats[key], value) if key == "log_ratio_abs_max" else stats.get(key, 0) + value
+                            int(self.cfg.train.micro_batch_size), self.generator if draws is None else draws,
+                            self.progress.iteration, rows)
+        failure = None
+        try:
+            for part in (self.objective.losses(batch) if len(rollout.x0) else ()):
+                self.backward(part.loss)
+                self.progress.compute.add(part.cost)  # what the part says it spent
+                stats["loss"] += float(part.loss.detach())
+                for key, value in part.stats.items():
+                    stats[key] = max(stats[key], value) if key == "log_ratio_abs_max" else stats.get(key, 0) + value
+        except NonFiniteLoss as exc:
+            failure = exc
+        if distributed.agree(failure is not None, self.dist):  # every rank stops, none waits in the all-reduce
+            raise failure or NonFiniteLoss(f"non-finite loss on another rank at iteration {self.progress.iteration + 1}")
+        if self.dist.active:  # (a rank without rows in this step still takes part, with zeros)
+            stats.setdefault("approx_kl", 0.0)
+            if self.objective.clip_range:
+                stats.setdefault("clip_fraction", 0.0)
+            distributed.sync_grads(self.policy.parameters(), self.dist)
+            stats = distributed.reduce_numbers(stats, self.dist, maximum=("log_ratio_abs_max", "likelihood_terms"))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
@@ -174,6 +227,13 @@ class Trainer:
                                 f"{self.progress.iteration + 1}")
         loss.backward()
 
+    def draws(self, purpose: str, rows: torch.Tensor):
+        """The random numbers of this iteration's `purpose` for `rows` (global row numbers): the run's
+        one stream, or (train.rng=keyed) a generator per row that no split of the batch changes."""
+        if self.keyed:
+            return KeyedDraws(int(self.cfg.seed), self.progress.iteration, purpose, rows)
+        return StreamDraws(self.generator)
+
     # ------------------------------------------------------------------------- measurement
     @property
     def eval_view(self) -> str:  # the policy view evaluations measure (Paper A: an EMA)
@@ -187,7 +247,7 @@ class Trainer:
                                            e.get("teacher_steps"), self.teacher_cache)
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
         self.log("eval", record)
-        if grid_name is not None:
+        if grid_name is not None and self.dist.is_main:
             path = self.run_dir / "samples" / f"{grid_name}.png"
             self.task.save_grid(x0, cond, path)
             for logger in self.loggers:
@@ -204,7 +264,10 @@ class Trainer:
         return checkpoint_path(self.run_dir)
 
     def save_checkpoint(self) -> None:
-        """Tensors and plain values only, so it loads with weights_only=True."""
+        """Tensors and plain values only, so it loads with weights_only=True (rank 0 writes it)."""
+        self.checkpoint_iteration = self.progress.iteration
+        if not self.dist.is_main:
+            return
         atomic_torch_save({"progress": self.progress.state_dict(), "policy": self.policy.state_dict(),
                            "optimizer": self.optimizer.state_dict(),
                            "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
@@ -212,7 +275,6 @@ class Trainer:
                            "objective": self.objective.state_dict(),
                            "generator": self.generator.get_state(), "run": run_fingerprint(self.cfg)},
                           self.checkpoint_path)
-        self.checkpoint_iteration = self.progress.iteration
         self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
                                    {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
 
@@ -242,12 +304,14 @@ class Trainer:
                                   f"it was left in place: choose another run_dir=..., or move the checkpoint "
                                   f"away to start this run afresh") from None
         self.checkpoint_iteration = self.progress.iteration
-        for name in ("metrics", "eval"):
+        for name in ("metrics", "eval") if self.dist.is_main else ():
             aside = truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)
             if aside is not None:
                 print(f"[rlzoo] {name}.jsonl had lines that are not JSON; the file as it was is kept as {aside}")
 
-    def write_summary(self, status: str, error: str | None = None) -> dict:
+    def write_summary(self, status: str, error: str | None = None) -> dict | None:
+        if not self.dist.is_main:
+            return None
         return write_summary(self.run_dir, status, self.progress, error=error, device=self.device,
                              threshold=self.cfg.report.get("threshold"),
                              eval_protocol=eval_protocol(self.cfg, self.task))

@@ -160,8 +160,9 @@ class UpdateBatch:
     kl: object
     task: object
     micro_batch_size: int
-    generator: torch.Generator
+    generator: object  # rlzoo.rng.Draws over the rollout's rows (or a torch.Generator)
     iteration: int  # iterations done before this one (DMDR's warm-up counts them)
+    rows: int | None = None  # the step's rows over all ranks, the loss's denominator (None: the rollout's)
 
 
 # The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations

@@ -7,7 +7,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The math layer: pure functions of tensors and schedules, and the components made of them.
 MATH = ("rlzoo.samplers", "rlzoo.estimators", "rlzoo.objectives", "rlzoo.advantages", "rlzoo.kl",
-        "rlzoo.distillation", "rlzoo.distances", "rlzoo.old_policy", "rlzoo.ops", "rlzoo.types", "rlzoo.ranges")
+        "rlzoo.distillation", "rlzoo.distances", "rlzoo.old_policy", "rlzoo.ops", "rlzoo.types", "rlzoo.ranges", "rlzoo.rng")
 # Components: what a config group builds (the math layer, rewards, tasks, policies, the critic, prompts).
 COMPONENTS = (*MATH, "rlzoo.rewards", "rlzoo.tasks", "rlzoo.policies", "rlzoo.critic", "rlzoo.prompts")
 

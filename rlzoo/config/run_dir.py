@@ -63,7 +63,12 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
     (RESUMABLE_KEYS); none when `old` is unknown (a checkpoint from before fingerprints)."""
     if not isinstance(old, dict):
         return []
+    old = {**old, "train": {**ADDED_LATER["train"], **old.get("train", {})}}
     return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
+
+
+# Keys added after runs were recorded, with the value those runs had without naming it.
+ADDED_LATER = {"train": {"rng": "stream"}}
 
 
 # Keys that may change when a run is resumed: they do not change what is trained (sweep_name only
@@ -72,7 +77,7 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
 # evaluations draw from their own fixed noise, so how often they happen changes no update).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
                   "sweep_name", "run_dir", "eval.every", "eval.every_nfe", "eval.teacher_steps",
-                  "task.embedding_cache")
+                  "task.embedding_cache", "dist")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

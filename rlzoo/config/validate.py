@@ -3,6 +3,8 @@ built and before the run directory is touched, and fails with one line naming th
 the valid choices (README, Validation before compute)."""
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
@@ -85,6 +87,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     _validate_steps(cfg, built)
     reward = _validate_distillation(cfg, built["objective"])
     _validate_group_size(cfg, built["advantage"], reward)
+    _validate_distributed(cfg, built["objective"], reward)
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
             _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
@@ -174,6 +177,45 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
     error = combination_error(built, {g: _name(cfg[g]) for g in PIPELINE})
     if error:
         raise ConfigError(error)
+
+
+def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
+    """train.rng and dist.*; under torchrun (WORLD_SIZE > 1): the keyed random numbers, at least
+    one prompt group per process, no more processes on a node than GPUs, and the components that
+    are data-parallel so far (rlzoo.distributed)."""
+    from rlzoo.distributed import world_from_env
+    from rlzoo.rng import RNG_MODES
+
+    mode = cfg.train.get("rng", "stream")
+    if mode not in RNG_MODES:
+        raise ConfigError(f"unknown train.rng {mode!r}; valid: {', '.join(RNG_MODES)}")
+    if OmegaConf.select(cfg, "dist.timeout_s") is not None:
+        _positive(cfg, "dist.timeout_s", float)
+    _, world, _ = world_from_env()
+    if world == 1:
+        return
+    launched = f"under torchrun with {world} processes (WORLD_SIZE={world})"
+    if mode != "keyed":
+        raise ConfigError(f"train.rng=stream {launched}: each row's random numbers would depend on how the batch "
+                          f"is split; use train.rng=keyed (the same run on any number of processes)")
+    batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
+    if batch // group < world:
+        raise ConfigError(f"train.batch_size={batch} / train.group_size={group} gives {batch // group} prompt groups "
+                          f"per iteration, fewer than the {world} processes {launched}; each process needs a group: "
+                          f"train.batch_size>={world * group}, or fewer processes")
+    if cfg.task.get("embedding_cache") is not None:
+        raise ConfigError(f"task={cfg.task.name} is not data-parallel yet (its text-embedding cache is built by "
+                          f"every process); run it in one process")
+    if needs_critic(objective, reward):
+        raise ConfigError(f"objective={_name(cfg.objective)} reward={_name(cfg.reward)} trains DMD's critic, which is "
+                          f"not data-parallel yet; run it in one process")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if str(cfg.device).startswith("cuda"):
+        import torch
+
+        if local > torch.cuda.device_count():
+            raise ConfigError(f"{local} processes on this node {launched} but {torch.cuda.device_count()} GPUs; "
+                              f"start at most one process per GPU (torchrun --nproc_per_node)")
 
 
 def _validate_distillation(cfg: DictConfig, objective):

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from rlzoo.ops import mean_dims, noised, per_sample, velocity_target, x0_prediction
 from rlzoo.ranges import check
+from rlzoo.rng import Draws, as_draws
 from rlzoo.types import LikelihoodTerm, Rollout
 
 WEIGHTINGS = ("adaptive", "t", "uniform", "exact")
@@ -83,24 +84,24 @@ class ELBOEstimator:
             return int(self.num_terms)
         return max(1, int(num_sampler_steps * 0.99))
 
-    def draw_timesteps(self, rollout: Rollout, generator: torch.Generator | None = None) -> Tensor:
+    def draw_timesteps(self, rollout: Rollout, generator: Draws | torch.Generator | None = None) -> Tensor:
         """(B, J) timesteps for every sample and term."""
-        batch = rollout.x0.shape[0]
+        batch, draws = rollout.x0.shape[0], as_draws(generator)
         schedule = rollout.sigmas[:-1]
         num = self.terms_per_sample(len(schedule))
         if self.timesteps == "sampler":
             if num > len(schedule):
                 raise ValueError(f"estimator.num_terms={num} exceeds the sampler's {len(schedule)} steps")
-            order = torch.argsort(torch.rand(batch, len(schedule), generator=generator), dim=1)
+            order = torch.argsort(draws.rand((batch, len(schedule))), dim=1)
             return schedule[order[:, :num]]
         if self.timesteps == "uniform":
-            return torch.rand(batch, num, generator=generator)
-        return torch.sigmoid(torch.randn(batch, num, generator=generator))
+            return draws.rand((batch, num))
+        return torch.sigmoid(draws.randn((batch, num)))
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
-              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
-        x0_all = rollout.x0
-        timesteps = self.draw_timesteps(rollout, generator).to(x0_all.device)
+              generator: Draws | torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
+        x0_all, draws = rollout.x0, as_draws(generator)
+        timesteps = self.draw_timesteps(rollout, draws).to(x0_all.device)
         num = timesteps.shape[1]
         for start in range(0, x0_all.shape[0], micro_batch_size):
             index = torch.arange(start, min(start + micro_batch_size, x0_all.shape[0]))
@@ -108,17 +109,16 @@ class ELBOEstimator:
             cond = rollout.cond.select(index)
             for j in range(num):
                 t = timesteps[index, j].to(x0.dtype)
-                yield self._term(policy, x0, cond, t, index, need_reference, generator, 1.0 / num)
+                yield self._term(policy, x0, cond, t, index, need_reference, draws.select(index), 1.0 / num)
 
-    def _term(self, policy, x0, cond, t, index, need_reference, generator, weight) -> LikelihoodTerm:
+    def _term(self, policy, x0, cond, t, index, need_reference, rng: Draws, weight) -> LikelihoodTerm:
         """One timestep's term. The current and reference models always see the same x_t, so
         the velocity KL compares them at one point; with `shared_noise` the old model sees it
         too (the ratio's noise cancels), otherwise it sees an independently noised x_t."""
         draws = []
         for _ in range(self.noise_draws):
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-            old_noise = noise if self.shared_noise else torch.randn(
-                x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            noise = rng.randn(x0.shape, dtype=x0.dtype).to(x0.device)
+            old_noise = noise if self.shared_noise else rng.randn(x0.shape, dtype=x0.dtype).to(x0.device)
             x_t, x_t_old = noised(x0, noise, t), noised(x0, old_noise, t)
             with torch.no_grad():
                 v_old = policy.velocity(x_t_old, t, cond, which="old")

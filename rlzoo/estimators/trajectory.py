@@ -6,6 +6,7 @@ from typing import Iterator
 
 import torch
 
+from rlzoo.rng import Draws, as_draws
 from rlzoo.types import LikelihoodTerm, Rollout
 
 
@@ -35,18 +36,19 @@ class TrajectoryEstimator:
         self.timestep_fraction = float(timestep_fraction)
         self.recompute_old = bool(recompute_old)
 
-    def chosen_steps(self, rollout: Rollout, generator: torch.Generator | None) -> list[int]:
+    def chosen_steps(self, rollout: Rollout, generator: Draws | torch.Generator | None) -> list[int]:
+        """The steps this update trains, shared by every row (the same on every rank)."""
         trained = int(len(rollout.stochastic) * self.timestep_fraction)
         steps = [k for k in torch.nonzero(rollout.stochastic).flatten().tolist() if k < trained]
         if not steps:  # e.g. a window on the last step only: train the stochastic steps there are
             steps = torch.nonzero(rollout.stochastic).flatten().tolist()
         if self.steps != "all" and self.steps < len(steps):
-            order = torch.randperm(len(steps), generator=generator)[: self.steps]
+            order = torch.randperm(len(steps), generator=as_draws(generator).shared)[: self.steps]
             steps = sorted(steps[i] for i in order.tolist())
         return steps
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
-              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
+              generator: Draws | torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
         if rollout.trajectory is None:
             raise ValueError("the trajectory estimator needs a rollout recorded by a stochastic sampler")
         steps = self.chosen_steps(rollout, generator)

@@ -108,7 +108,8 @@ def policy_gradient_losses(objective: Objective, batch: UpdateBatch, weight: flo
     mean ratio to the old policy, the largest |log ratio|, PPO's approximate KL to the old policy
     mean((ρ − 1) − log ρ) and, for a clipping objective, the fraction of rows clipped (|ρ − 1| >
     clip_range); the KL to the reference where one is computed."""
-    rollout, kl, rows = batch.rollout, batch.kl, batch.rollout.x0.shape[0]
+    rollout, kl = batch.rollout, batch.kl
+    rows = batch.rows or rollout.x0.shape[0]  # over all ranks in a data-parallel run
     need_reference = kl.needs_reference and kl.beta > 0
     for term in batch.estimator.terms(batch.policy, rollout, batch.micro_batch_size,
                                       need_reference=need_reference, generator=batch.generator):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from rlzoo.ranges import check
+from rlzoo.rng import Draws, as_draws
 from rlzoo.samplers import Sampler, VelocityFn, _sigma_batch
 from rlzoo.samplers.kernels import cps_step, dance_sde_step, euler_step, flow_sde_step
 from rlzoo.types import Conditioning, Cost, Rollout
@@ -51,12 +52,12 @@ class SDESampler(Sampler):
         self.window_size = None if window_size is None else int(window_size)
         self.window_range = (0, num_steps) if window_range is None else (int(window_range[0]), int(window_range[1]))
 
-    def stochastic_steps(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(K,) bool: the steps of one rollout that draw noise."""
+    def stochastic_steps(self, generator: Draws | torch.Generator | None = None) -> torch.Tensor:
+        """(K,) bool: the steps of one rollout that draw noise (a drawn window is shared by its rows)."""
         mask = torch.zeros(self.num_steps, dtype=torch.bool)
         if self.window_size is not None:
             lo, hi = self.window_range
-            start = int(torch.randint(lo, hi - self.window_size + 1, (1,), generator=generator))
+            start = int(torch.randint(lo, hi - self.window_size + 1, (1,), generator=as_draws(generator).shared))
             mask[start:start + self.window_size] = True
         elif self.window is not None:
             mask[self.window[0]:self.window[1]] = True
@@ -66,15 +67,16 @@ class SDESampler(Sampler):
 
     @torch.no_grad()
     def sample(self, velocity_fn: VelocityFn, noise, cond: Conditioning, record: bool = False,
-               generator: torch.Generator | None = None) -> Rollout:
+               generator: Draws | torch.Generator | None = None) -> Rollout:
         sigmas = self.sigmas()
-        stochastic = self.stochastic_steps(generator)
+        draws = as_draws(generator)
+        stochastic = self.stochastic_steps(draws)
         x = noise
         trajectory, log_probs = [x], []
         for k, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             v = velocity_fn(x, _sigma_batch(sigma, x), cond)
             if stochastic[k]:
-                eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                eps = draws.randn(x.shape, dtype=x.dtype).to(x.device)
                 step = transition(self.kernel, x, v, float(sigma), float(sigma_next), sigmas,
                                   eta=self.eta, noise=eps)
                 log_probs.append(step.log_prob)

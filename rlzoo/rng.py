@@ -1,0 +1,111 @@
+"""Where a run's random numbers come from (`train.rng`).
+
+Samplers, estimators and the trainer draw through a `Draws`: random tensors whose first dimension
+is the rows of a batch (`randn`, `rand`), a view of some of those rows (`select`, a micro-batch),
+and one generator for what all rows share (`shared`: the window of a mixed sampler, the steps a
+trajectory estimator trains, the minibatch shuffle).
+
+- `stream` (the default): everything comes from the run's one generator, in the order the code
+  asks, as it always has; committed results reproduce bit for bit. A row's numbers depend on which
+  rows were drawn before it, so they change with the batch's split across processes.
+- `keyed`: each row has its own generator, seeded by (seed, iteration, purpose, row), and the
+  shared draws by (seed, iteration, purpose). A row gets the same numbers however the batch is cut
+  into micro-batches or spread over ranks, so a data-parallel run equals a single-process one up
+  to float reduction order, and a checkpoint resumes on any number of processes. Keys are rows,
+  not prompt groups, because torch draws a tensor of 16 or more normals on the CPU with another
+  algorithm than a shorter one: drawing a group's rows in two micro-batches would not give the
+  numbers of one draw.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+RNG_MODES = ("stream", "keyed")
+
+
+@runtime_checkable
+class Draws(Protocol):
+    def randn(self, shape, dtype: torch.dtype | None = None) -> Tensor: ...
+
+    def rand(self, shape, dtype: torch.dtype | None = None) -> Tensor: ...
+
+    def select(self, index: Tensor) -> "Draws": ...
+
+    @property
+    def shared(self) -> torch.Generator | None: ...
+
+
+class StreamDraws:
+    """Every draw from one generator (None: torch's global one), whatever the rows."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator
+
+    def randn(self, shape, dtype=None) -> Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, dtype=dtype)
+
+    def rand(self, shape, dtype=None) -> Tensor:
+        return torch.rand(tuple(shape), generator=self.generator, dtype=dtype)
+
+    def select(self, index: Tensor) -> "StreamDraws":
+        return self
+
+    @property
+    def shared(self) -> torch.Generator | None:
+        return self.generator
+
+
+def key_seed(*key) -> int:
+    """A 63-bit seed from a key (seed, iteration, purpose, row): stable across processes and runs
+    (Python's hash() of a string is not)."""
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class KeyedDraws:
+    """Row r of this batch draws from the generator keyed (seed, iteration, purpose, rows[r]);
+    successive draws of a row continue its generator (kept in `streams`, shared by selections)."""
+
+    def __init__(self, seed: int, iteration: int, purpose: str, rows: Tensor, streams: dict | None = None):
+        self.key = (int(seed), int(iteration), purpose)
+        self.rows = [int(r) for r in rows]
+        self.streams = {} if streams is None else streams
+
+    def _generator(self, row) -> torch.Generator:
+        if row not in self.streams:
+            self.streams[row] = torch.Generator().manual_seed(key_seed(*self.key, row))
+        return self.streams[row]
+
+    def _per_row(self, draw, shape, dtype) -> Tensor:
+        shape = tuple(shape)
+        if shape[0] != len(self.rows):
+            raise ValueError(f"a draw of {shape[0]} rows from keyed draws over {len(self.rows)} rows")
+        if not self.rows:
+            return torch.empty(shape, dtype=dtype)
+        return torch.stack([draw(shape[1:], generator=self._generator(row), dtype=dtype) for row in self.rows])
+
+    def randn(self, shape, dtype=None) -> Tensor:
+        return self._per_row(torch.randn, shape, dtype)
+
+    def rand(self, shape, dtype=None) -> Tensor:
+        return self._per_row(torch.rand, shape, dtype)
+
+    def select(self, index: Tensor) -> "KeyedDraws":
+        chosen = KeyedDraws(*self.key[:2], self.key[2], torch.tensor([self.rows[int(i)] for i in index]),
+                            self.streams)
+        return chosen
+
+    @property
+    def shared(self) -> torch.Generator:
+        return self._generator("shared")
+
+
+def as_draws(draws: Draws | torch.Generator | None) -> Draws:
+    """A component called with a plain generator (or none) draws from it as a stream."""
+    if draws is None or isinstance(draws, torch.Generator):
+        return StreamDraws(draws)
+    return draws

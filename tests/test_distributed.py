@@ -1,0 +1,148 @@
+"""Data parallelism (rlzoo.distributed, rlzoo.rng): keyed random numbers that no split of the batch
+changes, the validation of a launch, and torchrun with 2 gloo ranks on the CPU against one process
+with the same global batch and seed."""
+import os
+import subprocess
+
+import pytest
+import torch
+from common import BIN, ENV, REPO, records
+
+from rlzoo.config import ConfigError, compose_config, validate
+from rlzoo.distributed import Dist, my_groups
+from rlzoo.rng import KeyedDraws, StreamDraws, key_seed
+
+
+# ------------------------------------------------------------------------------- keyed draws
+def test_keyed_draws_do_not_depend_on_how_the_rows_are_cut():
+    """A row gets the same numbers drawn with the whole batch, in micro-batches, on another
+    "rank" (a different first row) or after other rows; successive draws continue its stream."""
+    rows = torch.arange(40)
+    whole = KeyedDraws(7, 3, "update", rows)
+    first, second = whole.randn((40, 3, 5)), whole.rand((40, 2))
+    pieces = KeyedDraws(7, 3, "update", rows)
+    chunks = [pieces.select(torch.arange(s, min(s + 16, 40))) for s in range(0, 40, 16)]
+    assert torch.equal(torch.cat([c.randn((len(c.rows), 3, 5)) for c in chunks]), first)
+    assert torch.equal(torch.cat([c.rand((len(c.rows), 2)) for c in chunks]), second)
+    other_rank = KeyedDraws(7, 3, "update", rows[24:])
+    assert torch.equal(other_rank.randn((16, 3, 5)), first[24:])
+    assert not torch.equal(KeyedDraws(7, 4, "update", rows).randn((40, 3, 5)), first)  # the iteration is a key
+    assert not torch.equal(KeyedDraws(7, 3, "rollout", rows).randn((40, 3, 5)), first)  # so is the purpose
+
+
+def test_keyed_shared_draws_are_the_same_for_every_rank():
+    a, b = KeyedDraws(0, 5, "minibatch", torch.arange(0, 8)), KeyedDraws(0, 5, "minibatch", torch.arange(8, 16))
+    assert torch.equal(torch.randperm(12, generator=a.shared), torch.randperm(12, generator=b.shared))
+
+
+def test_stream_draws_are_the_generator_in_order():
+    generator, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    draws = StreamDraws(generator)
+    out = [draws.randn((4, 2)), draws.select(torch.tensor([1, 2])).rand((4,)), torch.randint(5, (2,), generator=draws.shared)]
+    expected = [torch.randn(4, 2, generator=reference), torch.rand(4, generator=reference),
+                torch.randint(5, (2,), generator=reference)]
+    assert all(torch.equal(a, b) for a, b in zip(out, expected))
+
+
+def test_key_seed_is_stable():
+    """The seed of a key is a pure function of its parts (not Python's salted hash)."""
+    assert key_seed(0, 1, "rollout", 2) == key_seed(0, 1, "rollout", 2) != key_seed(0, 1, "rollout", 3)
+    assert key_seed(0, 1, "rollout", 2) == 86185433096748374
+
+
+@pytest.mark.parametrize("groups,world", [(8, 2), (3, 2), (5, 3), (4, 4), (7, 1)])
+def test_every_group_goes_to_exactly_one_rank(groups, world):
+    shares = [list(my_groups(groups, Dist(rank, world))) for rank in range(world)]
+    assert sum(shares, []) == list(range(groups)) and all(shares)
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+# ------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("overrides,message", [
+    (["train.rng=stream"], "train.rng=keyed"),
+    (["train.rng=keyed", "train.batch_size=8", "train.group_size=8"], "train.batch_size>=16"),
+    (["train.rng=keyed", "experiment=dmd"], "not data-parallel yet"),
+    (["train.rng=shuffled"], "valid: stream, keyed"),
+])
+def test_a_launch_is_validated_before_any_model(monkeypatch, overrides, message):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = compose_config(["task=toy2d", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+# ------------------------------------------------------------------------------- torchrun
+def launch(run_dir, *overrides, ranks: int = 1):
+    """`rlzoo.train` in one process, or under torchrun with `ranks` gloo processes."""
+    if ranks == 1:
+        command = [str(BIN / "python"), "-m", "rlzoo.train"]
+    else:
+        command = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "rlzoo.train"]
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([*command, *overrides, f"run_dir={run_dir}", "progress_bar=false", "threads=1",
+                             "dist.timeout_s=60"], capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def trainable(run_dir) -> dict:
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    return {k: v for k, v in state["policy"]["current"].items() if v.is_floating_point()}
+
+
+COMPARED = ("reward/reward", "loss", "kl", "grad_norm")
+
+
+def assert_same_run(one, two):
+    a, b = records(one / "metrics.jsonl"), records(two / "metrics.jsonl")
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == list(range(1, len(a) + 1))
+    for x, y in zip(a[:3], b[:3]):
+        for key in COMPARED:
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-9), (key, x["iteration"])
+        assert (x["nfe_forward"], x["nfe_backward"]) == (y["nfe_forward"], y["nfe_backward"])
+    w1, w2 = trainable(one), trainable(two)
+    assert w1.keys() == w2.keys()
+    assert max(float((w1[k].double() - w2[k].double()).abs().max()) for k in w1) < 1e-6
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name,overrides", [
+    ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64"]),
+    # FlowGRPO: trajectory estimator, SDE window, 2 minibatches; 3 groups on 2 ranks (an uneven split)
+    ("toy2d_uneven_minibatches", ["task=toy2d", "experiment=flowgrpo", "train.iterations=3", "eval.every=3",
+                                  "eval.samples=64", "train.batch_size=48", "train.group_size=16",
+                                  "train.minibatches=3"]),
+])
+def test_two_ranks_train_as_one_process(tmp_path, name, overrides):
+    """torchrun --nproc_per_node 2 against one process, same global batch and seed, train.rng=keyed:
+    per-iteration reward, loss, KL and gradient norm to rtol 1e-5, the trained weights to 1e-6, the
+    same files in the run directory and one metrics line per iteration."""
+    launch(tmp_path / "one", *overrides, "train.rng=keyed")
+    launch(tmp_path / "two", *overrides, "train.rng=keyed", ranks=2)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    listing = [sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+               for d in (tmp_path / "one", tmp_path / "two")]
+    assert listing[0] == listing[1]
+
+
+@pytest.mark.integration
+def test_a_run_started_on_two_ranks_resumes_on_one(tmp_path):
+    """The checkpoint holds no trace of the world size: 2 iterations on 2 ranks, then 2 more in one
+    process, end where 4 iterations in one process end."""
+    common = ["task=toy2d", "experiment=paper_a", "train.rng=keyed", "eval.every=2", "eval.samples=64"]
+    launch(tmp_path / "split", *common, "train.iterations=2", ranks=2)
+    launch(tmp_path / "split", *common, "train.iterations=4")
+    launch(tmp_path / "one", *common, "train.iterations=4")
+    assert_same_run(tmp_path / "one", tmp_path / "split")
+
+
+@pytest.mark.integration
+def test_rank_zero_alone_owns_the_run_directory(tmp_path):
+    """A second launch into a running run's directory is refused by rank 0's lock, and a stream
+    run under torchrun is refused in one line before any model."""
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    result = subprocess.run([str(BIN / "python"), "-m", "rlzoo.train", "task=toy2d", f"run_dir={tmp_path / 'r'}"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 2 and "train.rng=keyed" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    assert os.environ.get("WORLD_SIZE") in (None, "1")
