@@ -144,6 +144,32 @@ def agree(flag: bool, d: Dist) -> bool:
     return reduce_numbers({"flag": float(bool(flag))}, d, maximum=("flag",))["flag"] > 0
 
 
+class RankFailed(RuntimeError):
+    """Another rank failed: this one stops too, with that rank's one-line error."""
+
+
+def on_every_rank(fn, d: Dist):
+    """fn() on every rank; if it raises on any rank, every rank raises: its own exception where it
+    failed, elsewhere RankFailed with the first failed rank's error (no rank is left waiting in
+    the next collective)."""
+    if not d.active:
+        return fn()
+    import torch.distributed as dist
+
+    try:
+        result, error = fn(), None
+    except Exception as exc:
+        result, error = None, exc
+    messages = [None] * d.world
+    dist.all_gather_object(messages, None if error is None else " ".join(f"{type(error).__name__}: {error}".split()))
+    failed = [(rank, message) for rank, message in enumerate(messages) if message]
+    if error is not None:
+        raise error
+    if failed:
+        raise RankFailed(f"rank {failed[0][0]} failed: {failed[0][1]}")
+    return result
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         import torch.distributed as dist

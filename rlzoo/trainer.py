@@ -149,7 +149,8 @@ class Trainer:
             compute.add(rollout.cost)
 
         with Phase(compute, "reward"):
-            rewards = self.reward(self.task, rollout.x0, cond)
+            # a reward that fails on one rank (a remote scorer's error) stops every rank
+            rewards = distributed.on_every_rank(lambda: self.reward(self.task, rollout.x0, cond), d)
             compute.add(self.reward.cost(len(rows)))
             rewards = {k: distributed.gather_rows(v, counts, d) for k, v in rewards.items()}  # the whole batch
             advantage = self.advantage(rewards["reward"], group_ids.to(rewards["reward"].device))

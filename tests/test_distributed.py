@@ -146,3 +146,69 @@ def test_rank_zero_alone_owns_the_run_directory(tmp_path):
     assert result.returncode == 2 and "train.rng=keyed" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "r").exists()
     assert os.environ.get("WORLD_SIZE") in (None, "1")
+
+
+@pytest.mark.integration
+def test_a_reward_failing_on_one_rank_stops_both(tmp_path):
+    """A reward that raises on rank 1 only: both ranks stop (no wait until the collective timeout),
+    torchrun fails, and summary.json says failed with rank 1's error; the checkpoint is finite."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rlzoo.train",
+                             "task=toy2d", "train.rng=keyed", "train.iterations=4", "eval.every=4", "eval.samples=64",
+                             "reward._target_=faulty_rewards.CrashingReward", "+reward.at=2", "+reward.rank=1",
+                             f"run_dir={run_dir}", "progress_bar=false", "threads=1", "dist.timeout_s=60"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode != 0
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1 failed" in summary["error"] and "deliberate crash" in summary["error"]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["policy"]["current"].values() if v.is_floating_point())
+
+
+def kill_a_rank_when(run_dir, iterations: int, process):
+    """SIGKILL one of torchrun's workers once the run has logged `iterations` iterations."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = run_dir / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= iterations:
+            break
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("restarts", [0, 1])
+def test_a_killed_rank_ends_the_run_and_it_resumes(tmp_path, restarts):
+    """SIGKILL one rank after 3 of 6 iterations (a checkpoint every iteration). Without restarts
+    torchrun exits non-zero within seconds and rerunning the same command resumes and completes;
+    with --max_restarts 1 torchrun restarts both ranks, which resume. Either way the run ends
+    equal to an uninterrupted one, with one metrics line per iteration."""
+    import time
+
+    args = ["task=toy2d", "experiment=paper_a", "train.rng=keyed", "train.iterations=6", "eval.every=3",
+            "eval.samples=64", "checkpoint_every=1", "progress_bar=false", "threads=1", "dist.timeout_s=60"]
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", f"--max_restarts={restarts}",
+               "-m", "rlzoo.train", *args, f"run_dir={tmp_path / 'killed'}"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kill_a_rank_when(tmp_path / "killed", 3, process)
+    killed_at = time.monotonic()
+    _, err = process.communicate(timeout=180)
+    if restarts == 0:
+        assert process.returncode != 0 and time.monotonic() - killed_at < 30, err[-2000:]
+        rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    else:
+        assert process.returncode == 0, err[-3000:]
+    launch(tmp_path / "whole", *args[:-3], ranks=2)
+    killed, whole = records(tmp_path / "killed" / "metrics.jsonl"), records(tmp_path / "whole" / "metrics.jsonl")
+    assert [r["iteration"] for r in killed] == list(range(1, 7))
+    assert [r["loss"] for r in killed] == [r["loss"] for r in whole]
+    w1, w2 = trainable(tmp_path / "killed"), trainable(tmp_path / "whole")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)

@@ -1,19 +1,21 @@
 """Reward components that fail on purpose, for sweep fault-tolerance tests."""
+import os
+
 import torch
 
 from rlzoo.rewards import VerifierReward
 
 
 class CrashingReward(VerifierReward):
-    """Raises on its `at`-th call: a job that crashes mid-run."""
+    """Raises on its `at`-th call (on rank `rank` only, if given): a job that crashes mid-run."""
 
-    def __init__(self, key: str = "reward", at: int = 2):
+    def __init__(self, key: str = "reward", at: int = 2, rank: int | None = None):
         super().__init__(key)
-        self.calls, self.at = 0, at
+        self.calls, self.at, self.rank = 0, at, rank
 
     def __call__(self, task, x0, cond):
         self.calls += 1
-        if self.calls >= self.at:
+        if self.calls >= self.at and (self.rank is None or int(os.environ.get("RANK", "0")) == self.rank):
             raise RuntimeError("deliberate crash for the test")
         return super().__call__(task, x0, cond)
 
