@@ -49,6 +49,19 @@ def world_from_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def export_submitit_env() -> None:
+    """Under submitit with several tasks per job (hydra/launcher=slurm_8gpu, local_2rank), each
+    task is a rank: export the env:// variables torchrun would have set, from submitit's job
+    environment. Nothing to do under torchrun, in one process, or with one task per job."""
+    if "RANK" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:  # (the device is chosen from LOCAL_RANK, all GPUs stay visible)
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def is_main_process() -> bool:
     """Rank 0 (or no launcher): the process that owns the run directory."""
     return world_from_env()[0] == 0

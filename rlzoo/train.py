@@ -53,6 +53,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     from rlzoo.runs.files import checkpoint_path
     from rlzoo.trainer import Trainer
 
+    distributed.export_submitit_env()  # a submitit job's tasks are ranks (SLURM presets)
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     main = distributed.is_main_process()  # under torchrun, rank 0 owns the run directory and writes
@@ -114,6 +115,11 @@ def _record_failure(run_dir: Path, trainer, exc: BaseException, main: bool = Tru
     number = signal_number(exc)
     if not main:  # rank 0 records the run's end; the others only say it
         return one_line(exc), None
+    if isinstance(exc, SystemExit):  # submitit requeues a preempted or timed-out job this way
+        what = "stopped to be requeued (a cluster's preemption or time limit); the requeued job resumes"
+        if started:
+            trainer.write_summary("interrupted", error=what)
+        return what, None
     if number is not None:
         import signal
 
@@ -247,6 +253,8 @@ def _job(cfg) -> None:
     try:
         _run_job(cfg, in_sweep)
     except RunFailed as exc:
+        if isinstance(exc.cause, SystemExit):  # submitit's requeue: it must see the exit
+            raise exc.cause from None
         if in_sweep and signal_number(exc.cause) is None:
             where = f" (traceback in {exc.log})" if exc.log else ""
             print(f"[rlzoo] job {HydraConfig.get().runtime.output_dir} failed: {exc.what}{where}; the sweep goes on",

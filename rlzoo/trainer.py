@@ -19,6 +19,7 @@ rank 0 alone writes.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -83,10 +84,13 @@ class Trainer:
         self.teacher_cache: dict = {}  # eval.teacher_steps: the teacher's samples, drawn once per run
         self.started = False  # True once the run's state is loaded or its fresh record begun
         self.checkpoint_iteration: int | None = None
+        self.checkpoint_time = time.monotonic()
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         main = self.dist.is_main
+        if main and self.dist.active:
+            print(f"[rlzoo] data parallel over {self.dist.world} ranks ({'nccl' if 'cuda' in self.dist.device else 'gloo'})")
         if self.checkpoint_path.exists():
             self.load_checkpoint()  # everything checked before any file of the run is touched
             self.started = True
@@ -109,7 +113,7 @@ class Trainer:
                 metrics = self.run_eval(self.eval_view)  # (the final evaluation follows the loop)
                 if main:
                     bar.write(f"[eval] iteration {self.progress.iteration}: " + format_metrics(metrics))
-            if self.cfg.checkpoint_every and self.progress.iteration % int(self.cfg.checkpoint_every) == 0:
+            if self.checkpoint_due():
                 self.save_checkpoint()
         bar.close()
         if main:
@@ -119,6 +123,14 @@ class Trainer:
         summary = self.write_summary("completed")
         distributed.barrier(self.dist)  # no rank leaves while rank 0 still writes
         return summary
+
+    def checkpoint_due(self) -> bool:
+        """Every `checkpoint_every` iterations, and once `checkpoint_every_minutes` have passed since
+        the last checkpoint (rank 0's clock decides for every rank)."""
+        every, minutes = self.cfg.checkpoint_every, self.cfg.get("checkpoint_every_minutes")
+        due = bool(every) and self.progress.iteration % int(every) == 0
+        late = minutes is not None and time.monotonic() - self.checkpoint_time >= float(minutes) * 60
+        return due or distributed.agree(late and self.dist.is_main, self.dist)
 
     def stopping(self) -> bool:
         """Whether training stops now: iterations and compute agree on every rank by construction,
@@ -266,7 +278,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Tensors and plain values only, so it loads with weights_only=True (rank 0 writes it)."""
-        self.checkpoint_iteration = self.progress.iteration
+        self.checkpoint_iteration, self.checkpoint_time = self.progress.iteration, time.monotonic()
         if not self.dist.is_main:
             return
         atomic_torch_save({"progress": self.progress.state_dict(), "policy": self.policy.state_dict(),

@@ -212,3 +212,95 @@ def test_a_killed_rank_ends_the_run_and_it_resumes(tmp_path, restarts):
     assert [r["loss"] for r in killed] == [r["loss"] for r in whole]
     w1, w2 = trainable(tmp_path / "killed"), trainable(tmp_path / "whole")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+# ------------------------------------------------------------------------------- clusters
+def sbatch_text(preset: str, tmp_path) -> tuple[str, dict]:
+    """The sbatch file a SLURM preset gives, rendered by submitit as hydra-submitit-launcher
+    passes its parameters (no SLURM needed: a stand-in `srun` on PATH satisfies submitit)."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["task=toy2d", f"hydra/launcher={preset}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    for key in ("_target_", "submitit_folder", "name"):
+        params.pop(key)
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "srun").write_text("#!/bin/sh\n")
+    (fake / "srun").chmod(0o755)
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{fake}{os.pathsep}{old_path}"
+    try:
+        executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "s",
+                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+        return executor._executor._make_submission_file_text("python -m rlzoo.train", "0"), {
+            "max_num_timeout": executor._executor.max_num_timeout}
+    finally:
+        os.environ["PATH"] = old_path
+
+
+@pytest.mark.parametrize("preset,nodes,tasks,gpus", [("slurm_1gpu", 1, 1, 1), ("slurm_8gpu", 1, 8, 8),
+                                                     ("slurm_4x8gpu", 4, 8, 8)])
+def test_slurm_presets_requeue_and_place_one_rank_per_gpu(tmp_path, preset, nodes, tasks, gpus):
+    text, executor = sbatch_text(preset, tmp_path)
+    for line in (f"--nodes={nodes}", f"--ntasks-per-node={tasks}", f"--gpus-per-node={gpus}", "--signal=USR2@300",
+                 "--requeue"):
+        assert f"#SBATCH {line}\n" in text, line
+    assert executor["max_num_timeout"] > 0  # the plugin's default 0 never requeues a timed-out job
+
+
+@pytest.mark.integration
+def test_submitit_local_two_tasks_train_as_one_process(tmp_path):
+    """hydra/launcher=local_2rank: a job's two submitit tasks are two gloo ranks (rank from
+    submitit's job environment), and the run equals one process."""
+    args = ["task=toy2d", "experiment=paper_a", "train.rng=keyed", "train.iterations=3", "eval.every=2",
+            "eval.samples=64"]
+    launch(tmp_path / "one", *args)
+    result = subprocess.run([str(BIN / "rlzoo-train"), "-m", *args, "progress_bar=false", "threads=1",
+                             "dist.timeout_s=60", "hydra/launcher=local_2rank", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            capture_output=True, text=True, cwd=REPO, env=ENV, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_0_log.out"))
+    assert "data parallel over 2 ranks (gloo)" in logs
+    assert_same_run(tmp_path / "one", run_dir)
+
+
+@pytest.mark.slow
+def test_a_timed_out_job_is_requeued_and_resumes(tmp_path):
+    """submitit's local executor with a 1-minute limit sends SIGUSR2 after 30 s; rank 0 requeues,
+    both tasks restart and resume from the time-based checkpoint; the run ends completed with
+    strictly increasing iterations (about a minute)."""
+    result = subprocess.run([str(BIN / "rlzoo-train"), "-m", "task=toy2d", "experiment=paper_a", "train.rng=keyed",
+                             "train.iterations=300", "eval.every=100", "eval.samples=64", "checkpoint_every=1000",
+                             "checkpoint_every_minutes=0.1", "progress_bar=false", "threads=1", "dist.timeout_s=60",
+                             "hydra/launcher=local_2rank", "hydra.launcher.timeout_min=1",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_0_log.out"))
+    assert "Requeued job" in logs and "resuming" in logs
+    assert __import__("json").loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert [r["iteration"] for r in records(run_dir / "metrics.jsonl")] == list(range(1, 301))
+
+
+def test_checkpoints_follow_the_clock_too(tmp_path):
+    """checkpoint_every_minutes saves once that much time has passed since the last checkpoint,
+    whatever checkpoint_every says."""
+    from common import trainer
+
+    t = trainer(tmp_path, "task=toy2d", "debug=tiny", "train.iterations=3", "checkpoint_every=null",
+                "checkpoint_every_minutes=0.000001")
+    saved, save = [], t.save_checkpoint
+    t.save_checkpoint = lambda: saved.append(t.progress.iteration) or save()
+    t.fit()
+    assert saved == [0, 1, 2, 3, 3]

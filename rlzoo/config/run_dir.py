@@ -77,7 +77,7 @@ ADDED_LATER = {"train": {"rng": "stream"}}
 # evaluations draw from their own fixed noise, so how often they happen changes no update).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
                   "sweep_name", "run_dir", "eval.every", "eval.every_nfe", "eval.teacher_steps",
-                  "task.embedding_cache", "dist")
+                  "task.embedding_cache", "dist", "checkpoint_every")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

@@ -57,7 +57,8 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     for key in ("optimizer.lr", "train.max_grad_norm"):
         _positive(cfg, key, float)
     for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int),
-                      ("checkpoint_every", int), ("eval.teacher_steps", int), ("threads", int)):
+                      ("checkpoint_every", int), ("checkpoint_every_minutes", float), ("eval.teacher_steps", int),
+                      ("threads", int)):
         if OmegaConf.select(cfg, key) is not None:
             _positive(cfg, key, kind)
     for key in ("seed", "eval.seed"):  # what torch.Generator.manual_seed takes
