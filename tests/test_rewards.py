@@ -279,3 +279,40 @@ def test_a_learner_is_updated_counted_logged_and_resumed(tmp_path):
     resumed = CountingLearner()
     fit(tmp_path / "counted", "train.iterations=3", learner=resumed)
     assert resumed.updates == 3  # resumed from 2, not restarted from 0
+
+
+def test_the_wsgi_app_speaks_the_same_protocol():
+    """rlzoo.rewards.server.wsgi_app under a standard WSGI server (the stdlib's wsgiref here; gunicorn
+    in production) answers the remote reward as the reference server does, and refuses a body
+    over its limit with 413 and a non-POST with 405."""
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from rlzoo.rewards.server import wsgi_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def scorer(images, prompts, metadata):
+        return [float(i[..., 0].mean()) / 255 for i in images], {"n": [len(prompts)] * len(images)}
+
+    httpd = make_server("127.0.0.1", 0, wsgi_app(scorer, max_body_bytes=200_000), handler_class=Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    try:
+        reward = RemoteReward(url=url, batch_size=2)
+        images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        out = reward.score_images(images, cond_of(["a", "b", "c"]))
+        assert torch.allclose(out["reward"], ((images * 255).round() / 255)[:, 0].mean((1, 2)), atol=1e-6)
+        assert out["n"].tolist() == [2, 2, 1]
+        for request, status in ((urllib.request.Request(url, data=b"x" * 300_000, method="POST"), 413),
+                                (urllib.request.Request(url), 405)):
+            with pytest.raises(urllib.error.HTTPError) as error:
+                urllib.request.urlopen(request, timeout=10)
+            assert error.value.code == status and "error" in json.loads(error.value.read())
+    finally:
+        httpd.shutdown()

@@ -3,6 +3,10 @@
     python -m rlzoo.rewards.server --scorer my_module:score --port 8000
     rlzoo-train ... reward=remote reward.url=http://127.0.0.1:8000/
 
+or, with one worker process per GPU under a production WSGI server (`wsgi_app`):
+
+    gunicorn -w 8 -b 127.0.0.1:8000 'rlzoo.rewards.server:wsgi_app("my_module:score")'
+
 This file needs only the standard library, numpy and Pillow, so it can be copied into another
 environment (e.g. GenEval's, with its detector) and run there as `python server.py ...`.
 
@@ -130,6 +134,65 @@ def score_answer(scorer: Callable, images: list, prompts: list, metadata: list) 
     return {"scores": scores, "info": info}
 
 
+def read_body(length: str | None, read: Callable[[int], bytes], limits: Limits) -> bytes:
+    """The request body, by its Content-Length: 411 without one, 413 beyond the limit (unread)."""
+    if length is None or not (length.strip().isascii() and length.strip().isdigit()):
+        raise BadRequest(411, "a Content-Length header is required")
+    if int(length) > limits.max_body_bytes:
+        raise BadRequest(413, f"the body of {int(length):,} bytes is more than this server's limit of "
+                              f"{limits.max_body_bytes:,}")
+    body = read(int(length))
+    if len(body) < int(length):
+        raise OSError("the client sent less than its Content-Length")
+    return body
+
+
+def answer_request(length: str | None, read: Callable[[int], bytes], scorer: Callable,
+                   limits: Limits) -> tuple[int, dict]:
+    """(status, JSON payload) for one POST, whichever server carries it: 4xx saying what is wrong
+    with a bad request, 500 without details when the scorer fails (they go to stderr), else the
+    scores. OSError when the client went away mid-request."""
+    try:
+        images, prompts, metadata = parse_request(read_body(length, read, limits), limits)
+    except BadRequest as exc:
+        return exc.status, {"error": str(exc)}
+    try:
+        return 200, score_answer(scorer, images, prompts, metadata)
+    except Exception:
+        traceback.print_exc(file=sys.stderr)  # the server's log has the details, the client does not
+        return 500, {"error": "the scorer failed; the reward server's log has the traceback"}
+
+
+STATUS_TEXT = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed", 411: "Length Required",
+               413: "Content Too Large", 500: "Internal Server Error"}
+
+
+def wsgi_app(scorer: Callable | str = f"{__name__}:brightness", **limits) -> Callable:
+    """The same protocol as a WSGI application, for a production server that runs several worker
+    processes (one per GPU, as FlowGRPO serves GenEval under gunicorn):
+
+        gunicorn -w 8 -b 127.0.0.1:8000 --timeout 120 -c gpu_per_worker.py \
+            'rlzoo.rewards.server:wsgi_app("my_module:score")'
+
+    The WSGI server owns connections, workers and timeouts; the body and image limits (Limits'
+    fields as keywords) are checked here as `serve` checks them."""
+    scorer = load_scorer(scorer) if isinstance(scorer, str) else scorer
+    bounds = Limits(**limits)
+
+    def app(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "POST":
+            status, payload = 405, {"error": "POST a JSON body {prompts, images, metadata}"}
+        else:
+            status, payload = answer_request(environ.get("CONTENT_LENGTH") or None, environ["wsgi.input"].read,
+                                             scorer, bounds)
+        body = json.dumps(payload).encode()
+        start_response(f"{status} {STATUS_TEXT.get(status, '')}".strip(),
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
 def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
     class Handler(BaseHTTPRequestHandler):
         timeout = limits.timeout  # each read; the watchdog below bounds the whole request
@@ -151,33 +214,17 @@ def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
                 pass
 
         def do_POST(self):  # noqa: N802 (http.server's naming)
-            try:
-                body = self._read_body()
+            def read(n: int) -> bytes:
+                body = self.rfile.read(n)
                 self.watchdog.cancel()  # the request has arrived; scoring may take its time
-                images, prompts, metadata = parse_request(body, limits)
-            except BadRequest as exc:
-                return self._answer(exc.status, {"error": str(exc)})
+                return body
+
+            try:
+                status, payload = answer_request(self.headers.get("Content-Length"), read, scorer, limits)
             except (OSError, ValueError):  # the connection went away or was cut off mid-request
                 self.close_connection = True
                 return None
-            try:
-                answer = score_answer(scorer, images, prompts, metadata)
-            except Exception:
-                traceback.print_exc(file=sys.stderr)  # the server's log has the details, the client does not
-                return self._answer(500, {"error": "the scorer failed; the reward server's log has the traceback"})
-            return self._answer(200, answer)
-
-        def _read_body(self) -> bytes:
-            length = self.headers.get("Content-Length")
-            if length is None or not (length.strip().isascii() and length.strip().isdigit()):
-                raise BadRequest(411, "a Content-Length header is required")
-            if int(length) > limits.max_body_bytes:
-                raise BadRequest(413, f"the body of {int(length):,} bytes is more than this server's limit of "
-                                      f"{limits.max_body_bytes:,}")
-            body = self.rfile.read(int(length))
-            if len(body) < int(length):
-                raise OSError("the client sent less than its Content-Length")
-            return body
+            return self._answer(status, payload)
 
         def _answer(self, status: int, payload: dict) -> None:
             body = json.dumps(payload).encode()
