@@ -73,7 +73,14 @@ class Trainer:
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
         self.advantage, self.kl, self.reward, self.learners = c.advantage, c.kl, c.reward, list(c.learners)
         self.loggers = [JsonlLogger(self.run_dir), *c.loggers] if dist.is_main else []
-        self.policy = make_policy(self.task.load_base_model(cfg.model).to(self.device), cfg.model)
+        # rank 0 builds the model first: what the task caches on the way (t2i's text embeddings) the
+        # other ranks then read instead of computing and writing it again
+        if dist.active and not dist.is_main:
+            distributed.barrier(dist)
+        base = self.task.load_base_model(cfg.model)
+        if dist.active and dist.is_main:
+            distributed.barrier(dist)
+        self.policy = make_policy(base.to(self.device), cfg.model)
         for learner in self.learners:  # each makes its view of the policy (a fake score: the teacher's copy)
             learner.attach(self.policy)
         self.optimizer = c.optimizer(self.policy.parameters())

@@ -97,17 +97,22 @@ def assert_same_run(one, two):
     a, b = records(one / "metrics.jsonl"), records(two / "metrics.jsonl")
     assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == list(range(1, len(a) + 1))
     for x, y in zip(a[:3], b[:3]):
-        for key in COMPARED:
-            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-9), (key, x["iteration"])
+        for key in COMPARED:  # (a loss near 0 is the difference of larger terms: 1e-7 absolute there)
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7 if key == "loss" else 1e-9), (key, x["iteration"])
         assert (x["nfe_forward"], x["nfe_backward"]) == (y["nfe_forward"], y["nfe_backward"])
     w1, w2 = trainable(one), trainable(two)
     assert w1.keys() == w2.keys()
-    assert max(float((w1[k].double() - w2[k].double()).abs().max()) for k in w1) < 1e-6
+    # float32 weights: 1e-6 absolute plus 1e-5 relative (shapes' 3 Adam steps move a weight of -0.19 by 1.3e-6)
+    assert all(torch.allclose(w1[k], w2[k], rtol=1e-5, atol=1e-6) for k in w1)
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name,overrides", [
     ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64"]),
+    ("shapes", ["task=shapes", "debug=tiny", "train.iterations=3"]),
+    # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
+    ("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
+                  "train.iterations=3"]),
     # FlowGRPO: trajectory estimator, SDE window, 2 minibatches; 3 groups on 2 ranks (an uneven split)
     ("toy2d_uneven_minibatches", ["task=toy2d", "experiment=flowgrpo", "train.iterations=3", "eval.every=3",
                                   "eval.samples=64", "train.batch_size=48", "train.group_size=16",
@@ -117,8 +122,9 @@ def test_two_ranks_train_as_one_process(tmp_path, name, overrides):
     """torchrun --nproc_per_node 2 against one process, same global batch and seed, train.rng=keyed:
     per-iteration reward, loss, KL and gradient norm to rtol 1e-5, the trained weights to 1e-6, the
     same files in the run directory and one metrics line per iteration."""
-    launch(tmp_path / "one", *overrides, "train.rng=keyed")
-    launch(tmp_path / "two", *overrides, "train.rng=keyed", ranks=2)
+    cache = (lambda name: [f"task.embedding_cache={tmp_path / name}"]) if "task=t2i" in overrides else (lambda name: [])
+    launch(tmp_path / "one", *overrides, "train.rng=keyed", *cache("one_cache"))
+    launch(tmp_path / "two", *overrides, "train.rng=keyed", *cache("two_cache"), ranks=2)
     assert_same_run(tmp_path / "one", tmp_path / "two")
     listing = [sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
                for d in (tmp_path / "one", tmp_path / "two")]

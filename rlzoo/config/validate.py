@@ -204,9 +204,6 @@ def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
         raise ConfigError(f"train.batch_size={batch} / train.group_size={group} gives {batch // group} prompt groups "
                           f"per iteration, fewer than the {world} processes {launched}; each process needs a group: "
                           f"train.batch_size>={world * group}, or fewer processes")
-    if cfg.task.get("embedding_cache") is not None:
-        raise ConfigError(f"task={cfg.task.name} is not data-parallel yet (its text-embedding cache is built by "
-                          f"every process); run it in one process")
     if needs_critic(objective, reward):
         raise ConfigError(f"objective={_name(cfg.objective)} reward={_name(cfg.reward)} trains DMD's critic, which is "
                           f"not data-parallel yet; run it in one process")

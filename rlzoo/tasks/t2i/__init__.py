@@ -11,6 +11,7 @@ is the primary one, the training reward unless set otherwise).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ class TextEmbeddingCache:
         from safetensors.torch import save_file
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{id(self)}")
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}-{id(self)}")  # (processes may share the cache)
         save_file(self._tensors, str(tmp), metadata={"model": self.model_key})
         tmp.replace(self.path)  # atomic: a crash never leaves half a cache
 
