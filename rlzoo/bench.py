@@ -10,6 +10,11 @@ estimator differs. After one warm-up iteration the cell times `--iterations` ite
 memory is `torch.cuda.max_memory_allocated` on a GPU; on CPU it is the process's peak resident
 set size (ru_maxrss), reported with its growth over the set-up (model, optimizer, data; measured
 before the first iteration) so that what training adds is visible.
+
+Then rlzoo against a bare loop: the `paper_a` and `flowgrpo` recipes on shapes through rlzoo's
+trainer and through rlzoo.bare_loop (the same model passes in plain torch), iterations
+interleaved in one process, seconds per phase (rollout, reward, train) and their ratio.
+`--only estimators|bare` runs one of the two.
 """
 from __future__ import annotations
 
@@ -68,6 +73,83 @@ def measure(overrides: list[str], iterations: int) -> dict:
             "batch_size": int(cfg.train.batch_size), "micro_batch_size": int(cfg.train.micro_batch_size)}
 
 
+BARE_RECIPES = ("paper_a", "flowgrpo")
+PHASES = ("rollout", "reward", "train")
+
+
+def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -> dict:
+    """rlzoo's trainer and the bare loop (rlzoo.bare_loop) on the same recipe, task, model and
+    batch, in this process, iterations interleaved (one rlzoo, one bare) after a warm-up of each,
+    so that both see the same machine load: mean seconds per phase."""
+    import tempfile
+
+    import torch
+
+    from rlzoo.bare_loop import BareLoop
+    from rlzoo.config import build_components, compose_config, validate
+    from rlzoo.trainer import Trainer
+
+    cfg = compose_config([f"experiment={recipe}", "task=shapes", "progress_bar=false", *overrides])
+    validate(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, Path(run_dir), build_components(cfg))
+        task = trainer.task
+        bare = BareLoop(task.load_base_model(cfg.model), float(cfg.optimizer.lr), cfg.optimizer.betas,
+                        float(cfg.optimizer.get("weight_decay", 0.0)))
+        generator = torch.Generator().manual_seed(0)
+
+        def bare_iteration() -> dict:
+            start = time.perf_counter()
+            prompts = task.sample_train_prompts(batch // group, generator)
+            cond = task.group_conditioning(prompts, group)
+            setup = time.perf_counter() - start
+            times = getattr(bare, recipe)(cond, cond.group_ids, lambda x0: task.score(x0, cond)["reward"],
+                                          task.sample_shape, generator, steps=int(cfg.sampler.num_steps))
+            times["rollout"] += setup  # rlzoo's rollout phase also draws the prompts
+            return times
+
+        def rlzoo_iteration() -> dict:
+            before = dict(trainer.progress.compute.wall)
+            trainer.train_step()
+            return {k: trainer.progress.compute.wall[k] - before.get(k, 0.0) for k in PHASES}
+
+        # warm-up, counting the rows each side passes through the network (with and without
+        # gradients): the two loops must do the same model passes for the timing to mean anything
+        passes = {"rlzoo": [0, 0], "bare": [0, 0]}
+        for name, run in (("rlzoo", rlzoo_iteration), ("bare", bare_iteration)):
+            def count(module, inputs, output, name=name):
+                if type(module) is type(bare.current):
+                    passes[name][torch.is_grad_enabled()] += inputs[0].shape[0]
+            hook = torch.nn.modules.module.register_module_forward_hook(count)
+            try:
+                run()
+            finally:
+                hook.remove()
+        totals = {"rlzoo": dict.fromkeys(PHASES, 0.0), "bare": dict.fromkeys(PHASES, 0.0)}
+        for _ in range(iterations):
+            for name, run in (("rlzoo", rlzoo_iteration), ("bare", bare_iteration)):
+                for phase, seconds in run().items():
+                    totals[name][phase] += seconds / iterations
+    return {"recipe": recipe, "iterations": iterations, "threads": cfg.get("threads"), "device": str(cfg.device),
+            "batch_size": batch, "sampler_steps": int(cfg.sampler.num_steps),
+            **{f"{name}_rows_{kind}": passes[name][i] for name in passes for i, kind in enumerate(("no_grad", "grad"))}, **{
+                f"{name}_{phase}_s": totals[name][phase] for name in totals for phase in PHASES}}
+
+
+def bare_table(rows: list[dict]) -> str:
+    lines = ["| recipe | phase | rlzoo s/iteration | bare loop s/iteration | rlzoo / bare |", "|---|---|---|---|---|"]
+    for r in rows:
+        for phase in (*PHASES, "iteration"):
+            ours = sum(r[f"rlzoo_{p}_s"] for p in PHASES) if phase == "iteration" else r[f"rlzoo_{phase}_s"]
+            bare = sum(r[f"bare_{p}_s"] for p in PHASES) if phase == "iteration" else r[f"bare_{phase}_s"]
+            label = "**iteration**" if phase == "iteration" else phase
+            lines.append(f"| {r['recipe']} | {label} | {ours:.3f} | {bare:.3f} | {ours / bare:.3f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table of the cells."""
     gpu = rows and rows[0]["device"].startswith("cuda")
@@ -89,13 +171,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace estimators.json/.md in --out even where rlzoo did not write them")
+    parser.add_argument("--bare-iterations", type=int, default=5,
+                        help="timed iterations of rlzoo against the bare loop, per recipe")
+    parser.add_argument("--only", choices=("estimators", "bare"), help="run one of the two benchmarks")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single cell
+    parser.add_argument("--bare-one", help=argparse.SUPPRESS)  # one recipe against the bare loop
     args, overrides = parser.parse_known_args(argv)
     if args.one:
         print(json.dumps(measure(overrides, args.iterations)))
         return
+    if args.bare_one:
+        print(json.dumps(compare_with_bare_loop(args.bare_one, args.bare_iterations, overrides)))
+        return
+    names = {"estimators": ["estimators.json", "estimators.md"], "bare": ["bare_loop.json", "bare_loop.md"]}
     out_dir = OutputDir(Path(args.out), args.overwrite)
-    out_dir.claim(["estimators.json", "estimators.md"])  # refused before minutes of measurement
+    out_dir.claim([n for k, v in names.items() if args.only in (None, k) for n in v])  # before minutes of work
+    if args.only != "bare":
+        estimators(args, overrides, out_dir)
+    if args.only != "estimators":
+        rows = []
+        for recipe in BARE_RECIPES:
+            out = subprocess.run([sys.executable, "-m", "rlzoo.bench", "--bare-one", recipe,
+                                  "--bare-iterations", str(args.bare_iterations), *overrides],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"bench of {recipe} against the bare loop failed: {last}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        out_dir.write_text("bare_loop.json", json.dumps(rows, indent=1))
+        out_dir.write_text("bare_loop.md", bare_table(rows) + "\n")
+        print("\n" + bare_table(rows))
+    out_dir.close()
+    print(f"\nwritten to {out_dir.path}")
+
+
+def estimators(args, overrides: list[str], out_dir) -> None:
     rows = []
     for estimator, sampler in PAIRS:
         for steps in args.steps:
@@ -110,9 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     out_dir.write_text("estimators.json", json.dumps(rows, indent=1))
     out_dir.write_text("estimators.md", table(rows) + "\n")
-    out_dir.close()
     print("\n" + table(rows))
-    print(f"\nwritten to {out_dir.path}/estimators.md and estimators.json")
 
 
 if __name__ == "__main__":

@@ -18,3 +18,18 @@ def test_a_bench_cell_measures_one_estimator():
     assert row["s_per_iteration"] > 0 and row["peak_bytes"] >= row["setup_bytes"] > 0
     line = table([row]).splitlines()[-1]
     assert line.startswith("| trajectory | flow_sde | 5 | 4 | 208 |")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recipe", ["paper_a", "flowgrpo"])
+def test_the_bare_loop_makes_the_same_model_passes_as_rlzoo(recipe):
+    """rlzoo.bare_loop (plain torch) against the trainer on the same recipe: the same rows through
+    the network with and without gradients in an iteration, so the bench compares like with like."""
+    from rlzoo.bench import bare_table, compare_with_bare_loop
+
+    row = compare_with_bare_loop(recipe, 1, ["train.batch_size=16", "train.group_size=8", "sampler.num_steps=4",
+                                             "threads=1"])
+    assert row["rlzoo_rows_no_grad"] == row["bare_rows_no_grad"] > 0
+    assert row["rlzoo_rows_grad"] == row["bare_rows_grad"] > 0
+    assert all(row[f"{side}_{phase}_s"] > 0 for side in ("rlzoo", "bare") for phase in ("rollout", "reward", "train"))
+    assert f"| {recipe} | **iteration** |" in bare_table([row])
