@@ -139,6 +139,73 @@ def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -
                 f"{name}_{phase}_s": totals[name][phase] for name in totals for phase in PHASES}}
 
 
+# Dense bf16 peak FLOP/s by device name, for model FLOP utilisation (vendors' datasheets).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+GPU_RUN = ["experiment=paper_a", "task=t2i", "model=sd35m_random", "reward=pickscore", "reward.tiny=true",
+           "device=cuda", "train.batch_size=16", "train.group_size=8", "train.micro_batch_size=8",
+           "eval.samples=16", "eval.batch_size=16", "progress_bar=false"]
+
+
+def gpu_measure(compiled: bool, iterations: int, overrides: list[str]) -> dict:
+    """Paper A's recipe on SD3.5-Medium's transformer (random weights, LoRA r 32, 512², bf16),
+    eager or compiled: seconds per phase, images per second, peak memory, and the model FLOP
+    utilisation (FLOPs of one iteration counted by torch's FlopCounterMode, over the measured
+    time, over the device's dense bf16 peak)."""
+    import tempfile
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rlzoo.config import build_components, compose_config, validate
+    from rlzoo.trainer import Trainer
+
+    cfg = compose_config([*GPU_RUN, f"model.compile={str(compiled).lower()}", *overrides])
+    validate(cfg)
+    device = torch.device(cfg.device)
+    cuda = device.type == "cuda"
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, Path(run_dir), build_components(cfg))
+        start = time.perf_counter()
+        trainer.train_step()  # warm-up (and compilation)
+        warmup = time.perf_counter() - start
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        before = dict(trainer.progress.compute.wall)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / iterations
+        split = {k: (trainer.progress.compute.wall[k] - before.get(k, 0.0)) / iterations for k in PHASES}
+        peak = torch.cuda.max_memory_allocated(device) if cuda else 0
+        flops = None
+        if not compiled:  # FlopCounterMode counts eager ops (the compiled graph does the same math)
+            with FlopCounterMode(display=False) as counter:
+                trainer.train_step()
+            flops = counter.get_total_flops()
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return {"device": name, "compiled": compiled, "iterations": iterations, "batch_size": int(cfg.train.batch_size),
+            "warmup_s": warmup, "s_per_iteration": seconds, **{f"{k}_s": v for k, v in split.items()},
+            "images_per_s": int(cfg.train.batch_size) / seconds, "peak_bytes": peak, "flops_per_iteration": flops,
+            "peak_bf16_flops": peak_flops}
+
+
+def gpu_table(rows: list[dict]) -> str:
+    flops = next((r["flops_per_iteration"] for r in rows if r["flops_per_iteration"]), None)
+    lines = ["| mode | s/iteration | rollout s | reward s | train s | images/s | peak memory (GiB) | TFLOP/iteration "
+             "| model FLOP utilisation |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mfu = (f"{flops / r['s_per_iteration'] / r['peak_bf16_flops']:.1%}"
+               if flops and r["peak_bf16_flops"] else "n/a")
+        lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | {r['s_per_iteration']:.2f} | {r['rollout_s']:.2f} "
+                     f"| {r['reward_s']:.2f} | {r['train_s']:.2f} | {r['images_per_s']:.2f} | {r['peak_bytes'] / 2**30:.1f} "
+                     f"| {(flops or 0) / 1e12:.0f} | {mfu} |")
+    return "\n".join(lines)
+
+
 def bare_table(rows: list[dict]) -> str:
     lines = ["| recipe | phase | rlzoo s/iteration | bare loop s/iteration | rlzoo / bare |", "|---|---|---|---|---|"]
     for r in rows:
@@ -174,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bare-iterations", type=int, default=5,
                         help="timed iterations of rlzoo against the bare loop, per recipe")
     parser.add_argument("--only", choices=("estimators", "bare"), help="run one of the two benchmarks")
+    parser.add_argument("--gpu", action="store_true",
+                        help="instead: Paper A's recipe on SD3.5-Medium's transformer (random weights), bf16, eager "
+                             "and compiled, on the GPU (for scripts/gpu_check.sh)")
+    parser.add_argument("--gpu-one", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single cell
     parser.add_argument("--bare-one", help=argparse.SUPPRESS)  # one recipe against the bare loop
     args, overrides = parser.parse_known_args(argv)
@@ -182,6 +253,26 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.bare_one:
         print(json.dumps(compare_with_bare_loop(args.bare_one, args.bare_iterations, overrides)))
+        return
+    if args.gpu_one:
+        print(json.dumps(gpu_measure(args.gpu_one == "compiled", args.iterations, overrides)))
+        return
+    if args.gpu:
+        out_dir = OutputDir(Path(args.out), args.overwrite)
+        out_dir.claim(["gpu.json", "gpu.md"])
+        rows = []
+        for mode in ("eager", "compiled"):  # each in its own process: its own peak memory and compile cache
+            out = subprocess.run([sys.executable, "-m", "rlzoo.bench", "--gpu-one", mode,
+                                  "--iterations", str(args.iterations), *overrides], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"bench --gpu {mode} failed: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(gpu_table(rows[-1:]).splitlines()[-1], flush=True)
+        out_dir.write_text("gpu.json", json.dumps(rows, indent=1))
+        out_dir.write_text("gpu.md", gpu_table(rows) + "\n")
+        out_dir.close()
+        print("\n" + gpu_table(rows))
         return
     names = {"estimators": ["estimators.json", "estimators.md"], "bare": ["bare_loop.json", "bare_loop.md"]}
     out_dir = OutputDir(Path(args.out), args.overwrite)

@@ -5,7 +5,10 @@
 #      bf16 t2i run), so a tensor left on the wrong device fails;
 #   2. the default recipe on toy2d (its 200 iterations) and on shapes exactly as `make run` runs it
 #      (its budget of 2 M model evaluations), with held-out evaluation;
-#   3. `make bench` (python -m rlzoo.bench) on the GPU.
+#   3. `make bench` (python -m rlzoo.bench) on the GPU;
+#   4. `python -m rlzoo.bench --gpu`: Paper A's recipe on SD3.5-Medium's transformer (random
+#      weights, model=sd35m_random), per phase, images/s, peak memory, model FLOP utilisation,
+#      eager and compiled (ONLY=4 runs this step alone).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (torch with CUDA, hydra-core, omegaconf and diffusers
 # importable; on the lent GPU machine they travel as wheels, see README "On a GPU")
 set -u   # no -e: one failing step should not hide the others
@@ -19,6 +22,7 @@ FAST="eval.samples=96 eval.every=1000 checkpoint_every=1000 progress_bar=false"
 
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/device.txt"
 
+if [ "${ONLY:-}" != 4 ]; then
 echo "== 1. every recipe and row, 2 iterations, device=$DEVICE (jobs in parallel)" | tee "$OUT/components.txt"
 check() {  # task choice [overrides...]: 2 iterations, then ok or FAIL with the error's last lines
   local task=$1 choice=$2
@@ -63,3 +67,10 @@ cp "$RUNS/default_shapes/summary.json" "$OUT/shapes_summary.json"
 echo "== 3. bench" | tee "$OUT/bench.txt"
 $PY -m rlzoo.bench device=$DEVICE --out "$RUNS/bench" 2>&1 | tee -a "$OUT/bench.txt"
 cp "$RUNS/bench/estimators.json" "$OUT/bench.json"
+fi
+
+echo "== 4. SD3.5-Medium's transformer (random weights, LoRA r 32, 512², bf16), eager and compiled" | tee "$OUT/bench_sd35m.txt"
+# ONLY=4 scripts/gpu_check.sh runs this step alone (it fits one 10-minute call on an H100)
+$PY -m rlzoo.bench --gpu --iterations 3 device=$DEVICE task.embedding_cache="$RUNS/emb_sd35m" \
+  --out "$RUNS/bench_sd35m" 2>&1 | tee -a "$OUT/bench_sd35m.txt"
+cp "$RUNS/bench_sd35m/gpu.json" "$OUT/bench_sd35m.json" 2>/dev/null

@@ -33,3 +33,41 @@ def test_the_bare_loop_makes_the_same_model_passes_as_rlzoo(recipe):
     assert row["rlzoo_rows_grad"] == row["bare_rows_grad"] > 0
     assert all(row[f"{side}_{phase}_s"] > 0 for side in ("rlzoo", "bare") for phase in ("rollout", "reward", "train"))
     assert f"| {recipe} | **iteration** |" in bare_table([row])
+
+
+def test_sd35m_random_is_sd35_mediums_transformer():
+    """model=sd35m_random builds the transformer of stabilityai/stable-diffusion-3.5-medium's
+    transformer/config.json (sample size set for 512²) with random weights: 2.24 B parameters,
+    built here on the meta device (no memory, no download)."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import CONF_DIR, build
+
+    node = OmegaConf.load(CONF_DIR / "model" / "sd35m_random.yaml")
+    source = build({k: v for k, v in OmegaConf.to_container(node).items()
+                    if k in ("_target_", "seed", "image_size", "latent_channels", "vae_channels", "num_layers",
+                             "num_attention_heads", "attention_head_dim", "caption_projection_dim",
+                             "pos_embed_max_size", "dual_attention_layers", "text_dim", "joint_attention_dim",
+                             "max_sequence_length")})
+    published = {"attention_head_dim": 64, "caption_projection_dim": 1536, "dual_attention_layers": tuple(range(13)),
+                 "in_channels": 16, "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 24,
+                 "out_channels": 16, "patch_size": 2, "pooled_projection_dim": 2048, "pos_embed_max_size": 384,
+                 "qk_norm": "rms_norm"}
+    config = source.transformer_config()
+    assert {k: config[k] for k in published} == published and config["sample_size"] == 64  # 512 / 8
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel(**config)
+    assert sum(p.numel() for p in transformer.parameters()) == 2_243_171_520
+
+
+@pytest.mark.integration
+def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path):
+    """`python -m rlzoo.bench --gpu`'s measurement, on the CPU with sd3_tiny: the code path a lent
+    GPU runs, with its FLOP count."""
+    from rlzoo.bench import gpu_measure, gpu_table
+
+    row = gpu_measure(False, 1, ["model=sd3_tiny", "device=cpu", f"task.embedding_cache={tmp_path}"])
+    assert row["s_per_iteration"] > 0 and row["images_per_s"] > 0 and row["flops_per_iteration"] > 0
+    assert gpu_table([row]).splitlines()[-1].startswith("| eager |")

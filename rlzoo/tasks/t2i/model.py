@@ -148,7 +148,8 @@ class SD3Tiny(SD3Source):
     def __init__(self, seed: int = 0, image_size: int = 32, latent_channels: int = 4,
                  vae_channels: list[int] = (8, 8), num_layers: int = 2, num_attention_heads: int = 2,
                  attention_head_dim: int = 8, text_dim: int = 16, joint_attention_dim: int = 32,
-                 max_sequence_length: int = 64):
+                 max_sequence_length: int = 64, dual_attention_layers: list[int] = (0,),
+                 pos_embed_max_size: int | None = None, caption_projection_dim: int | None = None):
         self.seed = int(seed)
         self.image_size = int(image_size)
         self.latent_channels = int(latent_channels)
@@ -157,6 +158,12 @@ class SD3Tiny(SD3Source):
         self.attention_head_dim = int(attention_head_dim)
         self.text_dim, self.joint_attention_dim = int(text_dim), int(joint_attention_dim)
         self.max_sequence_length = int(max_sequence_length)
+        self.dual_attention_layers = tuple(int(i) for i in dual_attention_layers)
+        if any(not 0 <= i < self.num_layers for i in self.dual_attention_layers):
+            raise ValueError(f"model.dual_attention_layers {list(self.dual_attention_layers)} must be block numbers "
+                             f"in 0..{self.num_layers - 1}")
+        self.pos_embed_max_size = None if pos_embed_max_size is None else int(pos_embed_max_size)
+        self.caption_projection_dim = None if caption_projection_dim is None else int(caption_projection_dim)
         if 2 * self.text_dim > self.joint_attention_dim:
             raise ValueError("sd3_tiny: the two CLIP hidden sizes (2·text_dim) must fit in joint_attention_dim")
 
@@ -173,9 +180,10 @@ class SD3Tiny(SD3Source):
                     out_channels=self.latent_channels, num_layers=self.num_layers,
                     attention_head_dim=self.attention_head_dim, num_attention_heads=self.num_attention_heads,
                     joint_attention_dim=self.joint_attention_dim,
-                    caption_projection_dim=self.attention_head_dim * self.num_attention_heads,
-                    pooled_projection_dim=2 * self.text_dim, pos_embed_max_size=self.latent_size // 2,
-                    dual_attention_layers=(0,), qk_norm="rms_norm")
+                    caption_projection_dim=self.caption_projection_dim or self.attention_head_dim * self.num_attention_heads,
+                    pooled_projection_dim=2 * self.text_dim,
+                    pos_embed_max_size=self.pos_embed_max_size or self.latent_size // 2,
+                    dual_attention_layers=self.dual_attention_layers, qk_norm="rms_norm")
 
     def tokenizers(self):
         return char_clip_tokenizer(self.max_sequence_length), char_t5_tokenizer(self.max_sequence_length)
