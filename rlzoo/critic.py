@@ -14,8 +14,10 @@ import torch
 from torch import Tensor
 
 from rlzoo.distillation import flow_matching_loss, noise_and_t
+from rlzoo.distributed import SINGLE, Dist, reduce_numbers, sync_grads
 from rlzoo.ops import noised
 from rlzoo.ranges import check
+from rlzoo.rng import Draws, StreamDraws
 from rlzoo.types import Conditioning, Cost, Rollout
 
 
@@ -51,19 +53,25 @@ class Critic:
         """The frozen teacher's velocity, guided as `cond` says."""
         return self.policy.velocity(x_t, t, cond, "reference")
 
-    def update(self, rollout: Rollout) -> Cost:
+    def update(self, rollout: Rollout, draws: Draws | None = None, dist: Dist = SINGLE,
+               rows: int | None = None) -> Cost:
         """`steps_per_update` flow-matching steps on the rollout's detached samples; returns the
-        model evaluations spent (forward + backward per row and step)."""
+        model evaluations spent (forward + backward per row and step). Data parallel (the trainer
+        passes them): `draws` for the rows' noise and t (train.rng=keyed), `rows` over all ranks,
+        whose mean loss each step follows, its gradients summed over ranks by `dist`."""
         if self.optimizer is None:
             raise RuntimeError("the critic needs attach(policy) before its first update")
         x0, cond = rollout.x0.detach(), unguided(rollout.cond)
+        draws = StreamDraws(self.generator) if draws is None else draws
+        share = 1.0 if rows is None or rows == x0.shape[0] else x0.shape[0] / rows  # of the global mean
         for _ in range(self.steps_per_update):
-            noise, t = noise_and_t(x0, (0.0, 1.0), self.generator)
+            noise, t = noise_and_t(x0, (0.0, 1.0), draws)
             loss = flow_matching_loss(self.velocity(noised(x0, noise, t), t, cond), x0, noise)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if share == 1.0 else loss * share).backward()
+            sync_grads([p for group in self.optimizer.param_groups for p in group["params"]], dist)
             self.optimizer.step()
-        self.last_loss = float(loss.detach())
+        self.last_loss = reduce_numbers({"loss": float(loss.detach()) * share}, dist)["loss"]
         rows = x0.shape[0] * self.steps_per_update
         return Cost(rows, rows)
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from rlzoo.estimators.elbo import elbo_term
 from rlzoo.ops import mean_dims, per_sample, velocity_target
+from rlzoo.rng import Draws, as_draws
 
 
 def dmd_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
@@ -57,9 +58,10 @@ def check_t_range(t_range, key: str) -> tuple[float, float]:
     return lo, hi
 
 
-def noise_and_t(x0: Tensor, t_range: tuple[float, float], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def noise_and_t(x0: Tensor, t_range: tuple[float, float], generator: Draws | torch.Generator) -> tuple[Tensor, Tensor]:
     """Fresh ε ~ N(0, I) like x0 and t ~ U(t_range) per row."""
     lo, hi = t_range
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    t = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype)).to(x0.device)
+    draws = as_draws(generator)
+    noise = draws.randn(x0.shape, dtype=x0.dtype).to(x0.device)
+    t = (lo + (hi - lo) * draws.rand((x0.shape[0],), dtype=x0.dtype)).to(x0.device)
     return noise, t

@@ -150,6 +150,17 @@ def reduce_numbers(values: dict, d: Dist, maximum: tuple = ()) -> dict:
     return out
 
 
+def all_keys(values: dict, d: Dist) -> list:
+    """The keys any rank's `values` has, sorted (so every rank reduces the same numbers)."""
+    if not d.active:
+        return sorted(values)
+    import torch.distributed as dist
+
+    every = [None] * d.world
+    dist.all_gather_object(every, sorted(values))
+    return sorted(set().union(*every))
+
+
 def agree(flag: bool, d: Dist) -> bool:
     """True on every rank when it is True on any rank."""
     if not d.active:

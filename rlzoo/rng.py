@@ -42,6 +42,8 @@ class Draws(Protocol):
 class StreamDraws:
     """Every draw from one generator (None: torch's global one), whatever the rows."""
 
+    keyed = False
+
     def __init__(self, generator: torch.Generator | None):
         self.generator = generator
 
@@ -69,6 +71,8 @@ def key_seed(*key) -> int:
 class KeyedDraws:
     """Row r of this batch draws from the generator keyed (seed, iteration, purpose, rows[r]);
     successive draws of a row continue its generator (kept in `streams`, shared by selections)."""
+
+    keyed = True
 
     def __init__(self, seed: int, iteration: int, purpose: str, rows: Tensor, streams: dict | None = None):
         self.key = (int(seed), int(iteration), purpose)

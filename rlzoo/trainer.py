@@ -177,7 +177,10 @@ class Trainer:
 
         for learner in self.learners:  # they learn from the latest samples, before the policy moves
             with Phase(compute, learner.name):
-                compute.add(learner.update(rollout))
+                if self.keyed:  # its rows' numbers by key, its mean over all ranks (rlzoo.distributed)
+                    compute.add(learner.update(rollout, draws=self.draws(learner.name, rows), dist=d, rows=batch))
+                else:
+                    compute.add(learner.update(rollout))
 
         with Phase(compute, "train"):
             self.policy.train()
@@ -228,9 +231,7 @@ class Trainer:
         if distributed.agree(failure is not None, self.dist):  # every rank stops, none waits in the all-reduce
             raise failure or NonFiniteLoss(f"non-finite loss on another rank at iteration {self.progress.iteration + 1}")
         if self.dist.active:  # (a rank without rows in this step still takes part, with zeros)
-            stats.setdefault("approx_kl", 0.0)
-            if self.objective.clip_range:
-                stats.setdefault("clip_fraction", 0.0)
+            stats = {key: stats.get(key, 0.0) for key in distributed.all_keys(stats, self.dist)}
             distributed.sync_grads(self.policy.parameters(), self.dist)
             stats = distributed.reduce_numbers(stats, self.dist, maximum=("log_ratio_abs_max", "likelihood_terms"))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)

@@ -204,9 +204,8 @@ def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
         raise ConfigError(f"train.batch_size={batch} / train.group_size={group} gives {batch // group} prompt groups "
                           f"per iteration, fewer than the {world} processes {launched}; each process needs a group: "
                           f"train.batch_size>={world * group}, or fewer processes")
-    if needs_critic(objective, reward):
-        raise ConfigError(f"objective={_name(cfg.objective)} reward={_name(cfg.reward)} trains DMD's critic, which is "
-                          f"not data-parallel yet; run it in one process")
+    if needs_critic(None, reward):
+        raise ConfigError(f"reward={_name(cfg.reward)} (R_dm) is not data-parallel yet; run it in one process")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if str(cfg.device).startswith("cuda"):
         import torch

@@ -27,6 +27,7 @@ from torch import Tensor
 from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
 from rlzoo.objectives import Objective, policy_gradient_losses
 from rlzoo.ops import noised, x0_prediction
+from rlzoo.rng import StreamDraws
 from rlzoo.types import Cost, LikelihoodTerm, LossPart, UpdateBatch
 
 
@@ -63,14 +64,17 @@ class DMD(Objective):
         if rollout.trajectory is None:
             raise ValueError("objective=dmd needs the rollout's trajectory (sample with record=True)")
         batch_rows, steps = rollout.x0.shape[0], rollout.trajectory.shape[1] - 1
-        k = int(torch.randint(steps, (), generator=self.generator))
+        total_rows = batch.rows or batch_rows  # over all ranks in a data-parallel run
+        k = int(torch.randint(steps, (), generator=self.generator))  # (every rank draws the same k)
+        # train.rng=keyed: each row's noise and t from its own generator; else this objective's stream
+        draws = batch.generator if getattr(batch.generator, "keyed", False) else StreamDraws(self.generator)
         sigma = rollout.sigmas[k]
         for start in range(0, batch_rows, batch.micro_batch_size):
             rows = torch.arange(start, min(start + batch.micro_batch_size, batch_rows))
             part = rollout.select(rows)
             x_k, cond = part.trajectory[:, k], part.cond
             x = x0_prediction(x_k, policy.velocity(x_k, sigma.to(x_k).expand(len(rows)), cond), sigma.to(x_k))
-            noise, t = noise_and_t(x, self.t_range, self.generator)
+            noise, t = noise_and_t(x, self.t_range, draws.select(rows))
             with torch.no_grad():
                 x_t = noised(x.detach(), noise, t)
                 teacher_cond = task.guided(cond, self.teacher_cfg_scale).to(x.device)
@@ -79,7 +83,7 @@ class DMD(Objective):
                 gradient = dmd_gradient(x.detach(), x0_real, x0_fake)
             n = len(rows)  # student (with grad) + teacher + critic evaluations
             forward = n * (cond.evaluations_per_velocity + teacher_cond.evaluations_per_velocity + 1)
-            loss = dmd_loss(x, gradient) * n / batch_rows
+            loss = dmd_loss(x, gradient) * n / total_rows
             yield LossPart(loss, Cost(forward, n * cond.evaluations_per_velocity), {"dmd_loss": float(loss.detach())})
 
     def state_dict(self) -> dict:
