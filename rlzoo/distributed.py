@@ -80,7 +80,13 @@ def init(device: str, timeout_s: float) -> Dist:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=float(timeout_s)))
+        timeout = timedelta(seconds=float(timeout_s))
+        # the launcher's store, under a prefix per restart: after torchrun --max_restarts restarts
+        # the workers, a rank must not read the address its peer had in the previous attempt
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore(f"rlzoo/attempt{attempt}", store),
+                                rank=rank, world_size=world, timeout=timeout)
     return Dist(rank, world, local_rank, f"cuda:{local_rank}" if cuda else "cpu")
 
 
