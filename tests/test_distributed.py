@@ -174,6 +174,33 @@ def test_a_reward_failing_on_one_rank_stops_both(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["policy"]["current"].values() if v.is_floating_point())
 
 
+@pytest.mark.integration
+def test_a_nan_on_one_rank_stops_both(tmp_path):
+    """NaN rewards on rank 1's rows only: every rank stops with a non-finite loss (agreed before the
+    gradient all-reduce, so none waits), summary.json says failed, the checkpoint stays finite."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rlzoo.train",
+                             "task=toy2d", "train.rng=keyed", "train.iterations=3", "eval.every=3", "eval.samples=64",
+                             "reward._target_=faulty_rewards.NaNReward", "+reward.rank=1", f"run_dir={run_dir}",
+                             "progress_bar=false", "threads=1", "dist.timeout_s=60"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode != 0
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "non-finite loss" in summary["error"]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["policy"]["current"].values() if v.is_floating_point())
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = compose_config(["task=toy2d", "train.rng=keyed", "device=cuda"])
+    with pytest.raises(ConfigError, match="4 processes on this node .* but 2 GPUs"):
+        validate(cfg)
+
+
 def kill_a_rank_when(run_dir, iterations: int, process):
     """SIGKILL one of torchrun's workers once the run has logged `iterations` iterations."""
     import signal

@@ -21,8 +21,14 @@ class CrashingReward(VerifierReward):
 
 
 class NaNReward(VerifierReward):
-    """Returns NaN rewards: a job whose loss goes non-finite."""
+    """Returns NaN rewards (on rank `rank` only, if given): a job whose loss goes non-finite."""
+
+    def __init__(self, key: str = "reward", rank: int | None = None):
+        super().__init__(key)
+        self.rank = rank
 
     def __call__(self, task, x0, cond):
         scores = super().__call__(task, x0, cond)
+        if self.rank is not None and int(os.environ.get("RANK", "0")) != self.rank:
+            return scores
         return {**scores, "reward": torch.full_like(scores["reward"], float("nan"))}
