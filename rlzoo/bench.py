@@ -230,6 +230,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def in_own_process(argv: list[str], what: str) -> dict:
+    """`python -m rlzoo.bench argv...` in a new process (its own peak memory, threads and compile
+    cache): the JSON record it prints last, or RuntimeError '<what> failed: <its last error line>'."""
+    out = subprocess.run([sys.executable, "-m", "rlzoo.bench", *argv], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @one_line_errors("rlzoo bench")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlzoo.bench", description=__doc__.split("\n\n")[0])
@@ -262,12 +271,12 @@ def main(argv: list[str] | None = None) -> None:
         out_dir.claim(["gpu.json", "gpu.md"])
         rows = []
         for mode in ("eager", "compiled"):  # each in its own process: its own peak memory and compile cache
-            out = subprocess.run([sys.executable, "-m", "rlzoo.bench", "--gpu-one", mode,
-                                  "--iterations", str(args.iterations), *overrides], capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"bench --gpu {mode} failed: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+            try:
+                rows.append(in_own_process(["--gpu-one", mode, "--iterations", str(args.iterations), *overrides],
+                                           f"bench --gpu {mode}"))
+            except RuntimeError as exc:  # (the other mode may still run)
+                print(exc)
                 continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(gpu_table(rows[-1:]).splitlines()[-1], flush=True)
         out_dir.write_text("gpu.json", json.dumps(rows, indent=1))
         out_dir.write_text("gpu.md", gpu_table(rows) + "\n")
@@ -280,15 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.only != "bare":
         estimators(args, overrides, out_dir)
     if args.only != "estimators":
-        rows = []
-        for recipe in BARE_RECIPES:
-            out = subprocess.run([sys.executable, "-m", "rlzoo.bench", "--bare-one", recipe,
-                                  "--bare-iterations", str(args.bare_iterations), *overrides],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"bench of {recipe} against the bare loop failed: {last}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows = [in_own_process(["--bare-one", recipe, "--bare-iterations", str(args.bare_iterations), *overrides],
+                               f"bench of {recipe} against the bare loop") for recipe in BARE_RECIPES]
         out_dir.write_text("bare_loop.json", json.dumps(rows, indent=1))
         out_dir.write_text("bare_loop.md", bare_table(rows) + "\n")
         print("\n" + bare_table(rows))
@@ -301,13 +303,8 @@ def estimators(args, overrides: list[str], out_dir) -> None:
     for estimator, sampler in PAIRS:
         for steps in args.steps:
             cell = [f"estimator={estimator}", f"sampler={sampler}", f"sampler.num_steps={steps}", *overrides]
-            out = subprocess.run([sys.executable, "-m", "rlzoo.bench", "--one",
-                                  "--iterations", str(args.iterations), *cell],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"bench cell {' '.join(cell)} failed: {last}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(in_own_process(["--one", "--iterations", str(args.iterations), *cell],
+                                       f"bench cell {' '.join(cell)}"))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     out_dir.write_text("estimators.json", json.dumps(rows, indent=1))
     out_dir.write_text("estimators.md", table(rows) + "\n")

@@ -1,7 +1,7 @@
 """Data parallelism over torch.distributed: one process (rank) per GPU, launched by torchrun.
 
 Every rank holds the whole model and draws the same prompts; rank r rolls out and scores whole
-prompt groups (`my_groups`), the rewards are gathered so every rank computes the advantages of
+prompt groups (`group_split`), the rewards are gathered so every rank computes the advantages of
 the whole batch, losses are divided by the global row count and the trainable gradients summed
 (`sync_grads`: one all-reduce per optimizer step, no DDP wrapper, which fails when a backward
 leaves a second adapter set unused). With `train.rng=keyed` each row's random numbers do not
@@ -98,10 +98,10 @@ def shutdown(d: Dist) -> None:
             dist.destroy_process_group()
 
 
-def my_groups(groups: int, d: Dist) -> range:
-    """The prompt groups rank r rolls out: a contiguous block, g with floor(g·W/P) = r, as even
-    as the split allows (P groups, W ranks; P >= W)."""
-    return range(math.ceil(d.rank * groups / d.world), math.ceil((d.rank + 1) * groups / d.world))
+def group_split(groups: int, world: int) -> list[range]:
+    """The prompt groups each rank r rolls out: a contiguous block, g with floor(g·W/P) = r, as
+    even as the split allows (P groups, W ranks; P >= W)."""
+    return [range(math.ceil(r * groups / world), math.ceil((r + 1) * groups / world)) for r in range(world)]
 
 
 def sync_grads(parameters, d: Dist) -> None:

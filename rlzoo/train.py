@@ -189,7 +189,6 @@ def _launch(argv: list[str], multirun: bool) -> None:
     """Validate, then hand the run (or sweep) to Hydra. The run's directory (a sweep's folder) is
     locked here, before Hydra starts, so a second process can touch nothing of it."""
     from rlzoo.config import ConfigError
-    from rlzoo.distributed import is_main_process
     from rlzoo.runs import run_lock
 
     options, overrides, expect_value = [], [], False
@@ -219,7 +218,7 @@ def _launch(argv: list[str], multirun: bool) -> None:
 
         cfg = compose_config(overrides)
         validate(cfg)
-        if not is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
+        if not distributed.is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
             return _hydra(argv)
         check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
         with run_lock(Path(cfg.run_dir)):

@@ -149,10 +149,9 @@ class Trainer:
         batch, group_size, d = int(train.batch_size), int(train.group_size), self.dist
         nfe_before = (compute.nfe_forward, compute.nfe_backward)
         # this rank's prompt groups and rows (all of them in one process)
-        groups = distributed.my_groups(batch // group_size, d)
-        rows = torch.arange(groups.start * group_size, groups.stop * group_size)
-        counts = [len(distributed.my_groups(batch // group_size, distributed.Dist(r, d.world))) * group_size
-                  for r in range(d.world)]
+        split = distributed.group_split(batch // group_size, d.world)
+        rows = torch.arange(split[d.rank].start * group_size, split[d.rank].stop * group_size)
+        counts = [len(groups) * group_size for groups in split]  # every rank's rows, for the gathers
         draws = self.draws("rollout", rows)
         with Phase(compute, "rollout"):
             prompt_ids = self.task.sample_train_prompts(batch // group_size, self.generator)

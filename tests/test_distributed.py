@@ -9,7 +9,7 @@ import torch
 from common import BIN, ENV, REPO, records
 
 from rlzoo.config import ConfigError, compose_config, validate
-from rlzoo.distributed import Dist, my_groups
+from rlzoo.distributed import group_split
 from rlzoo.rng import KeyedDraws, StreamDraws, key_seed
 
 
@@ -52,7 +52,7 @@ def test_key_seed_is_stable():
 
 @pytest.mark.parametrize("groups,world", [(8, 2), (3, 2), (5, 3), (4, 4), (7, 1)])
 def test_every_group_goes_to_exactly_one_rank(groups, world):
-    shares = [list(my_groups(groups, Dist(rank, world))) for rank in range(world)]
+    shares = [list(share) for share in group_split(groups, world)]
     assert sum(shares, []) == list(range(groups)) and all(shares)
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
@@ -72,17 +72,26 @@ def test_a_launch_is_validated_before_any_model(monkeypatch, overrides, message)
 
 
 # ------------------------------------------------------------------------------- torchrun
-def launch(run_dir, *overrides, ranks: int = 1):
-    """`rlzoo.train` in one process, or under torchrun with `ranks` gloo processes."""
+def launch(run_dir, *overrides, ranks: int = 1, fails: bool = False, timeout: float = 240):
+    """`rlzoo.train` in one process, or under torchrun with `ranks` gloo processes; it must succeed
+    (or, with `fails`, must not)."""
     if ranks == 1:
         command = [str(BIN / "python"), "-m", "rlzoo.train"]
     else:
         command = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "rlzoo.train"]
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run([*command, *overrides, f"run_dir={run_dir}", "progress_bar=false", "threads=1",
-                             "dist.timeout_s=60"], capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+                             "dist.timeout_s=60"], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    assert (result.returncode != 0) == fails, result.stdout[-2000:] + result.stderr[-3000:]
     return result
+
+
+def assert_failed_with_finite_weights(run_dir, *messages):
+    """summary.json says failed, naming `messages`, and the checkpoint holds finite weights."""
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and all(m in summary["error"] for m in messages), summary
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["policy"]["current"].values() if v.is_floating_point())
 
 
 def trainable(run_dir) -> dict:
@@ -160,36 +169,19 @@ def test_rank_zero_alone_owns_the_run_directory(tmp_path):
 def test_a_reward_failing_on_one_rank_stops_both(tmp_path):
     """A reward that raises on rank 1 only: both ranks stop (no wait until the collective timeout),
     torchrun fails, and summary.json says failed with rank 1's error; the checkpoint is finite."""
-    run_dir = tmp_path / "run"
-    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rlzoo.train",
-                             "task=toy2d", "train.rng=keyed", "train.iterations=4", "eval.every=4", "eval.samples=64",
-                             "reward._target_=faulty_rewards.CrashingReward", "+reward.at=2", "+reward.rank=1",
-                             f"run_dir={run_dir}", "progress_bar=false", "threads=1", "dist.timeout_s=60"],
-                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
-    assert result.returncode != 0
-    summary = __import__("json").loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "rank 1 failed" in summary["error"] and "deliberate crash" in summary["error"]
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in state["policy"]["current"].values() if v.is_floating_point())
+    launch(tmp_path / "run", "task=toy2d", "train.rng=keyed", "train.iterations=4", "eval.every=4", "eval.samples=64",
+           "reward._target_=faulty_rewards.CrashingReward", "+reward.at=2", "+reward.rank=1",
+           ranks=2, fails=True, timeout=120)
+    assert_failed_with_finite_weights(tmp_path / "run", "rank 1 failed", "deliberate crash")
 
 
 @pytest.mark.integration
 def test_a_nan_on_one_rank_stops_both(tmp_path):
     """NaN rewards on rank 1's rows only: every rank stops with a non-finite loss (agreed before the
     gradient all-reduce, so none waits), summary.json says failed, the checkpoint stays finite."""
-    run_dir = tmp_path / "run"
-    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rlzoo.train",
-                             "task=toy2d", "train.rng=keyed", "train.iterations=3", "eval.every=3", "eval.samples=64",
-                             "reward._target_=faulty_rewards.NaNReward", "+reward.rank=1", f"run_dir={run_dir}",
-                             "progress_bar=false", "threads=1", "dist.timeout_s=60"],
-                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
-    assert result.returncode != 0
-    summary = __import__("json").loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "non-finite loss" in summary["error"]
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in state["policy"]["current"].values() if v.is_floating_point())
+    launch(tmp_path / "run", "task=toy2d", "train.rng=keyed", "train.iterations=3", "eval.every=3", "eval.samples=64",
+           "reward._target_=faulty_rewards.NaNReward", "+reward.rank=1", ranks=2, fails=True, timeout=120)
+    assert_failed_with_finite_weights(tmp_path / "run", "non-finite loss")
 
 
 def test_more_processes_than_gpus_is_refused(monkeypatch):
