@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rlzoo.distributed import SINGLE, Dist
 from rlzoo.errors import one_line_errors
 from rlzoo.samplers import EulerSampler, Sampler
 
@@ -44,14 +45,19 @@ def eval_protocol(cfg, task) -> dict:
 @torch.no_grad()
 def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
              seed: int, batch_size: int, device: torch.device, cfg_scale: float = 1.0,
-             teacher_steps: int | None = None, teacher_cache: dict | None = None):
+             teacher_steps: int | None = None, teacher_cache: dict | None = None, dist: Dist = SINGLE):
     """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
     over the whole evaluation set for a grid). `cfg_scale` > 1 samples with classifier-free guidance.
     With `teacher_steps`, the teacher (the reference view) also samples the same noise with that
     many Euler steps, and the task's set metrics compare the samples with the teacher's too
     (Paper B's "FID vs teacher"); the teacher's own distances to the data come as `teacher_<metric>`.
     The teacher never changes within a run: pass a dict as `teacher_cache` and its samples and
-    metrics are computed once per protocol."""
+    metrics are computed once per protocol.
+
+    Under data parallelism (`dist`) the batches are shared out, batch b to rank b mod W: every rank
+    draws every batch's noise from the one seeded generator (so batch b has the same noise whoever
+    samples it), samples and scores its own batches, and every rank receives all of them, so the
+    metrics are those of one process, on every rank."""
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(num_samples)
@@ -60,31 +66,48 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
     cached = (teacher_cache or {}).get(key)
     if cached is not None:
         teacher_sampler = None
-    scores, samples, teacher = [], [], []
-    for start in range(0, len(ids), batch_size):
+    mine = {}  # batch number -> (scores, samples, teacher samples), on the CPU
+    for batch, start in enumerate(range(0, len(ids), batch_size)):
         chunk = ids[start:start + batch_size]
+        noise = torch.randn((len(chunk), *task.sample_shape), generator=generator)
+        if batch % dist.world != dist.rank:
+            continue
         cond = task.conditioning([prompts[i] for i in chunk], prompt_ids=torch.tensor(chunk),
                                  group_ids=torch.tensor(chunk))
         cond = task.guided(cond, cfg_scale).to(device)
-        noise = torch.randn((len(chunk), *task.sample_shape), generator=generator).to(device)
+        noise = noise.to(device)
         rollout = sampler.sample(policy.velocity_fn(view), noise, cond)
-        if teacher_sampler is not None:
-            teacher.append(teacher_sampler.sample(policy.velocity_fn("reference"), noise, cond).x0.cpu())
-        scores.append(task.score(rollout.x0, cond))
-        samples.append(rollout.x0.cpu())
-    merged = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
+        teacher = (teacher_sampler.sample(policy.velocity_fn("reference"), noise, cond).x0.cpu()
+                   if teacher_sampler is not None else None)
+        scores = {k: v.cpu() for k, v in task.score(rollout.x0, cond).items()}
+        mine[batch] = (scores, rollout.x0.cpu(), teacher)
+    everyone = gather_batches(mine, dist)
+    batches = [everyone[b] for b in sorted(everyone)]
+    merged = {k: torch.cat([scores[k] for scores, _, _ in batches]) for k in batches[0][0]}
+    samples = torch.cat([x0 for _, x0, _ in batches])
     shown = torch.linspace(0, len(ids) - 1, min(64, len(ids))).round().long()
     grid_cond = task.conditioning([prompts[ids[i]] for i in shown.tolist()],
                                   prompt_ids=torch.tensor(ids)[shown], group_ids=shown)
     if teacher_steps and cached is None:
-        teacher = torch.cat(teacher)
+        teacher = torch.cat([t for _, _, t in batches])
         cached = (teacher, {f"teacher_{k}": v for k, v in task.sample_metrics(teacher, torch.tensor(ids)).items()})
         if teacher_cache is not None:
             teacher_cache[key] = cached
     teacher, teacher_metrics = cached if cached is not None else (None, {})
     metrics = {**task.summarize(merged, torch.tensor(ids)),
-               **task.sample_metrics(torch.cat(samples), torch.tensor(ids), teacher), **teacher_metrics}
-    return metrics, (torch.cat(samples)[shown], grid_cond)
+               **task.sample_metrics(samples, torch.tensor(ids), teacher), **teacher_metrics}
+    return metrics, (samples[shown], grid_cond)
+
+
+def gather_batches(mine: dict, dist: Dist) -> dict:
+    """Every rank's evaluated batches (batch number -> results), on every rank."""
+    if not dist.active:
+        return mine
+    import torch.distributed
+
+    every = [None] * dist.world
+    torch.distributed.all_gather_object(every, mine)
+    return {batch: results for part in every for batch, results in part.items()}
 
 
 def open_run(run_dir: Path, overrides: list[str] = ()):

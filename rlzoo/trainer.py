@@ -264,7 +264,7 @@ class Trainer:
         with Phase(self.progress.compute, "eval"):
             metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
                                            e.samples, e.seed, e.batch_size, self.device, e.cfg_scale,
-                                           e.get("teacher_steps"), self.teacher_cache)
+                                           e.get("teacher_steps"), self.teacher_cache, self.dist)
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
         self.log("eval", record)
         if grid_name is not None and self.dist.is_main:

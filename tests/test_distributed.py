@@ -109,6 +109,14 @@ def assert_same_run(one, two):
         for key in (k for k in COMPARED if k in x):  # (a loss near 0 is a difference of larger terms: 1e-7 absolute)
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7 if key == "loss" else 1e-9), (key, x["iteration"])
         assert (x["nfe_forward"], x["nfe_backward"]) == (y["nfe_forward"], y["nfe_backward"])
+    # held-out evaluation, sharded over the ranks: the same numbers as one process (exactly, before
+    # training; after it, to the weights' float tolerance)
+    e1, e2 = records(one / "eval.jsonl"), records(two / "eval.jsonl")
+    assert [r["iteration"] for r in e1] == [r["iteration"] for r in e2] and e1
+    for x, y in zip(e1, e2):
+        numbers = [k for k, v in x.items() if isinstance(v, float) and not k.startswith(("time", "wall"))]
+        assert numbers and all(y[k] == pytest.approx(x[k], rel=0 if x["iteration"] == 0 else 1e-4, abs=1e-7)
+                               for k in numbers), (x, y)
     w1, w2 = trainable(one), trainable(two)
     assert w1.keys() == w2.keys()
     # float32 weights: 1e-6 absolute plus 1e-5 relative (shapes' 3 Adam steps move a weight of -0.19 by 1.3e-6)
@@ -117,11 +125,13 @@ def assert_same_run(one, two):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name,overrides", [
-    ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64"]),
-    ("shapes", ["task=shapes", "debug=tiny", "train.iterations=3"]),
+    # (evaluation batches smaller than the evaluation set, so that it is shared out: 3 batches, 2 ranks)
+    ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64",
+                    "eval.batch_size=24"]),
+    ("shapes", ["task=shapes", "debug=tiny", "train.iterations=3", "eval.batch_size=5"]),
     # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
     ("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
-                  "train.iterations=3"]),
+                  "train.iterations=3", "eval.batch_size=4"]),
     # DMD: the critic learns beside the policy (its gradients summed over ranks too)
     ("toy2d_dmd_critic", ["task=toy2d", "experiment=dmd", "train.iterations=3", "eval.every=3", "eval.samples=64"]),
     # FlowGRPO: trajectory estimator, SDE window, 2 minibatches; 3 groups on 2 ranks (an uneven split)
