@@ -168,7 +168,8 @@ class Trainer:
 
         with Phase(compute, "reward"):
             # a reward that fails on one rank (a remote scorer's error) stops every rank
-            rewards = distributed.on_every_rank(lambda: self.reward(self.task, rollout.x0, cond), d)
+            keyed = {"draws": self.draws("reward", rows)} if self.keyed and self.reward.takes_draws else {}
+            rewards = distributed.on_every_rank(lambda: self.reward(self.task, rollout.x0, cond, **keyed), d)
             compute.add(self.reward.cost(len(rows)))
             rewards = {k: distributed.gather_rows(v, counts, d) for k, v in rewards.items()}  # the whole batch
             advantage = self.advantage(rewards["reward"], group_ids.to(rewards["reward"].device))

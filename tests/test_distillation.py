@@ -238,3 +238,28 @@ def test_r_dm_draws_shared_within_a_prompt_group():
     reward.shared_in_group = False
     own = reward(task, x, pair)["reward"]
     assert own[0] != own[1] and own[2] != own[3]
+
+
+@pytest.mark.parametrize("shared_in_group", [False, True])
+def test_keyed_r_dm_does_not_depend_on_how_the_batch_is_cut(shared_in_group):
+    """train.rng=keyed: R_dm of the whole batch equals R_dm of its two halves (whole prompt groups,
+    as two processes hold them) drawn from the same rows' keys; the stream mode would not."""
+    from types import SimpleNamespace
+
+    from rlzoo.rng import KeyedDraws
+
+    task, critic, reward, cond, teacher_samples = toy_setup()
+    critic.update(SimpleNamespace(x0=teacher_samples(0) + 0.3, cond=cond))
+    reward.shared_in_group = shared_in_group
+    x = teacher_samples(1)[:4].repeat_interleave(2, dim=0)  # rows a, a, b, b | c, c, d, d
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    batch = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
+    rows = torch.arange(8)
+    whole = reward(task, x, batch, draws=KeyedDraws(0, 3, "reward", rows))["reward"]
+    halves = torch.cat([reward(task, x[part], batch.select(part), draws=KeyedDraws(0, 3, "reward", rows[part]))["reward"]
+                        for part in (rows[:4], rows[4:])])
+    # (the same numbers through the model at another batch size: float32 matmul order)
+    assert torch.allclose(whole, halves, rtol=1e-5, atol=1e-6), (whole - halves).abs().max()
+    assert torch.isclose(whole[0], whole[1], rtol=1e-5, atol=1e-6) == shared_in_group
+    streamed = torch.cat([reward(task, x[part], batch.select(part))["reward"] for part in (rows[:4], rows[4:])])
+    assert not torch.allclose(streamed, whole, rtol=1e-3)

@@ -182,8 +182,8 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
 
 def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
     """train.rng and dist.*; under torchrun (WORLD_SIZE > 1): the keyed random numbers, at least
-    one prompt group per process, no more processes on a node than GPUs, and the components that
-    are data-parallel so far (rlzoo.distributed)."""
+    one prompt group per process, no more processes on a node than GPUs, and no reward statistics
+    taken over the batch inside a process (rlzoo.distributed)."""
     from rlzoo.distributed import world_from_env
     from rlzoo.rng import RNG_MODES
 
@@ -204,8 +204,11 @@ def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
         raise ConfigError(f"train.batch_size={batch} / train.group_size={group} gives {batch // group} prompt groups "
                           f"per iteration, fewer than the {world} processes {launched}; each process needs a group: "
                           f"train.batch_size>={world * group}, or fewer processes")
-    if needs_critic(None, reward):
-        raise ConfigError(f"reward={_name(cfg.reward)} (R_dm) is not data-parallel yet; run it in one process")
+    normalize = getattr(reward, "normalize", None)  # reward=mix: how each part is normalised before the mix
+    if normalize in ("batch", "running"):  # statistics of this process's rows, not of the whole batch
+        raise ConfigError(f"reward.normalize={normalize} {launched}: each process would normalise by its own rows' "
+                          f"statistics, not the batch's; use reward.normalize=group (per prompt group, the same "
+                          f"on any number of processes), or one process")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if str(cfg.device).startswith("cuda"):
         import torch

@@ -20,6 +20,9 @@ class Reward:
 
     scores_images = False  # True: it scores decoded images, `score_images(images, cond, task)` (ImageReward)
     needs_critic = False  # True: it reads DMD's critic (Paper B's R_dm), given by `use_critic`
+    # True: it draws random numbers, and with train.rng=keyed takes them as `draws=` (rlzoo.rng), so
+    # a row's numbers do not depend on how the batch is split over processes
+    takes_draws = False
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -128,6 +131,10 @@ class MixReward(Reward):
     def needs_critic(self) -> bool:
         return any(part.needs_critic for part in self.parts.values())
 
+    @property
+    def takes_draws(self) -> bool:
+        return any(part.takes_draws for part in self.parts.values())
+
     def check(self) -> None:
         for part in self.parts.values():
             part.check()
@@ -149,10 +156,14 @@ class MixReward(Reward):
             part.load_state_dict(state.get("parts", {}).get(name, {}))
         self.running = {k: v.clone() for k, v in state.get("running", {}).items()}
 
-    def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+    def __call__(self, task, x0: Tensor, cond: Conditioning, draws=None) -> dict[str, Tensor]:
         images = task.images(x0) if any(p.scores_images for p in self.parts.values()) else None  # decoded once
-        return self._mix({name: (part.score_images(images, cond, task) if part.scores_images
-                                 else part(task, x0, cond))["reward"] for name, part in self.parts.items()}, cond)
+
+        def score(part):
+            if part.scores_images:
+                return part.score_images(images, cond, task)
+            return part(task, x0, cond, draws=draws) if draws is not None and part.takes_draws else part(task, x0, cond)
+        return self._mix({name: score(part)["reward"] for name, part in self.parts.items()}, cond)
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
         return self._mix({name: part.score_images(images, cond, task)["reward"]

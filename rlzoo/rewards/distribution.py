@@ -32,6 +32,7 @@ from rlzoo.distillation import (
 from rlzoo.estimators.elbo import WEIGHTINGS
 from rlzoo.ops import noised, x0_prediction
 from rlzoo.rewards import Reward
+from rlzoo.rng import Draws, StreamDraws
 from rlzoo.types import Conditioning, Cost
 
 FORMS = ("elbo_difference", "dmd_norm")
@@ -39,6 +40,7 @@ FORMS = ("elbo_difference", "dmd_norm")
 
 class DistributionMatchingReward(Reward):
     needs_critic = True  # the run's critic (rlzoo.critic) is handed over by use_critic
+    takes_draws = True  # with train.rng=keyed, the run's keyed draws replace its own generator
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
                  form: str = "elbo_difference", shared_in_group: bool = False, seed: int = 0):
@@ -57,17 +59,28 @@ class DistributionMatchingReward(Reward):
         self.critic = critic
 
     @torch.no_grad()
-    def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
+    def __call__(self, task, x0: Tensor, cond: Conditioning, draws: Draws | None = None) -> dict[str, Tensor]:
+        """R_dm of each row. `draws` (train.rng=keyed: the rows' own generators) replace the reward's
+        generator, so a row's (ε, t) do not depend on the rows drawn before it; reward.seed then
+        plays no part (the run's seed does)."""
         if self.critic is None:
             raise RuntimeError("reward=dm needs the run's critic (use_critic) before its first call")
+        draws = StreamDraws(self.generator) if draws is None else draws
         cond = unguided(cond)
         reward = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         groups = torch.unique(cond.group_ids.cpu(), return_inverse=True)[1] if self.shared_in_group else None
+        if groups is not None:  # each group's first row
+            leaders = torch.zeros(int(groups.max()) + 1, dtype=torch.long).scatter_reduce(
+                0, groups, torch.arange(len(groups)), "amin", include_self=False)
         for _ in range(self.terms):
             if groups is None:
-                noise, t = noise_and_t(x0, self.t_range, self.generator)
+                noise, t = noise_and_t(x0, self.t_range, draws)
             else:  # one (ε, t) per prompt group: its members are compared on common random numbers
-                noise, t = noise_and_t(x0[:int(groups.max()) + 1], self.t_range, self.generator)
+                # (the stream draws one per group; keyed draws one per row and the group takes its
+                # first row's, which is the same whichever process holds the group)
+                noise, t = noise_and_t(x0 if draws.keyed else x0[:len(leaders)], self.t_range, draws)
+                if draws.keyed:
+                    noise, t = noise[leaders.to(x0.device)], t[leaders.to(x0.device)]
                 noise, t = noise[groups.to(x0.device)], t[groups.to(x0.device)]
             x_t = noised(x0, noise, t)
             v_teacher, v_critic = self.critic.teacher_velocity(x_t, t, cond), self.critic.velocity(x_t, t, cond)
