@@ -130,19 +130,22 @@ def assert_same_run(one, two):
     # (evaluation batches smaller than the evaluation set, so that it is shared out: 3 batches, 2 ranks)
     ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64",
                     "eval.batch_size=24"]),
-    ("shapes", ["task=shapes", "debug=tiny", "train.iterations=3", "eval.batch_size=5"]),
     # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
     ("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
                   "train.iterations=3", "eval.batch_size=4"]),
-    # DMD: the critic learns beside the policy (its gradients summed over ranks too)
-    ("toy2d_dmd_critic", ["task=toy2d", "experiment=dmd", "train.iterations=3", "eval.every=3", "eval.samples=64"]),
-    # GNDMR: R_dm (its (ε, t) keyed per row) mixed with the verifier, the critic learning beside the policy
-    ("toy2d_gndmr", ["task=toy2d", "experiment=gndmr", "train.iterations=3", "eval.every=3", "eval.samples=64",
-                     "eval.batch_size=24"]),
     # FlowGRPO: trajectory estimator, SDE window, 2 minibatches; 3 groups on 2 ranks (an uneven split)
     ("toy2d_uneven_minibatches", ["task=toy2d", "experiment=flowgrpo", "train.iterations=3", "eval.every=3",
                                   "eval.samples=64", "train.batch_size=48", "train.group_size=16",
                                   "train.minibatches=3"]),
+    # the rest in make test-all (make test keeps a handful of multi-rank runs within its 10 minutes)
+    pytest.param("shapes", ["task=shapes", "debug=tiny", "train.iterations=3", "eval.batch_size=5"],
+                 marks=pytest.mark.slow),
+    # DMD: the critic learns beside the policy (its gradients summed over ranks too)
+    pytest.param("toy2d_dmd_critic", ["task=toy2d", "experiment=dmd", "train.iterations=3", "eval.every=3",
+                                      "eval.samples=64"], marks=pytest.mark.slow),
+    # GNDMR: R_dm (its (ε, t) keyed per row) mixed with the verifier, the critic learning beside the policy
+    pytest.param("toy2d_gndmr", ["task=toy2d", "experiment=gndmr", "train.iterations=3", "eval.every=3",
+                                 "eval.samples=64", "eval.batch_size=24"], marks=pytest.mark.slow),
 ])
 def test_two_ranks_train_as_one_process(tmp_path, name, overrides):
     """torchrun --nproc_per_node 2 against one process, same global batch and seed, train.rng=keyed:
@@ -157,6 +160,7 @@ def test_two_ranks_train_as_one_process(tmp_path, name, overrides):
     assert listing[0] == listing[1]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_run_started_on_two_ranks_resumes_on_one(tmp_path):
     """The checkpoint holds no trace of the world size: 2 iterations on 2 ranks, then 2 more in one
@@ -190,6 +194,7 @@ def test_a_reward_failing_on_one_rank_stops_both(tmp_path):
     assert_failed_with_finite_weights(tmp_path / "run", "rank 1 failed", "deliberate crash")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_nan_on_one_rank_stops_both(tmp_path):
     """NaN rewards on rank 1's rows only: every rank stops with a non-finite loss (agreed before the
@@ -225,7 +230,7 @@ def kill_a_rank_when(run_dir, iterations: int, process):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("restarts", [0, 1])
+@pytest.mark.parametrize("restarts", [pytest.param(0, marks=pytest.mark.slow), 1])
 def test_a_killed_rank_ends_the_run_and_it_resumes(tmp_path, restarts):
     """SIGKILL one rank after 3 of 6 iterations (a checkpoint every iteration). Without restarts
     torchrun exits non-zero within seconds and rerunning the same command resumes and completes;
@@ -299,6 +304,7 @@ def test_slurm_presets_requeue_and_place_one_rank_per_gpu(tmp_path, preset, node
     assert executor["max_num_timeout"] > 0  # the plugin's default 0 never requeues a timed-out job
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_submitit_local_two_tasks_train_as_one_process(tmp_path):
     """hydra/launcher=local_2rank: a job's two submitit tasks are two gloo ranks (rank from
