@@ -229,8 +229,10 @@ def _launch(argv: list[str], multirun: bool) -> None:
 
     jobs = validate_sweep(overrides)
     print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
-    with run_lock(sweep_dir(overrides), name=SWEEP_LOCK_NAME, what="sweep directory"):
+    folder = sweep_dir(overrides)
+    with run_lock(folder, name=SWEEP_LOCK_NAME, what="sweep directory"):
         _hydra(argv)
+    print(f"[rlzoo] sweep finished: {folder}; its table and plots: rlzoo report {folder}", flush=True)
 
 
 def _hydra(argv: list[str]) -> None:

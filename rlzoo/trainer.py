@@ -64,6 +64,11 @@ def minibatch_rows(batch: int, group_size: int, minibatches: int,
             for part in groups.chunk(minibatches)]
 
 
+def grid_file_name(record: dict) -> str:
+    """The name of an evaluation's sample grid: its iteration and the compute spent by then."""
+    return f"iter{record['iteration']:06d}_nfe{record['nfe_forward'] + record['nfe_backward']}.png"
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, components: Components,
                  dist: distributed.Dist = distributed.SINGLE):
@@ -106,7 +111,7 @@ class Trainer:
         else:
             self.started = True
             self.write_summary("running")
-            self.run_eval("reference", grid_name="before")  # the base model
+            self.run_eval("reference", moment="before")  # the base model
             # the run directory is claimed (config.yaml + a checkpoint) only once the run has started
             if main:
                 atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode())
@@ -125,7 +130,7 @@ class Trainer:
         bar.close()
         if main:
             print(f"[rlzoo] stopped: {self.progress.describe_stop(self.cfg.train)}")
-        self.run_eval(self.eval_view, grid_name="after")
+        self.run_eval(self.eval_view, moment="after")
         self.save_checkpoint()
         summary = self.write_summary("completed")
         distributed.barrier(self.dist)  # no rank leaves while rank 0 still writes
@@ -260,7 +265,10 @@ class Trainer:
     def eval_view(self) -> str:  # the policy view evaluations measure (Paper A: an EMA)
         return WEIGHTS[eval_weights(self.cfg)]
 
-    def run_eval(self, view: str, grid_name: str | None = None) -> dict:
+    def run_eval(self, view: str, moment: str | None = None) -> dict:
+        """A held-out evaluation of the policy's `view`, logged, with its sample grid written as
+        samples/iter<iteration>_nfe<forward + backward evaluations>.png; the first and the last
+        (`moment` "before", "after") also as samples/before.png and samples/after.png."""
         e = self.cfg.eval
         with Phase(self.progress.compute, "eval"):
             metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
@@ -268,11 +276,13 @@ class Trainer:
                                            e.get("teacher_steps"), self.teacher_cache, self.dist)
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
         self.log("eval", record)
-        if grid_name is not None and self.dist.is_main:
-            path = self.run_dir / "samples" / f"{grid_name}.png"
+        if self.dist.is_main:
+            path = self.run_dir / "samples" / grid_file_name(record)
             self.task.save_grid(x0, cond, path)
             for logger in self.loggers:
-                logger.log_image(grid_name, path, record)
+                logger.log_image("heldout", path, record)
+            if moment is not None:
+                atomic_write_bytes(self.run_dir / "samples" / f"{moment}.png", path.read_bytes())
         return metrics
 
     def log(self, kind: str, record: dict) -> None:

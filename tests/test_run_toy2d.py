@@ -1,6 +1,7 @@
 """End-to-end runs on toy2d: the run directory's contents, and resume after SIGKILL."""
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -36,6 +37,11 @@ def test_run_directory_contents(tmp_path):
     assert [e["iteration"] for e in evals] == [0, 2, 4]
     assert (run / "samples" / "before.png").stat().st_size > 0
     assert (run / "samples" / "after.png").stat().st_size > 0
+    # a grid per evaluation, named by its iteration and the compute spent by then; the end names them
+    grids = sorted(p.name for p in (run / "samples").glob("iter*.png"))
+    assert grids == [f"iter{e['iteration']:06d}_nfe{e['nfe_forward'] + e['nfe_backward']}.png" for e in evals]
+    assert (run / "samples" / grids[-1]).read_bytes() == (run / "samples" / "after.png").read_bytes()
+    assert f"samples: {run / 'samples' / 'before.png'}" in out.stdout and grids[-1] in out.stdout
     assert (run / "checkpoints" / "last.pt").exists()
     assert (run / ".hydra" / "config.yaml").exists()
     again = train(run, "train.iterations=4", "eval.every=2", "checkpoint_every=2")
@@ -102,3 +108,17 @@ def test_report_logs_its_table_to_wandb(tmp_path):
     assert len(offline) == 1
     tables = list((offline[0] / "files" / "media" / "table").rglob("*.table.json"))
     assert tables and "final" in tables[0].read_text()
+
+
+def test_a_debug_run_does_not_take_the_real_runs_directory(tmp_path):
+    """`... debug=tiny` then the same command without it: both run, in their own directories
+    (the default run_dir, relative to where the command runs)."""
+    from common import BIN, ENV
+
+    command = [str(BIN / "rlzoo-train"), "task=toy2d", "threads=1", "train.iterations=2", "eval.every=2",
+               "eval.samples=16", "progress_bar=false"]
+    for extra in (["debug=tiny"], []):
+        out = subprocess.run([*command, *extra], capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "runs/debug/toy2d/epg-elbo-dpm2/seed0/summary.json").read_text())["status"] == "completed"
+    assert json.loads((tmp_path / "runs/toy2d/epg-elbo-dpm2/seed0/summary.json").read_text())["status"] == "completed"

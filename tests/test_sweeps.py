@@ -85,6 +85,7 @@ def test_crashing_and_nan_jobs_do_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     out = run_sweep(sweep)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert f"rlzoo report {sweep}" in out.stdout  # the end says what to run next
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
     assert len(summaries) == 6
     status = {name: s["status"] for name, s in summaries.items()}

@@ -48,8 +48,9 @@ class WandbLogger:
     def log_image(self, key: str, path: Path, record: dict) -> None:
         import wandb
 
-        self.run.log({f"samples/{key}": wandb.Image(str(path), caption=f"iteration {record['iteration']}"),
-                      "compute/nfe": record["nfe_forward"] + record["nfe_backward"]})
+        nfe = record["nfe_forward"] + record["nfe_backward"]
+        self.run.log({f"samples/{key}": wandb.Image(str(path), caption=f"iteration {record['iteration']}, nfe {nfe:,}"),
+                      "compute/nfe": nfe})
 
     def finish(self) -> None:
         self.run.finish()

@@ -59,6 +59,11 @@ def print_report(summary: dict) -> None:
     print(f"\nNFE forward {c['nfe_forward']:,}  backward {c['nfe_backward']:,}  "
           f"wall {c['wall_s']:.1f}s  peak memory {c['peak_mem_bytes'] / 2**20:.0f} MiB")
     print(f"run directory: {summary['run_dir']}")
+    samples = Path(summary["run_dir"]) / "samples"
+    grids = sorted(samples.glob("iter*_nfe*.png"))
+    if grids:
+        print(f"samples: {samples / 'before.png'} (base model), {samples / 'after.png'} (final), and a grid per "
+              f"evaluation: {grids[0].name} ... {grids[-1].name} ({len(grids)})")
 
 
 def format_metrics(metrics: dict) -> str:
