@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from common import REPO, snapshot
+from omegaconf import OmegaConf
 
 from rlzoo.train import main
 
@@ -232,7 +233,36 @@ def test_a_component_argument_is_checked_before_anything_is_written(capsys, run_
 def test_a_misspelt_key_is_one_line(capsys, run_dir):
     """Used to print Hydra's traceback."""
     err = fails(capsys, run_dir, "train.lr_typo=1")
-    assert "unknown key 'train.lr_typo'" in err and "max_grad_norm," in err and "+train.lr_typo=" in err
+    assert "unknown key 'train.lr_typo'" in err and "max_grad_norm," in err and "+train.lr_typo=" not in err
+
+
+@pytest.mark.parametrize("override,expected,not_expected", [
+    # a real key under another node (the issue's trap: `+train.lr` used to train with lr unchanged)
+    ("train.lr=1e-4", "did you mean optimizer.lr?", "+train.lr"),
+    ("trian.iterations=3", "'trian' is not a key of the config", "+trian"),
+    ("eval.seeed=3", "did you mean eval.seed?", "+eval.seeed"),
+    # an optional key (read when present): the + is offered
+    ("eval.shift=2", "write +eval.shift=...", "did you mean"),
+])
+def test_an_unknown_key_points_to_the_nearest_real_one(capsys, run_dir, override, expected, not_expected):
+    err = fails(capsys, run_dir, override)
+    assert expected in err and not_expected not in err, err
+
+
+@pytest.mark.parametrize("override", ["+train.lr=1e-4", "+foo=1", "+eval.seeed=3"])
+def test_an_added_key_that_nothing_reads_is_refused(capsys, run_dir, override):
+    err = fails(capsys, run_dir, override)
+    assert f"{override.split('=')[0]}: nothing in rlzoo reads" in err
+    if override.startswith("+train.lr"):
+        assert "did you mean optimizer.lr?" in err
+
+
+@pytest.mark.parametrize("override", ["+eval.shift=2", "+task.eval_rewards.verifier={_target_: rlzoo.rewards.VerifierReward}"])
+def test_an_added_key_that_is_read_composes(override):
+    from rlzoo.config import compose_config
+
+    cfg = compose_config(["task=shapes", override])
+    assert OmegaConf.select(cfg, override[1:].split("=")[0]) is not None
 
 
 @pytest.mark.parametrize("objective", ["nft", "awm"])

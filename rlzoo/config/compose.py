@@ -67,23 +67,85 @@ def check_overrides(overrides: list[str]) -> None:
                 raise ConfigError(f"unknown {key} {name!r}; valid choices: {', '.join(choices)}")
 
 
+# Keys no shipped config sets but rlzoo reads when they are there: `+key=value` adds them. (A key
+# inside a component's node is an argument of its class, which validation checks.)
+OPTIONAL_KEYS = {"eval.shift": "the evaluation sampler's schedule shift (default: the rollout sampler's)"}
+
+
+def config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every leaf key of a config, dotted (Hydra's own node left out)."""
+    keys = []
+    for k in cfg.keys():
+        path = f"{prefix}{k}"
+        if path == "hydra":
+            continue
+        node = cfg._get_node(k)
+        keys += config_keys(node, f"{path}.") if isinstance(node, DictConfig) and not node._is_none() else [path]
+    return keys
+
+
+def nearest_keys(key: str, cfg: DictConfig) -> list[str]:
+    """Real keys a mistyped `key` may have meant: the same last name under another node
+    (`train.lr` -> `optimizer.lr`), else the closest spellings."""
+    import difflib
+
+    keys = [k for k in config_keys(cfg) if k != key]
+    leaf = key.rpartition(".")[2]
+    # (a component group's key first: optimizer.lr before critic.lr and pretrain.lr)
+    same_leaf = sorted((k for k in keys if k.rpartition(".")[2] == leaf), key=lambda k: k.split(".")[0] not in GROUPS)
+    return same_leaf[:3] or difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+
+
+def in_component(key: str, cfg: DictConfig) -> bool:
+    """True when a node above `key` is a component (has a `_target_`): the key is its argument."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        node = OmegaConf.select(cfg, ".".join(parts[:i]))
+        if isinstance(node, DictConfig) and "_target_" in node:
+            return True
+    return False
+
+
+def _did_you_mean(key: str, cfg: DictConfig) -> str:
+    near = nearest_keys(key, cfg)
+    return f"; did you mean {near[0]}?" + (f" (or {', '.join(near[1:])})" if near[1:] else "") if near else ""
+
+
 def _unknown_key_error(message: str, overrides: list[str]) -> str:
-    """One line for Hydra's "Could not override 'a.b'" (a key the config does not have)."""
+    """One line for Hydra's "Could not override 'a.b'" (a key the config does not have): the
+    nearest real keys, and `+key=...` only where something would read the key."""
     import re
 
     match = re.search(r"Could not override '([^']+)'", message)
     if not match:
         return " ".join(message.split())
     key = match.group(1)
-    parent, _, leaf = key.rpartition(".")
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose(config_name="config", overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~") == key])
+    parts = key.split(".")  # the first name on the path that is not there: `trian` in trian.iterations
+    depth = next((i for i in range(1, len(parts) + 1) if OmegaConf.select(base, ".".join(parts[:i])) is None), len(parts))
+    parent, leaf = ".".join(parts[:depth - 1]), parts[depth - 1]
     node = OmegaConf.select(base, parent) if parent else base
-    valid = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else "none"
-    return (f"unknown key {key!r} ({leaf!r} is not a key of {parent or 'the config'}; valid: {valid}); "
-            f"to add a new key write +{key}=...")
+    valid = ", ".join(sorted(str(k) for k in node if str(k) != "hydra")) if isinstance(node, DictConfig) else "none"
+    add = f"; it is optional: write +{key}=..." if key in OPTIONAL_KEYS else ""
+    return (f"unknown key {key!r} ({leaf!r} is not a key of {parent or 'the config'}; valid: {valid})"
+            f"{add or _did_you_mean(key, base)}")
+
+
+def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """A `+key=value` that nothing reads is refused (it would be ignored silently): it must be
+    an optional key (OPTIONAL_KEYS) or an argument of a component."""
+    items = [o for o in overrides if o.startswith("+") and "=" in o and not o.startswith("++")]
+    for override in parse_overrides(items):
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key or (CONF_DIR / key).is_dir():  # a config group (+sweep=...)
+            continue
+        if key in OPTIONAL_KEYS or in_component(key, cfg):
+            continue
+        raise ConfigError(f"+{key}: nothing in rlzoo reads {key!r}, so it would be ignored{_did_you_mean(key, cfg)} "
+                          f"(optional keys: {', '.join(OPTIONAL_KEYS)}; a component's arguments go under its node)")
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
@@ -94,10 +156,11 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False) -> D
     check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides),
-                           return_hydra_config=return_hydra_config)
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     except HydraException as exc:  # a misspelt key, a bad value type: one line, not a traceback
         raise ConfigError(_unknown_key_error(str(exc), list(overrides))) from None
+    check_added_keys(cfg, list(overrides))
+    return cfg
 
 
 def override_dict(overrides) -> dict[str, str]:
