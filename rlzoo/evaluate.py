@@ -19,6 +19,7 @@ import torch
 from rlzoo.distributed import SINGLE, Dist
 from rlzoo.errors import one_line_errors
 from rlzoo.samplers import EulerSampler, Sampler
+from rlzoo.tasks.base import score_reward
 
 # `weights=` names -> policy views; a run's checkpoint holds "ema" and "current", a base model "base"
 WEIGHTS = {"ema": "ema", "current": "current", "base": "reference"}
@@ -79,7 +80,10 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
         rollout = sampler.sample(policy.velocity_fn(view), noise, cond)
         teacher = (teacher_sampler.sample(policy.velocity_fn("reference"), noise, cond).x0.cpu()
                    if teacher_sampler is not None else None)
-        scores = {k: v.cpu() for k, v in task.score(rollout.x0, cond).items()}
+        scores = task.score(rollout.x0, cond)
+        for name, reward in task.extra_eval_rewards.items():  # task.eval_rewards beside a verifier
+            scores[name] = score_reward(reward, task, rollout.x0, cond)["reward"]
+        scores = {k: v.cpu() for k, v in scores.items()}
         mine[batch] = (scores, rollout.x0.cpu(), teacher)
     everyone = gather_batches(mine, dist)
     batches = [everyone[b] for b in sorted(everyone)]
@@ -94,7 +98,8 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
         if teacher_cache is not None:
             teacher_cache[key] = cached
     teacher, teacher_metrics = cached if cached is not None else (None, {})
-    metrics = {**task.summarize(merged, torch.tensor(ids)),
+    extra = {name: float(merged[name].float().mean()) for name in task.extra_eval_rewards}
+    metrics = {**task.summarize(merged, torch.tensor(ids)), **extra,
                **task.sample_metrics(samples, torch.tensor(ids), teacher), **teacher_metrics}
     return metrics, (samples[shown], grid_cond)
 

@@ -1,6 +1,7 @@
 """Reward components beyond the verifier: the remote reward against stub servers on 127.0.0.1,
 the mix, and the tiny image reward models."""
 import json
+import math
 import subprocess
 import sys
 import time
@@ -316,3 +317,35 @@ def test_the_wsgi_app_speaks_the_same_protocol():
             assert error.value.code == status and "error" in json.loads(error.value.read())
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("overrides", [["reward=pickscore", "reward.tiny=true"],
+                                       ["reward=clip_score", "reward.tiny=true"],
+                                       ["+task.eval_rewards.clip={_target_: rlzoo.rewards.images.CLIPReward, tiny: true}"]])
+def test_an_image_reward_on_a_task_without_images_is_one_line(overrides):
+    with pytest.raises(ConfigError, match=r"scores images, and task=toy2d makes none.*task=shapes and task=t2i"):
+        validate(compose_config(["task=toy2d", *overrides]))
+
+
+def test_an_evaluation_reward_may_not_take_a_verifier_score_name():
+    with pytest.raises(ConfigError, match=r"task.eval_rewards.strict: the task's own score has that name"):
+        validate(compose_config(["task=shapes", "+task.eval_rewards.strict=${reward}"]))
+
+
+@pytest.mark.integration
+def test_shapes_trains_on_an_image_reward_and_evaluates_it(tmp_path):
+    """shapes renders images, so a learnt image reward (the tiny PickScore here) trains on it — a
+    CPU playground for image rewards; `task.eval_rewards` adds the training reward to the held-out
+    evaluation beside the verifier."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlzoo.train", "task=shapes", "reward=pickscore", "reward.tiny=true", "debug=tiny",
+         "+task.eval_rewards.training=${reward}", f"run_dir={run_dir}", "threads=1"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["reward/reward"])) for m in metrics)
+    # the verifier's accuracy and the PickScore of the same held-out samples
+    assert all({"reward", "strict", "training"} <= set(e) for e in evals)
+    assert all(math.isfinite(e["training"]) and e["training"] != 0 for e in evals)

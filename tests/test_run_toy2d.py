@@ -88,8 +88,8 @@ def test_wandb_logger_offline(tmp_path):
     assert len(offline) == 1
     assert len(records(run / "metrics.jsonl")) == 2  # JSONL stays the source of truth
     images = sorted(p.name for p in (offline[0] / "files" / "media" / "images").rglob("*.png"))
-    assert any(n.startswith("before") for n in images), images
-    assert any(n.startswith("after") for n in images), images
+    # one grid per evaluation (iterations 0 and 2), under one key so wandb shows them as a slider
+    assert len(images) == 2 and all(n.startswith("heldout") for n in images), images
     history = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
     assert b"compute/nfe" in history  # the x-axis of every chart (define_metric)
 

@@ -89,6 +89,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     reward = _validate_distillation(cfg, built["objective"])
     _validate_group_size(cfg, built["advantage"], reward)
     _validate_distributed(cfg, built["objective"], reward)
+    _validate_images(cfg)
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
             _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
@@ -99,6 +100,22 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
             if not isinstance(cause, ValueError):
                 raise
             raise ConfigError(" ".join(str(cause).split())) from None
+
+
+def _validate_images(cfg: DictConfig) -> None:
+    """A reward that scores images (PickScore, CLIP, a remote GenEval) needs a task whose samples
+    are images (shapes, t2i), for training and for the held-out evaluation alike."""
+    task = _component_class(cfg.task)
+    if task.makes_images:
+        return
+    nodes = {f"reward={_name(cfg.reward)}": cfg.reward,
+             **{f"task.eval_rewards.{k}": v for k, v in (cfg.task.get("eval_rewards") or {}).items()}}
+    for what, node in nodes.items():
+        reward = build(node)
+        parts = getattr(reward, "parts", {"": reward})
+        if any(part.scores_images for part in parts.values()):
+            raise ConfigError(f"{what} scores images, and task={cfg.task.get('name', '?')} makes none (its samples "
+                              f"are not pictures); image rewards work on task=shapes and task=t2i")
 
 
 def _validate_task(cfg: DictConfig) -> None:

@@ -79,6 +79,25 @@ def instantiate_model(model_cfg):
     return instantiate(params, _convert_="all")
 
 
+def checked_eval_rewards(rewards: dict | None, own_scores: tuple[str, ...]) -> dict:
+    """`task.eval_rewards` of a task with its own verifier: {name: reward}, reported on held-out
+    samples under `name` beside the verifier's scores (whose names they may not take)."""
+    rewards = dict(rewards or {})
+    taken = sorted(set(rewards) & set(own_scores))
+    if taken:
+        raise ValueError(f"task.eval_rewards.{taken[0]}: the task's own score has that name; "
+                         f"choose another (taken: {', '.join(own_scores)})")
+    return rewards
+
+
+def score_reward(reward, task, x0: Tensor, cond: Conditioning, images: Tensor | None = None) -> dict[str, Tensor]:
+    """A reward's scores of samples: on the decoded `images` (decoded here when not given) for a
+    reward that scores images, on the samples otherwise."""
+    if reward.scores_images:
+        return reward.score_images(task.images(x0) if images is None else images, cond, task)
+    return reward(task, x0, cond)
+
+
 def check_lora_targets(lora_cfg, module_names: list[str]) -> None:
     from omegaconf import OmegaConf
 
@@ -91,6 +110,13 @@ class Task:
     name: str = "task"
     sample_shape: tuple[int, ...] = ()
     pretrain_command: str = "make pretrain"
+    makes_images: bool = False  # True: `images(x0)` gives RGB images, so image rewards (PickScore, CLIP, ...) apply
+    # rewards the held-out evaluation reports beside the task's own scores (`task.eval_rewards`: {name: reward})
+    extra_eval_rewards: dict = {}
+
+    def images(self, x0: Tensor) -> Tensor:
+        """The samples as RGB images in [0, 1], (B, 3, H, W) (tasks that `makes_images`)."""
+        raise NotImplementedError(f"task {self.name!r} makes no images")
 
     def train_prompts(self) -> list[str]:
         raise NotImplementedError

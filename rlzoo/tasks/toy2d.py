@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.base import Task
+from rlzoo.tasks.base import Task, checked_eval_rewards
 from rlzoo.types import Conditioning
 
 
@@ -53,7 +53,7 @@ class Toy2DTask(Task):
     pretrain_command = "rlzoo-pretrain task=toy2d"
 
     def __init__(self, radius: float = 2.0, mode_std: float = 0.3, p_target: float = 0.3,
-                 hit_radius: float = 0.8, num_train_angles: int = 12):
+                 hit_radius: float = 0.8, num_train_angles: int = 12, eval_rewards: dict | None = None):
         from rlzoo.ranges import check
 
         # (the pretrained base model learnt radius 2, std 0.3 and p 0.3: other values move the target)
@@ -62,6 +62,7 @@ class Toy2DTask(Task):
         self.p_target = check("task.p_target", p_target, 0, 1, low_open=True, high_open=True)
         self.hit_radius = check("task.hit_radius", hit_radius, 0, low_open=True)
         num_train_angles = check("task.num_train_angles", num_train_angles, 1, integer=True)
+        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "hit", "distance", "nll"))
         step = 360 / num_train_angles
         self._train = [f"angle {step * k:g}" for k in range(num_train_angles)]
         self._heldout = [f"angle {step * k + step / 2:g}" for k in range(num_train_angles)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.base import Task
+from rlzoo.tasks.base import Task, checked_eval_rewards
 from rlzoo.tasks.shapes.prompts import FAMILIES, all_specs, corrupt, sample_scene, spec_of, split
 from rlzoo.tasks.shapes.scene import render
 from rlzoo.tasks.shapes.verifier import Verifier
@@ -32,8 +32,11 @@ class ShapesTask(Task):
 
     supports_guidance = True
 
+    makes_images = True  # its samples are pixels: image rewards score them (a CPU playground for learnt rewards)
+
     def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.6,
-                 max_length: int = 8, reward_soft_weight: float = 0.0, caption_dropout: float = 0.0):
+                 max_length: int = 8, reward_soft_weight: float = 0.0, caption_dropout: float = 0.0,
+                 eval_rewards: dict | None = None):
         from rlzoo.ranges import check
 
         check("task.caption_dropout", caption_dropout, 0, 1, high_open=True)
@@ -57,6 +60,7 @@ class ShapesTask(Task):
         # does not depend on the split, so the base model does not either
         self._all_by_family = {f: all_specs()[f] for f in FAMILIES}
         self.verifier = Verifier(image_size)
+        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "strict", "soft"))
 
     def train_prompts(self) -> list[str]:
         return self._train
@@ -94,6 +98,10 @@ class ShapesTask(Task):
         from rlzoo.tasks.shapes.model import tokenize
 
         return {"tokens": tokenize([""] * n, self.max_length)}
+
+    def images(self, x0: Tensor) -> Tensor:
+        """The samples ([-1, 1] pixels) as images in [0, 1]."""
+        return ((x0.float() + 1) / 2).clamp(0, 1)
 
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         strict, soft = self.verifier(x0, [spec_of(p) for p in cond.prompts])

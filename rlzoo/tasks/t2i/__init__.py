@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model
+from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model, score_reward
 from rlzoo.types import Conditioning
 
 EMPTY = ""  # the negative prompt of classifier-free guidance (SD3's default)
@@ -64,6 +64,7 @@ class TextEmbeddingCache:
 class T2ITask(Task):
     name = "t2i"
     supports_guidance = True
+    makes_images = True  # VAE-decoded latents
     pretrain_command = "no pretraining: the base model is the pipeline's (model.path)"
 
     def __init__(self, prompts=None, eval_rewards: dict | None = None, embedding_cache: str = "~/.cache/rlzoo/text_embeddings",
@@ -193,8 +194,7 @@ class T2ITask(Task):
     def _scores(self, x0: Tensor, cond: Conditioning, images: Tensor) -> dict[str, Tensor]:
         out = {}
         for name, reward in self.eval_rewards().items():
-            scores = (reward.score_images(images, cond, self) if reward.scores_images
-                      else reward(self, x0, cond))
+            scores = score_reward(reward, self, x0, cond, images)
             out[name] = scores["reward"]
             out.update({f"{name}/{k}": v for k, v in scores.items() if k != "reward"})
         return out
