@@ -13,6 +13,7 @@ command skips completed runs and resumes the others from their checkpoints.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -159,6 +160,8 @@ def logger_identity(cfg, in_sweep: bool, overrides: list[str]) -> tuple[str, str
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.getcwd() not in sys.path:  # a user's own components (`_target_: my_rewards.MyReward`) import from
+        sys.path.append(os.getcwd())  # the directory the command runs in, as under `python -m`
     if "--help" in argv or "-h" in argv:
         print(help_text())
         return

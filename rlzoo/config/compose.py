@@ -23,12 +23,48 @@ GROUPS = ("task", "model", "sampler", "estimator", "objective", "advantage", "kl
           "optimizer", "lr_schedule", "logger", "experiment", "debug", "prompts", "row", "sweep")
 
 
+# The config directories a composition searches: the shipped tree, then a user's own ones, named on
+# the command line as Hydra names them (`hydra.searchpath=[DIR, ...]`); set by `use_search_path`.
+_search_dirs: list[Path] = [CONF_DIR]
+
+
+def search_path(overrides: list[str]) -> list[Path]:
+    """The shipped config tree, then every directory of a `hydra.searchpath=[...]` override (a
+    plain path or file://...; relative to the current directory). A directory that is not there
+    is a ConfigError."""
+    dirs = [CONF_DIR]
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+") != "hydra.searchpath":
+            continue
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        entries = OverridesParser.create().parse_override(f"{key}={value}").value()
+        for entry in entries if isinstance(entries, list) else [entries]:
+            entry = str(entry)
+            if entry.startswith("pkg://"):
+                raise ConfigError(f"hydra.searchpath entry {entry!r}: rlzoo takes directories (DIR or file://DIR)")
+            path = Path(entry.removeprefix("file://")).expanduser().resolve()
+            if not path.is_dir():
+                raise ConfigError(f"hydra.searchpath entry {entry!r} is not a directory")
+            dirs.append(path)
+    return dirs
+
+
+def use_search_path(overrides: list[str]) -> None:
+    """Make `available` and `_load` see the user's config directories of these overrides."""
+    _search_dirs[:] = search_path(overrides)
+
+
 def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The names of a config group's options, shipped and the user's own."""
+    return sorted({p.stem for d in _search_dirs for p in (d / group).glob("*.yaml")})
 
 
 def _load(group: str, name: str) -> DictConfig:
-    return OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+    """An option's YAML: the shipped one, else the first user directory's (Hydra's order)."""
+    return OmegaConf.load(next((d / group / f"{name}.yaml" for d in _search_dirs
+                                if (d / group / f"{name}.yaml").is_file()), CONF_DIR / group / f"{name}.yaml"))
 
 
 def parse_overrides(overrides: list[str]) -> list:
@@ -56,6 +92,7 @@ def override_values(override) -> list[str]:
 def check_overrides(overrides: list[str]) -> None:
     """Reject `group=name` overrides that name no YAML file, listing the valid choices (each
     value of a sweep too: `a,b`, `choice(a,b)`, `glob(...)`)."""
+    use_search_path(overrides)
     items = [o for o in overrides if "=" in o and not o.startswith("-")]
     for override in parse_overrides(items):
         key = override.key_or_group
@@ -140,7 +177,7 @@ def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
     items = [o for o in overrides if o.startswith("+") and "=" in o and not o.startswith("++")]
     for override in parse_overrides(items):
         key = override.key_or_group
-        if key.startswith("hydra") or "/" in key or (CONF_DIR / key).is_dir():  # a config group (+sweep=...)
+        if key.startswith("hydra") or "/" in key or any((d / key).is_dir() for d in _search_dirs):  # a group
             continue
         if key in OPTIONAL_KEYS or in_component(key, cfg):
             continue
