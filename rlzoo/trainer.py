@@ -47,6 +47,7 @@ from rlzoo.runs import (
     write_summary,
 )
 from rlzoo.types import Components, Rollout, UpdateBatch
+from rlzoo.warm_start import warm_start
 
 
 class NonFiniteLoss(RuntimeError):
@@ -110,8 +111,11 @@ class Trainer:
                 print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
         else:
             self.started = True
+            if self.cfg.get("init_from") is not None:  # a warm start: the policy begins from another run's weights
+                self.progress.started_from = warm_start(self.policy, Path(str(self.cfg.init_from)), self.cfg)
             self.write_summary("running")
-            self.run_eval("reference", moment="before")  # the base model
+            # the base model (a warm start: the weights it starts from)
+            self.run_eval("reference" if self.progress.started_from is None else self.eval_view, moment="before")
             # the run directory is claimed (config.yaml + a checkpoint) only once the run has started
             if main:
                 atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode())

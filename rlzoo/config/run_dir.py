@@ -63,12 +63,13 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
     (RESUMABLE_KEYS); none when `old` is unknown (a checkpoint from before fingerprints)."""
     if not isinstance(old, dict):
         return []
-    old = {**old, "train": {**ADDED_LATER["train"], **old.get("train", {})}}
+    old = {**{k: v for k, v in ADDED_LATER.items() if not isinstance(v, dict)}, **old,
+           **{k: {**v, **old.get(k, {})} for k, v in ADDED_LATER.items() if isinstance(v, dict)}}
     return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
 
 
 # Keys added after runs were recorded, with the value those runs had without naming it.
-ADDED_LATER = {"train": {"rng": "stream"}}
+ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None}
 
 
 # Keys that may change when a run is resumed: they do not change what is trained (sweep_name only

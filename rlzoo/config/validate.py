@@ -11,6 +11,7 @@ from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
 from rlzoo.config.compose import _load, available
 from rlzoo.errors import ConfigError
 from rlzoo.old_policy import OLD_POLICY_SCHEDULES
+from rlzoo.warm_start import check_init_from
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
@@ -83,6 +84,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     _validate_policy_settings(cfg.model)
     _validate_arguments(cfg)
     _validate_task(cfg)
+    check_init_from(cfg)
     built = _validate_construction(cfg)
     _validate_combination(cfg, built)
     _validate_steps(cfg, built)

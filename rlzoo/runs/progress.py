@@ -84,6 +84,7 @@ class Progress:
     best: dict | None = None
     reached: dict | None = None
     last_eval_nfe: int = 0
+    started_from: dict | None = None  # a warm start's parent (init_from): path, kind, weights, iterations
 
     def record_eval(self, metrics: dict, threshold: float | None) -> dict:
         """Note one held-out evaluation; returns its eval.jsonl record."""

@@ -20,7 +20,7 @@ def write_summary(run_dir: Path, status: str, progress: Progress | None = None, 
         "base": progress.base, "final": progress.final, "best": progress.best,
         "compute": progress.compute.as_dict(device),
         "threshold": threshold, "threshold_reached": progress.reached,
-        "eval_protocol": eval_protocol, "run_dir": str(run_dir),
+        "eval_protocol": eval_protocol, "run_dir": str(run_dir), "init_from": progress.started_from,
     }
     atomic_write_json(summary, Path(run_dir) / "summary.json")
     return summary
