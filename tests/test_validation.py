@@ -323,3 +323,11 @@ def test_lora_without_targets_names_the_missing_key(capsys, run_dir):
     without it is one line naming the key."""
     err = fails(capsys, run_dir, "+model.lora={rank:4,alpha:8}")
     assert "model.lora.target_modules is missing" in err and "conf/shared/lora.yaml" in err
+
+
+@pytest.mark.parametrize("device,message", [("cuda", "has no CUDA GPU"), ("cuda:3", "has no CUDA GPU"),
+                                            ("gpu", "is not a device; valid: cpu, cuda")])
+def test_a_device_this_machine_lacks_is_one_line(capsys, run_dir, device, message):
+    """(on this CPU machine; it used to fail after the run directory was written, with a traceback)"""
+    err = fails(capsys, run_dir, f"device={device}")
+    assert message in err, err

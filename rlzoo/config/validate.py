@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
 from rlzoo.config.compose import _load, available
+from rlzoo.config.init_from import check_init_from
 from rlzoo.errors import ConfigError
 from rlzoo.old_policy import OLD_POLICY_SCHEDULES
-from rlzoo.warm_start import check_init_from
 
 
 def _positive(cfg: DictConfig, key: str, kind=float) -> None:
@@ -83,6 +83,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     _validate_guidance(cfg)
     _validate_policy_settings(cfg.model)
     _validate_arguments(cfg)
+    _validate_device(cfg)
     _validate_task(cfg)
     check_init_from(cfg)
     built = _validate_construction(cfg)
@@ -102,6 +103,28 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
             if not isinstance(cause, ValueError):
                 raise
             raise ConfigError(" ".join(str(cause).split())) from None
+
+
+def _validate_device(cfg: DictConfig) -> None:
+    """`device` names a device this machine has (cpu, cuda, cuda:<index>, mps)."""
+    import torch
+
+    device = str(cfg.device)
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a device; valid: cpu, cuda, cuda:<index>, mps") from None
+    if kind.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"device={device} but this machine has no CUDA GPU (torch {torch.__version__}); "
+                              f"use device=cpu")
+        if kind.index is not None and kind.index >= count:
+            raise ConfigError(f"device={device} but this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device} but MPS is not available here; use device=cpu")
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r}: rlzoo runs on cpu, cuda or mps")
 
 
 def _validate_images(cfg: DictConfig) -> None:

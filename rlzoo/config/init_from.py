@@ -1,0 +1,79 @@
+"""`init_from=` checked before any model (rlzoo/warm_start.py loads it): which kind of directory it
+is — a run, a LoRA, an `rlzoo export` — and whether it fits this run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlzoo.errors import ConfigError
+
+DIFFUSERS_LORA, PEFT_LORA, EXPORTED = "pytorch_lora_weights.safetensors", "adapter_model.safetensors", "model.safetensors"
+# the prefix each LoRA format puts before the adapted module's name
+LORA_PREFIXES = {DIFFUSERS_LORA: "transformer.", PEFT_LORA: "base_model.model."}
+
+
+def kind_of(path: Path) -> str:
+    """"run", "lora" or "exported"; a ConfigError (one line) for anything else."""
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        return "run"
+    if (path / DIFFUSERS_LORA).is_file() or (path / PEFT_LORA).is_file():
+        return "lora"
+    if (path / EXPORTED).is_file() and (path / "config.json").is_file():
+        return "exported"
+    raise ConfigError(f"init_from={str(path)!r} is not a run directory (config.yaml, checkpoints/), a LoRA directory "
+                      f"({DIFFUSERS_LORA} or {PEFT_LORA}) nor an exported one ({EXPORTED} + config.json)")
+
+
+def check_init_from(cfg) -> None:
+    """Before any model: the path is one of the three kinds, and fits this run (LoRA to a LoRA
+    run of the same rank and alpha, full weights to a full fine-tuning run of the same task)."""
+    raw = cfg.get("init_from")
+    if raw is None:
+        return
+    path = Path(str(raw)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"init_from={str(raw)!r} is not a directory")
+    kind, lora = kind_of(path), cfg.model.get("lora")
+    if kind == "run":
+        from rlzoo.config.untrusted import load_untrusted_config
+
+        parent = load_untrusted_config(path / "config.yaml")
+        if parent.task.name != cfg.task.name:
+            raise ConfigError(f"init_from={str(raw)!r} is a run of task={parent.task.name}, this run is task={cfg.task.name}")
+        if (parent.model.get("lora") is None) != (lora is None):
+            raise ConfigError(f"init_from={str(raw)!r} holds {'full' if parent.model.get('lora') is None else 'LoRA'} "
+                              f"weights and this run trains {'full weights' if lora is None else 'a LoRA'}")
+        if lora is not None:
+            _check_lora_shape(raw, int(parent.model.lora.rank), float(parent.model.lora.alpha), lora)
+    elif kind == "lora":
+        if lora is None:
+            raise ConfigError(f"init_from={str(raw)!r} is a LoRA and this run trains full weights (model.lora is not set)")
+        _check_lora_shape(raw, *lora_rank_alpha(path), lora)
+    elif lora is not None:
+        raise ConfigError(f"init_from={str(raw)!r} holds full weights and this run trains a LoRA")
+    else:
+        task = json.loads((path / "config.json").read_text()).get("task")
+        if task != cfg.task.name:
+            raise ConfigError(f"init_from={str(raw)!r} was exported from task={task}, this run is task={cfg.task.name}")
+
+
+def _check_lora_shape(raw, rank: int, alpha: float, lora) -> None:
+    if (rank, alpha) != (int(lora.rank), float(lora.alpha)):
+        raise ConfigError(f"init_from={str(raw)!r} is a LoRA of rank {rank}, alpha {alpha:g}, and this run's "
+                          f"model.lora has rank {lora.rank}, alpha {float(lora.alpha):g}: set "
+                          f"model.lora.rank={rank} model.lora.alpha={alpha:g}")
+
+
+def lora_rank_alpha(path: Path) -> tuple[int, float]:
+    """A LoRA directory's rank and alpha, from its metadata (no tensor read)."""
+    if (path / PEFT_LORA).is_file():
+        config = json.loads((path / "adapter_config.json").read_text())
+        return int(config["r"]), float(config["lora_alpha"])
+    from safetensors import safe_open
+
+    with safe_open(str(path / DIFFUSERS_LORA), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    if "transformer.r" not in meta:
+        raise ConfigError(f"init_from={str(path)!r}: {DIFFUSERS_LORA} says nothing of its rank and alpha "
+                          f"(no lora_adapter_metadata)")
+    return int(meta["transformer.r"]), float(meta["transformer.lora_alpha"])
