@@ -114,7 +114,8 @@ def test_crashing_and_nan_jobs_do_not_stop_the_sweep(tmp_path):
 
 
 @pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]])
+                                      pytest.param(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+                                                   marks=pytest.mark.slow)])  # (submitit: make test-all)
 def test_parallel_and_cluster_launchers(tmp_path, launcher):
     """joblib (parallel local jobs) and submitit (SLURM), the latter through its local executor."""
     out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "task=toy2d", "seed=0,1", *launcher,

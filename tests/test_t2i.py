@@ -300,6 +300,7 @@ def test_first_update_ratio_is_one_with_lora(built, estimator_name, sampler_name
 RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
+@pytest.mark.slow  # (a minute; make test keeps t2i's LoRA runs in test_t2i_run_leaves_a_diffusers_lora and README's)
 @pytest.mark.integration
 def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path):
     """Each recipe of conf/experiment, 2 iterations on sd3_tiny with LoRA and the tiny

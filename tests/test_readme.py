@@ -1,0 +1,132 @@
+"""README's shell commands, run as written: each bash code block in a fresh clone of the
+repository, its commands in order, from the clone's root, with the project's environment (.venv).
+
+A command's trailing comment tag says how (README, Set-up):
+- none: as written; it must succeed;
+- `[long]`: with `debug=tiny` added (`ARGS=debug=tiny` for a make target), keeping the run
+  directory the command would have used, so later commands of the block find it;
+- `[dry run]`: only composed — `make -n` for a make target, `--cfg job` for rlzoo-train;
+- `[needs …]` (a GPU, weights, the network, a cluster): rlzoo-train and rlzoo commands must
+  refuse in one line here (exit 2, one stderr line); other programs are not run.
+Every command runs from the environment: `.venv/bin/<program>` or `make`.
+README code blocks whose first line is `# <relative path>` are files an example needs; they are
+written into the clone first.
+"""
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from common import ENV, REPO
+
+pytestmark = pytest.mark.integration
+
+README = (REPO / "README.md").read_text()
+TAGS = ("[long]", "[dry run]", "[needs")
+
+
+def code_blocks(language: str) -> list[tuple[int, str]]:
+    """(line number, text) of every README code block in `language`."""
+    return [(README[:m.start()].count("\n") + 1, m.group(2))
+            for m in re.finditer(r"```([a-z]*)\n(.*?)```", README, flags=re.S) if m.group(1) == language]
+
+
+def commands(block: str) -> list[tuple[str, str]]:
+    """(command, trailing comment) of each shell line; continuation lines joined."""
+    out = []
+    for line in block.replace("\\\n", " ").splitlines():
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        command, _, comment = line.partition(" # ")
+        out.append((" ".join(command.split()), comment.strip()))
+    return out
+
+
+def example_files() -> dict[str, str]:
+    """README's example files: code blocks whose first line is `# <relative path>`."""
+    files = {}
+    for language in ("python", "yaml"):
+        for _, block in code_blocks(language):
+            first = block.splitlines()[0]
+            match = re.fullmatch(r"# ([\w./-]+\.(py|yaml))", first)
+            if match:
+                files[match.group(1)] = block
+    return files
+
+
+BLOCKS = [(line, cmds) for line, block in code_blocks("bash") if (cmds := commands(block))]
+
+
+def test_every_command_runs_from_the_environment():
+    """One convention (README, Set-up): `.venv/bin/<program>` or a make target, nothing bare."""
+    bare = [c for _, cmds in BLOCKS for c, _ in cmds
+            if not all(part.startswith((".venv/bin/", "make ")) for part in c.split(" && "))]
+    assert not bare, bare
+
+
+def default_run_dir(overrides: list[str]) -> str | None:
+    """The run directory a single run with these overrides writes (None for a sweep)."""
+    from rlzoo.config import compose_config
+
+    if "-m" in overrides:
+        return None
+    return str(compose_config([o for o in overrides if "=" in o]).run_dir)
+
+
+def how(command: str, comment: str) -> tuple[str, list[str]]:
+    """(what the test does, the argv or shell line to run)."""
+    tag = next((t for t in TAGS if t in comment), None)
+    argv = shlex.split(command)
+    rlzoo = argv[0] in (".venv/bin/rlzoo-train", ".venv/bin/rlzoo") or argv[:3] == [".venv/bin/python", "-m",
+                                                                                    "rlzoo.train"]
+    if tag == "[needs":
+        return ("refused", argv) if rlzoo else ("not run", argv)
+    if tag == "[dry run]":
+        if argv[0] == "make":
+            return "run", ["bash", "-c", " && ".join(f"make -n {p.strip().removeprefix('make ')}"
+                                                     for p in command.split(" && "))]
+        return "run", [*argv, "--cfg", "job"]
+    if tag == "[long]":
+        if argv[0] == "make":
+            parts = [p.strip() for p in command.split(" && ")]
+            parts = [f"{p} ARGS='debug=tiny run_dir=runs/shapes/epg-elbo-dpm2/seed0'" if p == "make run"
+                     else f"{p} ARGS=debug=tiny" if p.startswith("make sweep") else p for p in parts]
+            return "run", ["bash", "-c", " && ".join(parts)]
+        trains = argv[0] == ".venv/bin/rlzoo-train" or argv[:3] == [".venv/bin/python", "-m", "rlzoo.train"]
+        run_dir = default_run_dir(argv[1:] if argv[0] != ".venv/bin/python" else argv[3:]) if trains else None
+        return "run", [*argv, "debug=tiny", *([f"run_dir={run_dir}"] if run_dir else [])]
+    return "run", (["bash", "-c", command] if " && " in command else argv)
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    """A clone of the repository, with the project's environment and README's example files."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    (clone / ".venv").symlink_to(REPO / ".venv")
+    os.utime(clone / "pyproject.toml", (0, 0))  # (older than .venv: make does not rebuild the environment)
+    for name, text in example_files().items():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(text)
+    return clone
+
+
+# (a block of commands for other machines only — downloads, gunicorn on GPUs — has nothing to run here)
+RUNNABLE = [(line, cmds) for line, cmds in BLOCKS if any(how(c, t)[0] != "not run" for c, t in cmds)]
+
+
+@pytest.mark.parametrize("line,cmds", RUNNABLE, ids=[f"README:{line}" for line, _ in RUNNABLE])
+def test_readme_commands_run_as_written(tmp_path, line, cmds):
+    clone = fresh_clone(tmp_path)
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    for command, comment in cmds:
+        what, argv = how(command, comment)
+        if what == "not run":
+            continue
+        out = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+        if what == "refused":
+            errors = out.stderr.strip().splitlines()
+            assert out.returncode == 2 and len(errors) == 1 and "error:" in errors[0], (command, out.stderr[-2000:])
+        else:
+            assert out.returncode == 0, (command, argv, out.stdout[-1500:], out.stderr[-2500:])
