@@ -130,14 +130,14 @@ def assert_same_run(one, two):
     # (evaluation batches smaller than the evaluation set, so that it is shared out: 3 batches, 2 ranks)
     ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64",
                     "eval.batch_size=24"]),
-    # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
-    ("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
-                  "train.iterations=3", "eval.batch_size=4"]),
     # FlowGRPO: trajectory estimator, SDE window, 2 minibatches; 3 groups on 2 ranks (an uneven split)
     ("toy2d_uneven_minibatches", ["task=toy2d", "experiment=flowgrpo", "train.iterations=3", "eval.every=3",
                                   "eval.samples=64", "train.batch_size=48", "train.group_size=16",
                                   "train.minibatches=3"]),
     # the rest in make test-all (make test keeps a handful of multi-rank runs within its 10 minutes)
+    # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
+    pytest.param("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
+                              "train.iterations=3", "eval.batch_size=4"], marks=pytest.mark.slow),
     pytest.param("shapes", ["task=shapes", "debug=tiny", "train.iterations=3", "eval.batch_size=5"],
                  marks=pytest.mark.slow),
     # DMD: the critic learns beside the policy (its gradients summed over ranks too)

@@ -15,6 +15,7 @@ written into the clone first.
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def how(command: str, comment: str) -> tuple[str, list[str]]:
 def fresh_clone(tmp_path: Path) -> Path:
     """A clone of the repository, with the project's environment and README's example files."""
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    if (REPO / ".git").exists():
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    else:  # (a source tree without git: its files, without what runs and builds leave)
+        shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".venv", "runs", "multirun", "exported", "*.egg-info",
+                                                                   "__pycache__", ".pytest_cache"))
     (clone / ".venv").symlink_to(REPO / ".venv")
     os.utime(clone / "pyproject.toml", (0, 0))  # (older than .venv: make does not rebuild the environment)
     for name, text in example_files().items():

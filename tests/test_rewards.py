@@ -332,6 +332,7 @@ def test_an_evaluation_reward_may_not_take_a_verifier_score_name():
         validate(compose_config(["task=shapes", "+task.eval_rewards.strict=${reward}"]))
 
 
+@pytest.mark.slow  # (README runs the same command in make test: tests/test_readme.py; this also reads the logs)
 @pytest.mark.integration
 def test_shapes_trains_on_an_image_reward_and_evaluates_it(tmp_path):
     """shapes renders images, so a learnt image reward (the tiny PickScore here) trains on it — a

@@ -30,13 +30,13 @@ def assert_starts_where_the_parent_ended(parent, child, kind):
 
 
 @pytest.mark.integration
-def test_a_lora_run_starts_from_a_run_directory_and_from_its_lora(tmp_path):
+@pytest.mark.parametrize("kind", ["lora", pytest.param("run", marks=pytest.mark.slow)])  # (a run dir: shapes below)
+def test_a_lora_run_starts_from_its_lora_or_its_run_directory(tmp_path, kind):
     cache = f"task.embedding_cache={tmp_path / 'cache'}"
     train(tmp_path / "parent", *T2I, cache)
-    for source, kind in ((tmp_path / "parent", "run"), (tmp_path / "parent" / "lora", "lora")):
-        child = tmp_path / f"child_{kind}"
-        train(child, *T2I, cache, f"init_from={source}")
-        assert_starts_where_the_parent_ended(tmp_path / "parent", child, kind)
+    source = tmp_path / "parent" / "lora" if kind == "lora" else tmp_path / "parent"
+    train(tmp_path / "child", *T2I, cache, f"init_from={source}")
+    assert_starts_where_the_parent_ended(tmp_path / "parent", tmp_path / "child", kind)
 
 
 @pytest.mark.integration
