@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rlzoo: error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(2)
     import importlib
+    import os
 
+    if os.getcwd() not in sys.path:  # a user's own components import from here, as under `python -m`
+        sys.path.append(os.getcwd())
     importlib.import_module(COMMANDS[command]).main(rest)
 
 

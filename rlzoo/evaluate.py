@@ -32,7 +32,7 @@ def eval_weights(cfg) -> str:
 
 def eval_sampler(cfg) -> EulerSampler:
     """The evaluation protocol's sampler: Euler ODE, eval.num_steps, the rollout sampler's shift."""
-    return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.shift))
+    return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.get("shift", 1.0)))
 
 
 def eval_protocol(cfg, task) -> dict:

@@ -33,6 +33,9 @@ def sweep_dir(overrides: list[str]) -> Path:
 def validate_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job's config passes `validate`, or ConfigError names the first job that does not."""
     jobs = sweep_jobs(overrides)
+    if not jobs:
+        raise ConfigError(f"the sweep has no jobs: a value list matched nothing ({' '.join(overrides)}); "
+                          f"rlzoo-train --help lists the choices")
     checked_models: set[str] = set()  # each distinct model config is checked (loaded) once
     for job in jobs:
         try:

@@ -32,13 +32,19 @@ def load_weights(path: Path, cfg) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     kind = kind_of(path)
-    record = {"path": str(path), "kind": kind}
+    record = {"path": str(Path(path).resolve()), "kind": kind}
     if kind == "run":
-        from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
-        from rlzoo.runs import load_checkpoint
+        from rlzoo.config.init_from import parent_config
+        from rlzoo.errors import CheckpointError
+        from rlzoo.evaluate import WEIGHTS, eval_weights
+        from rlzoo.runs import checkpoint_path, load_checkpoint
 
-        parent, checkpoint = open_run(path)
-        state = load_checkpoint(checkpoint)
+        parent = parent_config(path)
+        try:
+            state = load_checkpoint(checkpoint_path(path))
+        except CheckpointError as exc:
+            raise CheckpointError(f"init_from={str(path)!r}: {str(exc).split('; it was left in place')[0]}; "
+                                  f"warm-start from another run") from None
         weights = eval_weights(parent)
         record.update(weights=weights, iterations=int(state["progress"]["iteration"]))
         return state["policy"][WEIGHTS[weights]], record

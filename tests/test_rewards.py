@@ -327,9 +327,12 @@ def test_an_image_reward_on_a_task_without_images_is_one_line(overrides):
         validate(compose_config(["task=toy2d", *overrides]))
 
 
-def test_an_evaluation_reward_may_not_take_a_verifier_score_name():
-    with pytest.raises(ConfigError, match=r"task.eval_rewards.strict: the task's own score has that name"):
-        validate(compose_config(["task=shapes", "+task.eval_rewards.strict=${reward}"]))
+@pytest.mark.parametrize("task,name", [("shapes", "strict"), ("shapes", "iteration"), ("toy2d", "sw_data"),
+                                       ("toy2d", "teacher_x")])
+def test_an_evaluation_reward_may_not_take_a_name_the_evaluation_reports(task, name):
+    """(`iteration` used to overwrite eval.jsonl's iteration; toy2d's sw_data hid the reward)"""
+    with pytest.raises(ConfigError, match=rf"task.eval_rewards.{name}: the evaluation already reports"):
+        validate(compose_config([f"task={task}", f"+task.eval_rewards.{name}=${{reward}}"]))
 
 
 @pytest.mark.slow  # (README runs the same command in make test: tests/test_readme.py; this also reads the logs)

@@ -264,3 +264,12 @@ def test_difference_ci_and_the_difference_columns():
     assert cells[1][column] == "-"  # the baseline itself
     assert cells[2][column] == f"2.000 ± {half:.3f}"
     assert cells[0][column].startswith("7.000 ± ")  # iteration 0 (9.0) against the baseline's finals
+
+
+def test_a_sweep_that_matches_nothing_is_refused():
+    """(a glob that matched no component used to run 0 jobs and exit 0)"""
+    from rlzoo.config import ConfigError
+    from rlzoo.sweeps import validate_sweep
+
+    with pytest.raises(ConfigError, match="the sweep has no jobs"):
+        validate_sweep(["task=toy2d", "objective=glob(zzz*)"])

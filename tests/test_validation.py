@@ -249,10 +249,12 @@ def test_an_unknown_key_points_to_the_nearest_real_one(capsys, run_dir, override
     assert expected in err and not_expected not in err, err
 
 
-@pytest.mark.parametrize("override", ["+train.lr=1e-4", "+foo=1", "+eval.seeed=3"])
+@pytest.mark.parametrize("override", ["+train.lr=1e-4", "++train.lr=1e-4", "+foo=1", "+eval.seeed=3", "+model.foo=1",
+                                      "+critic.foo=1"])
 def test_an_added_key_that_nothing_reads_is_refused(capsys, run_dir, override):
+    """(+model.foo used to fail after the run directory was written; ++ and +critic.foo were accepted and ignored)"""
     err = fails(capsys, run_dir, override)
-    assert f"{override.split('=')[0]}: nothing in rlzoo reads" in err
+    assert f"+{override.lstrip('+').split('=')[0]}: nothing in rlzoo reads" in err
     if override.startswith("+train.lr"):
         assert "did you mean optimizer.lr?" in err
 
@@ -331,3 +333,8 @@ def test_a_device_this_machine_lacks_is_one_line(capsys, run_dir, device, messag
     """(on this CPU machine; it used to fail after the run directory was written, with a traceback)"""
     err = fails(capsys, run_dir, f"device={device}")
     assert message in err, err
+
+
+def test_an_optional_key_is_checked_like_the_others(capsys, run_dir):
+    err = fails(capsys, run_dir, "+eval.shift=-1")
+    assert "eval.shift must be a finite number > 0, got -1" in err

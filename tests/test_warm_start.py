@@ -62,3 +62,20 @@ def test_init_from_is_checked_before_any_model(tmp_path):
             ([*T2I, "model.lora.rank=8", f"init_from={tmp_path / 'lora'}"], "set model.lora.rank=4 model.lora.alpha=8")):
         with pytest.raises(ConfigError, match=message):
             validate(compose_config(overrides))
+
+
+def test_a_run_with_a_checkpoint_resumes_whatever_init_from_says(tmp_path):
+    """init_from decides only where a new run starts: once the run has a checkpoint, its parent may
+    be gone (or the key changed) and the run still resumes."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    validate(compose_config(["task=shapes", f"run_dir={tmp_path / 'run'}", f"init_from={tmp_path / 'gone'}"]))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        validate(compose_config(["task=shapes", f"run_dir={tmp_path / 'new'}", f"init_from={tmp_path / 'gone'}"]))
+
+
+def test_a_parent_without_a_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "parent" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "parent" / "config.yaml").write_text("task: {name: shapes}\nmodel: {}\n")
+    with pytest.raises(ConfigError, match="is a run directory without a checkpoint"):
+        validate(compose_config(["task=shapes", f"init_from={tmp_path / 'parent'}"]))

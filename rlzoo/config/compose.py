@@ -75,7 +75,10 @@ def parse_overrides(overrides: list[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    search = create_config_search_path(str(CONF_DIR))
+    for directory in _search_dirs[1:]:  # a user's own config directories (hydra.searchpath): glob() sees them
+        search.append("rlzoo-user", f"file://{directory}")
+    loader = ConfigLoaderImpl(config_search_path=search)
     try:
         return OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
     except HydraException as exc:
@@ -134,13 +137,34 @@ def nearest_keys(key: str, cfg: DictConfig) -> list[str]:
 
 
 def in_component(key: str, cfg: DictConfig) -> bool:
-    """True when a node above `key` is a component (has a `_target_`): the key is its argument."""
+    """True when `key` is an argument of a component above it (the nearest node with a
+    `_target_`: its class takes that name, or any keyword), or a key inside such an argument."""
+    import inspect
+
+    from hydra.utils import get_object
+
     parts = key.split(".")
-    for i in range(1, len(parts)):
+    for i in range(len(parts) - 1, 0, -1):
         node = OmegaConf.select(cfg, ".".join(parts[:i]))
         if isinstance(node, DictConfig) and "_target_" in node:
-            return True
+            if i < len(parts) - 1:  # inside an argument (a dict of rewards, the LoRA settings)
+                return True
+            if parts[0] in GROUPS and parts[0] != "model":  # validation builds it and names a bad argument
+                return True
+            if parts[0] == "model" and parts[i] in MODEL_SETTINGS:  # read by rlzoo.policies, not the class
+                return True
+            try:
+                signature = inspect.signature(get_object(str(node._target_)))
+            except Exception:  # (a target that does not import is reported where it is built)
+                return True
+            return parts[i] in signature.parameters or any(
+                p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     return False
+
+
+# the model node's keys that rlzoo reads beside the model class's arguments (rlzoo.policies, the tasks)
+MODEL_SETTINGS = ("lora", "precision", "gradient_checkpointing", "compile", "max_batch_size", "checkpoint",
+                  "path", "teacher")
 
 
 def _did_you_mean(key: str, cfg: DictConfig) -> str:
@@ -171,18 +195,29 @@ def _unknown_key_error(message: str, overrides: list[str]) -> str:
             f"{add or _did_you_mean(key, base)}")
 
 
+def base_keys(overrides: list[str]) -> DictConfig:
+    """The config without the `+`/`++` additions (the keys it has of itself)."""
+    from hydra import compose, initialize_config_dir
+
+    kept = [o for o in overrides if not o.startswith("+") or (CONF_DIR / o.lstrip("+").split("=")[0]).is_dir()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=kept)
+
+
 def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
     """A `+key=value` that nothing reads is refused (it would be ignored silently): it must be
     an optional key (OPTIONAL_KEYS) or an argument of a component."""
-    items = [o for o in overrides if o.startswith("+") and "=" in o and not o.startswith("++")]
+    items = [o for o in overrides if o.startswith("+") and "=" in o]
     for override in parse_overrides(items):
         key = override.key_or_group
+        if override.input_line.startswith("++") and OmegaConf.select(base_keys(overrides), key) is not None:
+            continue  # (++ on a key the config has: a plain override)
         if key.startswith("hydra") or "/" in key or any((d / key).is_dir() for d in _search_dirs):  # a group
             continue
         if key in OPTIONAL_KEYS or in_component(key, cfg):
             continue
         raise ConfigError(f"+{key}: nothing in rlzoo reads {key!r}, so it would be ignored{_did_you_mean(key, cfg)} "
-                          f"(optional keys: {', '.join(OPTIONAL_KEYS)}; a component's arguments go under its node)")
+                          f"(optional keys: {', '.join(OPTIONAL_KEYS)}; under a component's node, only its class's arguments)")
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:

@@ -15,6 +15,9 @@ LORA_PREFIXES = {DIFFUSERS_LORA: "transformer.", PEFT_LORA: "base_model.model."}
 def kind_of(path: Path) -> str:
     """"run", "lora" or "exported"; a ConfigError (one line) for anything else."""
     if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        if not (path / "checkpoints" / "last.pt").is_file():
+            raise ConfigError(f"init_from={str(path)!r} is a run directory without a checkpoint "
+                              f"(checkpoints/last.pt): it never got past its first evaluation")
         return "run"
     if (path / DIFFUSERS_LORA).is_file() or (path / PEFT_LORA).is_file():
         return "lora"
@@ -28,16 +31,14 @@ def check_init_from(cfg) -> None:
     """Before any model: the path is one of the three kinds, and fits this run (LoRA to a LoRA
     run of the same rank and alpha, full weights to a full fine-tuning run of the same task)."""
     raw = cfg.get("init_from")
-    if raw is None:
-        return
+    if raw is None or (Path(str(cfg.get("run_dir", ""))) / "checkpoints" / "last.pt").is_file():
+        return  # (a run that has a checkpoint resumes from it: where it started no longer matters)
     path = Path(str(raw)).expanduser()
     if not path.is_dir():
         raise ConfigError(f"init_from={str(raw)!r} is not a directory")
     kind, lora = kind_of(path), cfg.model.get("lora")
     if kind == "run":
-        from rlzoo.config.untrusted import load_untrusted_config
-
-        parent = load_untrusted_config(path / "config.yaml")
+        parent = parent_config(path)
         if parent.task.name != cfg.task.name:
             raise ConfigError(f"init_from={str(raw)!r} is a run of task={parent.task.name}, this run is task={cfg.task.name}")
         if (parent.model.get("lora") is None) != (lora is None):
@@ -55,6 +56,20 @@ def check_init_from(cfg) -> None:
         task = json.loads((path / "config.json").read_text()).get("task")
         if task != cfg.task.name:
             raise ConfigError(f"init_from={str(raw)!r} was exported from task={task}, this run is task={cfg.task.name}")
+
+
+def parent_config(path: Path):
+    """A parent run's config.yaml, as plain data: a warm start reads its task name, LoRA settings
+    and evaluation weights and builds nothing from it, so a user's own components in it are fine."""
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
+    except Exception as exc:
+        raise ConfigError(f"init_from={str(path)!r}: its config.yaml cannot be read ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("task"), dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(f"init_from={str(path)!r}: its config.yaml is not a run's config")
+    return OmegaConf.create(data)
 
 
 def _check_lora_shape(raw, rank: int, alpha: float, lora) -> None:

@@ -75,10 +75,11 @@ ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None}
 # Keys that may change when a run is resumed: they do not change what is trained (sweep_name only
 # names where a sweep writes, so a run copied into another sweep with a larger budget resumes;
 # run_dir only where the run lives, so a moved or copied run resumes in its new place;
-# evaluations draw from their own fixed noise, so how often they happen changes no update).
+# evaluations draw from their own fixed noise, so how often they happen changes no update;
+# init_from only decides where a new run starts).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
                   "sweep_name", "run_dir", "eval.every", "eval.every_nfe", "eval.teacher_steps",
-                  "task.embedding_cache", "dist", "checkpoint_every")
+                  "task.embedding_cache", "dist", "checkpoint_every", "init_from")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:

@@ -57,7 +57,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
         _positive(cfg, key, int)
     for key in ("optimizer.lr", "train.max_grad_norm"):
         _positive(cfg, key, float)
-    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int),
+    for key, kind in (("train.max_minutes", float), ("train.max_nfe", int), ("eval.every_nfe", int), ("eval.shift", float),
                       ("checkpoint_every", int), ("checkpoint_every_minutes", float), ("eval.teacher_steps", int),
                       ("threads", int)):
         if OmegaConf.select(cfg, key) is not None:

@@ -83,11 +83,16 @@ def checked_eval_rewards(rewards: dict | None, own_scores: tuple[str, ...]) -> d
     """`task.eval_rewards` of a task with its own verifier: {name: reward}, reported on held-out
     samples under `name` beside the verifier's scores (whose names they may not take)."""
     rewards = dict(rewards or {})
-    taken = sorted(set(rewards) & set(own_scores))
+    own = (*own_scores, *EVAL_RECORD_KEYS)
+    taken = sorted(name for name in rewards if name in own or name.startswith(("teacher_", *(f"{k}/" for k in own))))
     if taken:
-        raise ValueError(f"task.eval_rewards.{taken[0]}: the task's own score has that name; "
-                         f"choose another (taken: {', '.join(own_scores)})")
+        raise ValueError(f"task.eval_rewards.{taken[0]}: the evaluation already reports a number of that name; "
+                         f"choose another (taken: {', '.join(own)}, teacher_*)")
     return rewards
+
+
+# what every eval.jsonl record holds beside the metrics (rlzoo.runs.progress.Progress.record_eval)
+EVAL_RECORD_KEYS = ("iteration", "nfe_forward", "nfe_backward", "wall_s")
 
 
 def score_reward(reward, task, x0: Tensor, cond: Conditioning, images: Tensor | None = None) -> dict[str, Tensor]:

@@ -62,7 +62,8 @@ class Toy2DTask(Task):
         self.p_target = check("task.p_target", p_target, 0, 1, low_open=True, high_open=True)
         self.hit_radius = check("task.hit_radius", hit_radius, 0, low_open=True)
         num_train_angles = check("task.num_train_angles", num_train_angles, 1, integer=True)
-        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "hit", "distance", "nll"))
+        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "hit", "distance", "nll", "fd_data", "sw_data",
+                                                                         "fd_teacher", "sw_teacher"))
         step = 360 / num_train_angles
         self._train = [f"angle {step * k:g}" for k in range(num_train_angles)]
         self._heldout = [f"angle {step * k + step / 2:g}" for k in range(num_train_angles)]

@@ -60,7 +60,8 @@ class ShapesTask(Task):
         # does not depend on the split, so the base model does not either
         self._all_by_family = {f: all_specs()[f] for f in FAMILIES}
         self.verifier = Verifier(image_size)
-        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "strict", "soft"))
+        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "strict", "soft", "fid_data", "kid_data",
+                                                                         "fid_teacher", "kid_teacher"))
 
     def train_prompts(self) -> list[str]:
         return self._train
