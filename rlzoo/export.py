@@ -30,10 +30,11 @@ from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
 from rlzoo.policies import LORA_WEIGHTS, lora_files
 
 TRAINED = ("ema", "current")  # the weights a run's checkpoint holds
-USAGE = "usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current] [--overwrite]"
+USAGE = "usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current] [key=value ...] [--overwrite]"
 
 
-def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool = False) -> Path:
+def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool = False,
+           overrides: list[str] = ()) -> Path:
     """Write a run's weights into `out` (README, Runs). `out` may be new, empty, or a directory an
     earlier export wrote; any other non-empty directory needs `overwrite`, and even then only the
     files written here are replaced. A run directory is never an output."""
@@ -47,7 +48,7 @@ def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool
     run_dir = Path(run_dir)
     if weights is not None and weights not in TRAINED:
         raise ConfigError(f"unknown weights={weights!r}; valid: {', '.join(TRAINED)}")
-    cfg, checkpoint = open_run(run_dir)
+    cfg, checkpoint = open_run(run_dir, list(overrides))  # (overrides: a user's own `_target_`s, trusted)
     weights = weights or eval_weights(cfg)
     target = OutputDir(out, overwrite)
     names = [LORA_WEIGHTS, "rlzoo.json"] if cfg.model.get("lora") is not None else ["model.safetensors", "config.json"]
@@ -126,11 +127,12 @@ def main(argv: list[str] | None = None) -> Path:
     rest = [a for i, a in enumerate(argv) if a != "--out" and not (i and argv[i - 1] == "--out")]
     flags = [a for a in rest if a.startswith("-")]
     options = dict(a.split("=", 1) for a in rest if "=" in a and not a.startswith("-"))
-    unknown = sorted(set(options) - {"run_dir", "weights"}) + sorted(set(flags) - {"--overwrite"})
-    unknown += [a for a in rest if "=" not in a and not a.startswith("-")]
+    unknown = sorted(set(flags) - {"--overwrite"}) + [a for a in rest if "=" not in a and not a.startswith("-")]
     if "run_dir" not in options or out is None or unknown:
         raise ConfigError(USAGE + (f" (unknown option {', '.join(unknown)})" if unknown else ""))
-    path = export(Path(options["run_dir"]), Path(out).expanduser(), options.get("weights"), "--overwrite" in flags)
+    overrides = [f"{k}={v}" for k, v in options.items() if k not in ("run_dir", "weights")]  # e.g. your reward's _target_
+    path = export(Path(options["run_dir"]), Path(out).expanduser(), options.get("weights"), "--overwrite" in flags,
+                  overrides)
     print(f"written: {', '.join(str(p) for p in sorted(path.parent.iterdir()) if p.name != '.rlzoo-files.json')}")
     return path
 
