@@ -112,7 +112,7 @@ class Trainer:
         else:
             self.started = True
             if self.cfg.get("init_from") is not None:  # a warm start: the policy begins from another run's weights
-                self.progress.started_from = warm_start(self.policy, Path(str(self.cfg.init_from)).expanduser(), self.cfg)
+                self.progress.started_from = warm_start(self.policy, Path(str(self.cfg.init_from)).expanduser())
             self.write_summary("running")
             # the base model (a warm start: the weights it starts from)
             self.run_eval("reference" if self.progress.started_from is None else self.eval_view, moment="before")

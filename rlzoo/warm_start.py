@@ -27,7 +27,7 @@ from pathlib import Path
 from rlzoo.config.init_from import DIFFUSERS_LORA, EXPORTED, LORA_PREFIXES, PEFT_LORA, kind_of
 
 
-def load_weights(path: Path, cfg) -> tuple[dict, dict]:
+def load_weights(path: Path) -> tuple[dict, dict]:
     """(the weights of the policy's trained view, the record summary.json keeps) of `init_from`."""
     from safetensors.torch import load_file
 
@@ -62,12 +62,12 @@ def load_weights(path: Path, cfg) -> tuple[dict, dict]:
     return load_file(str(path / EXPORTED)), record
 
 
-def warm_start(policy, path: Path, cfg) -> dict:
+def warm_start(policy, path: Path) -> dict:
     """Load `init_from` into the policy's current, old and EMA weights; returns the record. Weights
     that do not fit the model are a CheckpointError naming the directory."""
     from rlzoo.errors import CheckpointError
 
-    weights, record = load_weights(Path(path), cfg)
+    weights, record = load_weights(Path(path))
     try:
         policy.load_state_dict({view: weights for view in ("current", "old", "ema")})
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:

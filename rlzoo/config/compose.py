@@ -151,7 +151,9 @@ def in_component(key: str, cfg: DictConfig) -> bool:
                 return True
             if parts[0] in GROUPS and parts[0] != "model":  # validation builds it and names a bad argument
                 return True
-            if parts[0] == "model" and parts[i] in MODEL_SETTINGS:  # read by rlzoo.policies, not the class
+            from rlzoo.tasks.base import POLICY_SETTINGS
+
+            if parts[0] == "model" and parts[i] in POLICY_SETTINGS:  # read by rlzoo.policies, not the class
                 return True
             try:
                 signature = inspect.signature(get_object(str(node._target_)))
@@ -161,10 +163,6 @@ def in_component(key: str, cfg: DictConfig) -> bool:
                 p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     return False
 
-
-# the model node's keys that rlzoo reads beside the model class's arguments (rlzoo.policies, the tasks)
-MODEL_SETTINGS = ("lora", "precision", "gradient_checkpointing", "compile", "max_batch_size", "checkpoint",
-                  "path", "teacher")
 
 
 def _did_you_mean(key: str, cfg: DictConfig) -> str:
@@ -208,9 +206,10 @@ def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
     """A `+key=value` that nothing reads is refused (it would be ignored silently): it must be
     an optional key (OPTIONAL_KEYS) or an argument of a component."""
     items = [o for o in overrides if o.startswith("+") and "=" in o]
+    base = base_keys(overrides) if any(o.startswith("++") for o in items) else None
     for override in parse_overrides(items):
         key = override.key_or_group
-        if override.input_line.startswith("++") and OmegaConf.select(base_keys(overrides), key) is not None:
+        if override.input_line.startswith("++") and OmegaConf.select(base, key) is not None:
             continue  # (++ on a key the config has: a plain override)
         if key.startswith("hydra") or "/" in key or any((d / key).is_dir() for d in _search_dirs):  # a group
             continue

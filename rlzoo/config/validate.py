@@ -92,7 +92,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     reward = _validate_distillation(cfg, built["objective"])
     _validate_group_size(cfg, built["advantage"], reward)
     _validate_distributed(cfg, built["objective"], reward)
-    _validate_images(cfg)
+    _validate_images(cfg, reward)
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
             _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
@@ -127,17 +127,16 @@ def _validate_device(cfg: DictConfig) -> None:
         raise ConfigError(f"device={device!r}: rlzoo runs on cpu, cuda or mps")
 
 
-def _validate_images(cfg: DictConfig) -> None:
+def _validate_images(cfg: DictConfig, reward) -> None:
     """A reward that scores images (PickScore, CLIP, a remote GenEval) needs a task whose samples
-    are images (shapes, t2i), for training and for the held-out evaluation alike."""
+    are images (shapes, t2i), for training (`reward`, built) and for the held-out evaluation alike."""
     task = _component_class(cfg.task)
     if task.makes_images:
         return
-    nodes = {f"reward={_name(cfg.reward)}": cfg.reward,
-             **{f"task.eval_rewards.{k}": v for k, v in (cfg.task.get("eval_rewards") or {}).items()}}
-    for what, node in nodes.items():
-        reward = build(node)
-        parts = getattr(reward, "parts", {"": reward})
+    rewards = {f"reward={_name(cfg.reward)}": reward,
+               **{f"task.eval_rewards.{k}": build(v) for k, v in (cfg.task.get("eval_rewards") or {}).items()}}
+    for what, built in rewards.items():
+        parts = getattr(built, "parts", {"": built})
         if any(part.scores_images for part in parts.values()):
             raise ConfigError(f"{what} scores images, and task={cfg.task.get('name', '?')} makes none (its samples "
                               f"are not pictures); image rewards work on task=shapes and task=t2i")
