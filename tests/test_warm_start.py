@@ -74,6 +74,18 @@ def test_a_run_with_a_checkpoint_resumes_whatever_init_from_says(tmp_path):
         validate(compose_config(["task=shapes", f"run_dir={tmp_path / 'new'}", f"init_from={tmp_path / 'gone'}"]))
 
 
+@pytest.mark.parametrize("name,text,message", [("adapter_config.json", None, "adapter_config.json cannot be read"),
+                                               ("adapter_config.json", "{", "adapter_config.json cannot be read"),
+                                               ("adapter_config.json", '{"r": 4}', "has no r and lora_alpha")])
+def test_a_broken_peft_lora_directory_is_one_line(tmp_path, name, text, message):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_model.safetensors").write_bytes(b"")
+    if text is not None:
+        (tmp_path / "lora" / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config([*T2I, f"init_from={tmp_path / 'lora'}"]))
+
+
 def test_a_parent_without_a_checkpoint_is_one_line(tmp_path):
     (tmp_path / "parent" / "checkpoints").mkdir(parents=True)
     (tmp_path / "parent" / "config.yaml").write_text("task: {name: shapes}\nmodel: {}\n")

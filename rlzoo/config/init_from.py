@@ -53,7 +53,7 @@ def check_init_from(cfg) -> None:
     elif lora is not None:
         raise ConfigError(f"init_from={str(raw)!r} holds full weights and this run trains a LoRA")
     else:
-        task = json.loads((path / "config.json").read_text()).get("task")
+        task = _json(path / "config.json", "rlzoo export's config.json").get("task")
         if task != cfg.task.name:
             raise ConfigError(f"init_from={str(raw)!r} was exported from task={task}, this run is task={cfg.task.name}")
 
@@ -72,6 +72,18 @@ def parent_config(path: Path):
     return OmegaConf.create(data)
 
 
+def _json(path: Path, what: str) -> dict:
+    """A JSON object file of a warm start's directory, or a one-line ConfigError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"init_from={str(path.parent)!r}: {path.name} cannot be read as {what} "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"init_from={str(path.parent)!r}: {path.name} is not a JSON object")
+    return data
+
+
 def _check_lora_shape(raw, rank: int, alpha: float, lora) -> None:
     if (rank, alpha) != (int(lora.rank), float(lora.alpha)):
         raise ConfigError(f"init_from={str(raw)!r} is a LoRA of rank {rank}, alpha {alpha:g}, and this run's "
@@ -82,8 +94,11 @@ def _check_lora_shape(raw, rank: int, alpha: float, lora) -> None:
 def lora_rank_alpha(path: Path) -> tuple[int, float]:
     """A LoRA directory's rank and alpha, from its metadata (no tensor read)."""
     if (path / PEFT_LORA).is_file():
-        config = json.loads((path / "adapter_config.json").read_text())
-        return int(config["r"]), float(config["lora_alpha"])
+        config = _json(path / "adapter_config.json", "peft's adapter config, beside adapter_model.safetensors")
+        try:
+            return int(config["r"]), float(config["lora_alpha"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"init_from={str(path)!r}: adapter_config.json has no r and lora_alpha") from None
     from safetensors import safe_open
 
     with safe_open(str(path / DIFFUSERS_LORA), "pt") as f:
