@@ -134,12 +134,12 @@ def assert_same_run(one, two):
     ("toy2d_uneven_minibatches", ["task=toy2d", "experiment=flowgrpo", "train.iterations=3", "eval.every=3",
                                   "eval.samples=64", "train.batch_size=48", "train.group_size=16",
                                   "train.minibatches=3"]),
+    # shapes with enough held-out samples for FID and KID (torchmetrics must not gather them a second time)
+    ("shapes", ["task=shapes", "debug=tiny", "train.iterations=2", "eval.samples=48", "eval.batch_size=16"]),
     # the rest in make test-all (make test keeps a handful of multi-rank runs within its 10 minutes)
     # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
     pytest.param("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
                               "train.iterations=3", "eval.batch_size=4"], marks=pytest.mark.slow),
-    pytest.param("shapes", ["task=shapes", "debug=tiny", "train.iterations=3", "eval.batch_size=5"],
-                 marks=pytest.mark.slow),
     # DMD: the critic learns beside the policy (its gradients summed over ranks too)
     pytest.param("toy2d_dmd_critic", ["task=toy2d", "experiment=dmd", "train.iterations=3", "eval.every=3",
                                       "eval.samples=64"], marks=pytest.mark.slow),
@@ -155,6 +155,8 @@ def test_two_ranks_train_as_one_process(tmp_path, name, overrides):
     launch(tmp_path / "one", *overrides, "train.rng=keyed", *cache("one_cache"))
     launch(tmp_path / "two", *overrides, "train.rng=keyed", *cache("two_cache"), ranks=2)
     assert_same_run(tmp_path / "one", tmp_path / "two")
+    if name == "shapes":  # every number an evaluation reports, the set metrics included
+        assert {"fid_data", "kid_data"} <= set(records(tmp_path / "two" / "eval.jsonl")[-1])
     listing = [sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
                for d in (tmp_path / "one", tmp_path / "two")]
     assert listing[0] == listing[1]

@@ -200,11 +200,14 @@ def feature_distances(samples: Tensor, reference: Tensor) -> dict[str, float]:
     from torchmetrics.image.kid import KernelInceptionDistance
 
     n = min(len(samples), len(reference))
-    fid = FrechetInceptionDistance(feature=_Extracted(samples.shape[1]), normalize=True)
+    # sync_on_compute=False: under torchrun every rank already holds every sample (rlzoo.evaluate
+    # gathers them); torchmetrics' own all-gather would count each sample once per rank
+    local = {"normalize": True, "sync_on_compute": False}
+    fid = FrechetInceptionDistance(feature=_Extracted(samples.shape[1]), **local)
     with warnings.catch_warnings():  # "will save all extracted features": a few thousand 64-d rows here
         warnings.simplefilter("ignore")
-        kid = KernelInceptionDistance(feature=_Extracted(samples.shape[1]), normalize=True, subsets=100,
-                                      subset_size=min(1000, n))
+        kid = KernelInceptionDistance(feature=_Extracted(samples.shape[1]), subsets=100,
+                                      subset_size=min(1000, n), **local)
     with torch.random.fork_rng():  # KID draws its subsets from torch's global generator
         torch.manual_seed(0)
         for metric in (fid, kid):
