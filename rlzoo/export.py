@@ -98,13 +98,13 @@ def load_model(directory: Path):
     from safetensors.torch import load_file
 
     from rlzoo.config import ConfigError, build, check_untrusted
+    from rlzoo.runs.reading import load_json
 
     directory = Path(directory)
-    try:
-        config = json.loads((directory / "config.json").read_text())
-        model_cfg = config["model"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{directory / 'config.json'} is not an rlzoo export's config ({type(exc).__name__})") from None
+    config = load_json(directory / "config.json", "an rlzoo export's config")
+    model_cfg = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"{directory / 'config.json'} is not an rlzoo export's config (no model)")
     check_untrusted({"model": model_cfg}, str(directory / "config.json"))
     model = build(model_cfg)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
@@ -112,10 +112,9 @@ def load_model(directory: Path):
 
 
 def _iterations(run_dir: Path) -> int | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("iterations")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from rlzoo.runs import read_summary
+
+    return (read_summary(run_dir) or {}).get("iterations")
 
 
 @one_line_errors("rlzoo export")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -136,6 +137,61 @@ class GenEvalPrompts(PromptSet):
         return list(self._split["test"])
 
 
+PROMPT_BYTES = 64 * 1024         # one prompt (a line): far beyond any text encoder's window
+PROMPT_FILE_BYTES = 1 << 30      # a prompt file
+# SD3's text encoders keep the first 77 CLIP tokens and 256 T5 tokens of a prompt and drop the rest.
+CLIP_TOKENS, T5_TOKENS = 77, 256
+# A lower bound on a text's CLIP tokens: CLIP's tokenizer cuts the text into these pieces (a run of
+# letters, a digit, a run of other symbols) and makes at least one token of each.
+_CLIP_PIECES = re.compile(r"[^\W\d_]+|\d|[^\s\w]+|_+")
+
+
+def _record(line: str, where: str) -> Prompt:
+    """One JSONL record as a Prompt: an object whose `prompt` is one line of text (and whose `tag`,
+    if any, is a string), or a ValueError naming the file and line."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict) or "prompt" not in record:
+        raise ValueError(f"{where} is not a JSON object with a 'prompt' key")
+    text, tag = record["prompt"], record.get("tag", "file")
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: 'prompt' must be a string, got {type(text).__name__} {str(text)[:40]!r}")
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"{where}: 'prompt' holds a line break (the set's .txt files hold one prompt per line)")
+    if not isinstance(tag, str):
+        raise ValueError(f"{where}: 'tag' must be a string, got {type(tag).__name__}")
+    return Prompt(text, tag, record)
+
+
+def prompt_warnings(texts: list[str], lines: list[int], source: str) -> list[str]:
+    """One line per kind of doubtful prompt in `texts` (read from `lines` of `source`): empty ones
+    (the model sees the unconditional input), repeated ones (each copy is sampled, so the prompt
+    is trained on more often) and ones longer than SD3's text encoders read (the rest is cut)."""
+    warnings = []
+    empty = [n for t, n in zip(texts, lines) if not t.strip()]
+    if empty:
+        warnings.append(f"{source}: {len(empty)} empty prompt(s) (line {', '.join(map(str, empty[:3]))}"
+                        f"{', ...' if len(empty) > 3 else ''}): the model is given no text for them")
+    first: dict[str, int] = {}  # text -> the line it first appears on
+    repeats = []  # (first line, repeating line)
+    for text, number in zip(texts, lines):
+        if text in first:
+            repeats.append((first[text], number))
+        first.setdefault(text, number)
+    if repeats:
+        warnings.append(f"{source}: {len(repeats)} repeated prompt(s) (line {repeats[0][1]} repeats line "
+                        f"{repeats[0][0]}): each copy is sampled, so a repeated prompt is trained on more often")
+    long = [(n, len(_CLIP_PIECES.findall(t))) for t, n in zip(texts, lines)]
+    long = [(n, k) for n, k in long if k > CLIP_TOKENS - 2]  # (CLIP's window holds its start and end tokens)
+    if long:
+        warnings.append(f"{source}: {len(long)} prompt(s) longer than SD3's text encoders read (line {long[0][0]}: "
+                        f"at least {long[0][1]} CLIP tokens): CLIP keeps the first {CLIP_TOKENS} tokens and T5 "
+                        f"the first {T5_TOKENS}, the rest is cut")
+    return warnings
+
+
 class FilePrompts(PromptSet):
     """Prompts from a file: one per line (.txt), or JSON lines with a `prompt` key and any
     metadata (GenEval's evaluation_metadata.jsonl works as is; its `tag` becomes the family).
@@ -160,29 +216,35 @@ class FilePrompts(PromptSet):
 
     @staticmethod
     def read(path: str) -> list[Prompt]:
+        """Every prompt of the file, each record checked before any is used (a prompt file is
+        untrusted input: read as a bounded stream, rlzoo.runs.reading), with a one-line warning
+        per kind of doubtful prompt (`prompt_warnings`)."""
+        from rlzoo.runs.outputs import read_manifest
+        from rlzoo.runs.reading import iter_lines
+
         path = Path(path).expanduser()
         if not path.exists():
             raise ValueError(f"prompts.path={str(path)!r} does not exist")
-        prompts = []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"prompts.path={str(path)!r} is not UTF-8 text (byte {exc.start})") from None
-        except OSError as exc:
-            raise ValueError(f"prompts.path={str(path)!r} cannot be read ({exc.strerror})") from None
-        for number, line in enumerate(text.splitlines(), 1):
+        if path.name in read_manifest(path.parent)[1]:
+            raise ValueError(f"prompts.path={str(path)!r} belongs to a prompt set that `rlzoo prompts` was stopped "
+                             f"while writing (its manifest says so); rerun that command to complete the set")
+        prompts, lines = [], []
+        for number, raw in iter_lines(path, "a prompt file", limit=PROMPT_FILE_BYTES, line_limit=PROMPT_BYTES):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{number} is not UTF-8 text (byte {exc.start})") from None
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":
-                try:
-                    record = json.loads(line)
-                    prompts.append(Prompt(record["prompt"], record.get("tag", "file"), record))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{path}:{number} is not a JSON object with a 'prompt' key") from None
+                prompts.append(_record(line, f"{path}:{number}"))
             else:
                 prompts.append(Prompt(line.strip(), "file", {"prompt": line.strip()}))
+            lines.append(number)
         if not prompts:
             raise ValueError(f"prompts.path={str(path)!r} holds no prompt")
+        for warning in prompt_warnings([p.text for p in prompts], lines, str(path)):
+            print(f"[rlzoo] warning: {warning}", file=sys.stderr)
         return prompts
 
     def train(self) -> list[Prompt]:
@@ -198,16 +260,17 @@ def write(prompt_set: PromptSet, out: Path, overwrite: bool = False) -> dict[str
     earlier `rlzoo prompts`, unless `overwrite`."""
     from rlzoo.runs.outputs import OutputDir
 
+    splits = {split: getattr(prompt_set, split)() for split in ("train", "test")}
+    files = {}  # every byte of the set, made before the first is written
+    for split, prompts in splits.items():
+        files[f"{split}.jsonl"] = "".join(json.dumps(p.metadata) + "\n" for p in prompts).encode()
+        files[f"{split}.txt"] = "".join(p.text + "\n" for p in prompts).encode()
     target = OutputDir(out, overwrite)
-    target.claim([f"{split}.{ext}" for split in ("train", "test") for ext in ("jsonl", "txt")])
-    counts = {}
-    for split in ("train", "test"):
-        prompts = getattr(prompt_set, split)()
-        target.write(f"{split}.jsonl", "".join(json.dumps(p.metadata) + "\n" for p in prompts).encode())
-        target.write(f"{split}.txt", "".join(p.text + "\n" for p in prompts).encode())
-        counts[split] = len(prompts)
+    target.claim(files)
+    for name, data in files.items():  # (a kill in between leaves a set its manifest calls incomplete)
+        target.write(name, data)
     target.close()
-    return counts
+    return {split: len(prompts) for split, prompts in splits.items()}
 
 
 @one_line_errors("rlzoo prompts")

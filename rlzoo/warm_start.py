@@ -21,7 +21,6 @@ always: `init_from` only decides where a new run starts. summary.json records th
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rlzoo.config.init_from import DIFFUSERS_LORA, EXPORTED, LORA_PREFIXES, PEFT_LORA, kind_of
@@ -54,12 +53,20 @@ def load_weights(path: Path) -> tuple[dict, dict]:
         tensors = load_file(str(path / name))
         info = path / "rlzoo.json"
         if info.is_file():
-            written = json.loads(info.read_text())  # (rlzoo's: which weights, after how many iterations)
+            written = _info(info, "the LoRA's rlzoo.json")  # (rlzoo's: which weights, after how many iterations)
             record.update(weights=written.get("weights"), iterations=written.get("iteration", written.get("iterations")))
         return {k.removeprefix(prefix): v for k, v in tensors.items()}, record
-    info = json.loads((path / "config.json").read_text())
+    info = _info(path / "config.json", "an rlzoo export's config")
     record.update(weights=info.get("weights"), iterations=info.get("iterations"))
     return load_file(str(path / EXPORTED)), record
+
+
+def _info(path: Path, what: str) -> dict:
+    """A JSON object of the directory's own record (rlzoo's), or {} where it holds none."""
+    from rlzoo.runs.reading import load_json
+
+    info = load_json(path, what)
+    return info if isinstance(info, dict) else {}
 
 
 def warm_start(policy, path: Path) -> dict:

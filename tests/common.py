@@ -1,6 +1,7 @@
 """What several test files share: paths, the offline environment of a subprocess, a run of
 `rlzoo-train` as a command, a trainer built in this process, a directory's fingerprint and a
 JSONL log's records. (Fixtures live in conftest.py; these are plain functions.)"""
+import contextlib
 import hashlib
 import json
 import os
@@ -53,3 +54,58 @@ def snapshot(directory: Path) -> dict:
 def records(path) -> list[dict]:
     """The records of a JSONL log."""
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ the fault suite's tools (test_faults*.py)
+TINY = ["task=toy2d", "debug=tiny", "threads=1", "progress_bar=false"]
+
+
+def kept(before: dict, after: dict, allow: tuple = ()) -> bool:
+    """Every file of `before` is still there with the same bytes (except the `allow`ed names)."""
+    return all(after.get(k) == v for k, v in before.items() if k not in allow)
+
+
+def train(run_dir, *overrides, wait=True, **kwargs):
+    """A tiny toy2d run of `rlzoo-train` in a new process."""
+    return rlzoo_train(*TINY, f"run_dir={run_dir}", *overrides, wait=wait, **kwargs)
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    """`rlzoo <argv>` in this process: (exit code, its one stderr line or '')."""
+    from rlzoo.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, (one_line(err) if code else err)
+
+
+@contextlib.contextmanager
+def hold_lock(run_dir: Path, name: str = ".rlzoo.lock"):
+    """Another process that holds `run_dir`'s lock for the body of the `with`, as a training run
+    does (flock on the directory, its pid in `name`), without importing torch; killed after."""
+    code = ("import fcntl, json, os, sys, time\n"
+            "os.makedirs(sys.argv[1], exist_ok=True)\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "open(os.path.join(sys.argv[1], sys.argv[2]), 'w').write(json.dumps({'pid': os.getpid(),\n"
+            "    'host': 'here', 'started': 'now', 'command': 'rlzoo-train (test holder)'}))\n"
+            "print('held', flush=True); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), name], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

@@ -35,3 +35,53 @@ def server():
     for srv in started:
         srv.shutdown()
         srv.server_close()
+
+
+# ------------------------------------------------------------------ the fault suite's fixtures (test_faults*.py)
+@pytest.fixture
+def here(capsys, monkeypatch):
+    """`rlzoo-train` in this process, as `common.train` runs it in another (Hydra runs again
+    in-process, in about a second where a new process takes three)."""
+    import subprocess
+
+    from common import HELPERS, TINY
+
+    from rlzoo.train import main
+
+    monkeypatch.syspath_prepend(str(HELPERS))
+
+    def run(run_dir, *overrides):
+        capsys.readouterr()
+        try:
+            main([*TINY, f"run_dir={run_dir}", *overrides])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([], code, out.out, out.err)
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished toy2d run (3 iterations), trained once for the module; tests copy it."""
+    from common import TINY
+
+    from rlzoo.config import build_components, compose_config, validate
+    from rlzoo.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_config([*TINY, "train.iterations=3", f"run_dir={run}"])
+    validate(cfg)
+    Trainer(cfg, run, build_components(cfg)).fit()
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A copy of the finished toy2d run, the test's to change."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy

@@ -10,7 +10,6 @@ its outcome (one line, the exit code) and that no file that existed before chang
 7. one line for every failure, with an exit code for its kind and the traceback in a log
 """
 import base64
-import contextlib
 import io
 import json
 import shutil
@@ -27,102 +26,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import BIN, ENV, HELPERS, REPO, rlzoo_train, snapshot
+from common import BIN, ENV, HELPERS, REPO, TINY, cli, hold_lock, kept, one_line, snapshot, train
 
 pytestmark = pytest.mark.faults
-
-TINY = ["task=toy2d", "debug=tiny", "threads=1", "progress_bar=false"]
-
-
-# ----------------------------------------------------------------------------------------- helpers
-def kept(before: dict, after: dict, allow: tuple = ()) -> bool:
-    """Every file of `before` is still there with the same bytes (except the `allow`ed names)."""
-    return all(after.get(k) == v for k, v in before.items() if k not in allow)
-
-
-def train(run_dir, *overrides, wait=True, **kwargs):
-    return rlzoo_train(*TINY, f"run_dir={run_dir}", *overrides, wait=wait, **kwargs)
-
-
-@pytest.fixture
-def here(capsys, monkeypatch):
-    """`rlzoo-train` in this process, as `train` runs it in another (Hydra runs again in-process,
-    in about a second where a new process takes three)."""
-    from rlzoo.train import main
-
-    monkeypatch.syspath_prepend(str(HELPERS))
-
-    def run(run_dir, *overrides):
-        capsys.readouterr()
-        try:
-            main([*TINY, f"run_dir={run_dir}", *overrides])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess([], code, out.out, out.err)
-    return run
-
-
-def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    """`rlzoo <argv>` in this process: (exit code, its one stderr line or '')."""
-    from rlzoo.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    return code, (one_line(err) if code else err)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished toy2d run (3 iterations), trained once for the module; tests copy it."""
-    from rlzoo.config import build_components, compose_config, validate
-    from rlzoo.trainer import Trainer
-
-    run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_config([*TINY, "train.iterations=3", f"run_dir={run}"])
-    validate(cfg)
-    Trainer(cfg, run, build_components(cfg)).fit()
-    return run
-
-
-@pytest.fixture
-def run(trained, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
-
-
-@contextlib.contextmanager
-def hold_lock(run_dir: Path, name: str = ".rlzoo.lock"):
-    """Another process that holds `run_dir`'s lock for the body of the `with`, as a training run
-    does (flock on the directory, its pid in `name`), without importing torch; killed after."""
-    code = ("import fcntl, json, os, sys, time\n"
-            "os.makedirs(sys.argv[1], exist_ok=True)\n"
-            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-            "open(os.path.join(sys.argv[1], sys.argv[2]), 'w').write(json.dumps({'pid': os.getpid(),\n"
-            "    'host': 'here', 'started': 'now', 'command': 'rlzoo-train (test holder)'}))\n"
-            "print('held', flush=True); time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), name], stdout=subprocess.PIPE, text=True,
-                            env=ENV)
-    try:
-        assert proc.stdout.readline().strip() == "held"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 # ------------------------------------------------------------------ 1. never delete what rlzoo did not write
@@ -359,7 +265,7 @@ def test_a_user_named_target_on_the_command_line_is_trusted(capsys, run):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not: [yaml", "not a readable config"),
+    ("{not: [yaml", "is not YAML"),
     ("- a list\n- not a config\n", "not a config"),
 ])
 def test_a_damaged_run_config_is_one_line(capsys, run, content, message):

@@ -63,10 +63,12 @@ def parent_config(path: Path):
     and evaluation weights and builds nothing from it, so a user's own components in it are fine."""
     from omegaconf import OmegaConf
 
+    from rlzoo.runs.reading import UnreadableFile, load_yaml
+
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
-    except Exception as exc:
-        raise ConfigError(f"init_from={str(path)!r}: its config.yaml cannot be read ({type(exc).__name__})") from None
+        data = load_yaml(path / "config.yaml", "the parent run's config")
+    except UnreadableFile as exc:
+        raise ConfigError(f"init_from={str(path)!r}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("task"), dict) or not isinstance(data.get("model"), dict):
         raise ConfigError(f"init_from={str(path)!r}: its config.yaml is not a run's config")
     return OmegaConf.create(data)
@@ -74,11 +76,12 @@ def parent_config(path: Path):
 
 def _json(path: Path, what: str) -> dict:
     """A JSON object file of a warm start's directory, or a one-line ConfigError naming it."""
+    from rlzoo.runs.reading import UnreadableFile, load_json
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"init_from={str(path.parent)!r}: {path.name} cannot be read as {what} "
-                          f"({type(exc).__name__})") from None
+        data = load_json(path, what)
+    except UnreadableFile as exc:
+        raise ConfigError(f"init_from={str(path.parent)!r}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"init_from={str(path.parent)!r}: {path.name} is not a JSON object")
     return data
@@ -99,11 +102,12 @@ def lora_rank_alpha(path: Path) -> tuple[int, float]:
             return int(config["r"]), float(config["lora_alpha"])
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"init_from={str(path)!r}: adapter_config.json has no r and lora_alpha") from None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path / DIFFUSERS_LORA), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
-    if "transformer.r" not in meta:
-        raise ConfigError(f"init_from={str(path)!r}: {DIFFUSERS_LORA} says nothing of its rank and alpha "
-                          f"(no lora_adapter_metadata)")
-    return int(meta["transformer.r"]), float(meta["transformer.lora_alpha"])
+    try:
+        with safe_open(str(path / DIFFUSERS_LORA), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+        return int(meta["transformer.r"]), float(meta["transformer.lora_alpha"])
+    except (OSError, SafetensorError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"init_from={str(path)!r}: {DIFFUSERS_LORA} says nothing readable of its rank and alpha "
+                          f"(its lora_adapter_metadata: {type(exc).__name__})") from None

@@ -26,11 +26,13 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     completed = summary.get("status") == "completed"
     if not saved.exists() or not (checkpoint.exists() or completed):
         return
+    from rlzoo.runs.reading import UnreadableFile, load_config
+
     try:
-        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-    except Exception as exc:  # a damaged config.yaml: the directory still holds a run
-        raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read "
-                          f"({type(exc).__name__}); choose another run_dir=...") from None
+        old = OmegaConf.to_container(load_config(saved), resolve=False)
+    except UnreadableFile as exc:  # a damaged config.yaml: the directory still holds a run
+        raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read ({exc}); "
+                          f"choose another run_dir=...") from None
     new = run_fingerprint(cfg)
     diffs = config_differences(old if isinstance(old, dict) else {}, new)
     if diffs:

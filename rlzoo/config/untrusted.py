@@ -72,15 +72,10 @@ def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
     checked (`check_untrusted`), then `key=value` overrides applied to keys it already has (an
     unknown key is refused as rlzoo-train refuses one). Targets named in `overrides` are the
     user's own and trusted. Validated like a config rlzoo-train composes."""
+    from rlzoo.runs.reading import load_config
+
     path = Path(path)
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # a YAML error, an unreadable file
-        raise ConfigError(f"{path} is not a readable config ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:160]})") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path} is not a config (it holds a {type(loaded).__name__})")
-    container = OmegaConf.to_container(loaded, resolve=False)
+    container = OmegaConf.to_container(load_config(path), resolve=False)  # bounded: no hang, no bomb
     pairs = [str(o).split("=", 1) for o in overrides]
     for pair in pairs:
         if len(pair) != 2 or pair[0].startswith(("+", "~")) or not pair[0]:

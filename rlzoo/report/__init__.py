@@ -26,16 +26,15 @@ __all__ = ["Row", "Run", "crossing", "export", "find_runs", "group_rows", "kapla
 
 def _settings(runs: list[Run]) -> dict:
     """report.threshold / report.baseline as the sweep's config set them (config.yaml of a run)."""
-    from omegaconf import OmegaConf
+    from rlzoo.runs.reading import load_yaml
 
     for run in runs:
         path = run.path / "config.yaml"
         if path.exists():
-            try:
-                report = OmegaConf.load(path).get("report")
-                settings = OmegaConf.to_container(report) if report is not None else None
-            except Exception as exc:  # a damaged or foreign config.yaml
-                raise ConfigError(f"{path} is not a run's config ({type(exc).__name__})") from None
+            config = load_yaml(path, "a run's config")
+            settings = config.get("report") if isinstance(config, dict) else None
+            if settings is not None and not isinstance(settings, dict):
+                raise ConfigError(f"{path}: report must be a mapping, got {type(settings).__name__}")
             if settings is not None:
                 threshold = settings.get("threshold")
                 if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))

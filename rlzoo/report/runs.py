@@ -67,15 +67,20 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return {}
-    from omegaconf import OmegaConf
+    from rlzoo.runs.reading import load_yaml
 
-    return override_dict(OmegaConf.load(path))
+    overrides = load_yaml(path, "the run's overrides")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"{path} (the run's overrides) is not a list of key=value strings")
+    return override_dict(overrides)
 
 
 def load_run(run_dir: Path) -> Run:
     """A run's record as the report reads it, or a ConfigError naming the file that does not fit."""
     try:
         return _load_run(run_dir)
+    except ConfigError:  # a file that cannot be read names itself
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"run {run_dir} has a record the report cannot read ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:120]}); its eval.jsonl, metrics.jsonl and summary.json "
@@ -104,13 +109,11 @@ def _has_kl(run_dir: Path) -> bool:
     path = run_dir / "config.yaml"
     if not path.exists():
         return True
-    from omegaconf import DictConfig, OmegaConf
+    from rlzoo.runs.reading import load_yaml
 
-    try:
-        config = OmegaConf.load(path)
-    except Exception as exc:  # a damaged config.yaml
-        raise ConfigError(f"{path} is not a run's config ({type(exc).__name__})") from None
-    return not isinstance(config, DictConfig) or OmegaConf.select(config, "kl.name", default=None) != "none"
+    config = load_yaml(path, "a run's config")
+    kl = config.get("kl") if isinstance(config, dict) else None
+    return not isinstance(kl, dict) or kl.get("name") != "none"
 
 
 def _job_number(run_dir: Path) -> int:
@@ -118,9 +121,12 @@ def _job_number(run_dir: Path) -> int:
     path = run_dir / ".hydra" / "hydra.yaml"
     if not path.exists():
         return -1
-    from omegaconf import OmegaConf
+    from rlzoo.runs.reading import load_yaml
 
-    return int(OmegaConf.select(OmegaConf.load(path), "hydra.job.num", default=-1))
+    record = load_yaml(path, "Hydra's record of the run")
+    for key in ("hydra", "job", "num"):
+        record = record.get(key) if isinstance(record, dict) else None
+    return record if isinstance(record, int) and not isinstance(record, bool) else -1
 
 
 def find_runs(root: Path) -> list[Run]:

@@ -61,7 +61,13 @@ def checkpoint_path(run_dir: Path) -> Path:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """A checkpoint of tensors and plain values, loaded with `weights_only=True` (no pickled code
     runs). A truncated or foreign file is a one-line `CheckpointError`; the file stays in place."""
+    from rlzoo.runs.reading import UnreadableFile, open_regular
+
     path = Path(path)
+    try:  # a FIFO or a device in its place would block or stream forever
+        os.close(open_regular(path, "a checkpoint", limit=2**50))
+    except UnreadableFile as exc:
+        raise CheckpointError(f"{exc}; it was left in place") from None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for truncated / foreign files
@@ -80,17 +86,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
 
 
 def parse_jsonl(path: Path) -> tuple[list[dict], list[int]]:
-    """(records, numbers of the lines that are not JSON objects) of a JSONL log."""
+    """(records, numbers of the lines that are not JSON objects) of a JSONL log, read with the
+    bounds of rlzoo.runs.reading (a regular file, no line over 1 MiB, no file over 1 GiB)."""
+    from rlzoo.runs.reading import iter_lines
+
     path = Path(path)
     if not path.exists():
         return [], []
     records, damaged = [], []
-    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), 1):
+    for number, raw in iter_lines(path, "a run's log"):
+        line = raw.decode(errors="replace")
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             record = None
         if isinstance(record, dict):
             records.append(record)

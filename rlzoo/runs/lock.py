@@ -76,11 +76,15 @@ def _write_holder(fd: int, path: Path, data: bytes) -> None:
 
 
 def read_holder(run_dir: Path, name: str = LOCK_NAME) -> dict:
+    """Who holds the lock, as its file says ({} where it says nothing readable: the file is
+    untrusted, and a refusal must still be one line)."""
+    from rlzoo.runs.reading import UnreadableFile, load_json
+
     try:
-        holder = json.loads((Path(run_dir) / name).read_text() or "{}")
-        return holder if isinstance(holder, dict) else {}
-    except (OSError, ValueError):
+        holder = load_json(Path(run_dir) / name, "the run's lock", limit=64 * 1024)
+    except UnreadableFile:
         return {}
+    return {k: " ".join(str(v).split())[:200] for k, v in holder.items()} if isinstance(holder, dict) else {}
 
 
 @contextlib.contextmanager

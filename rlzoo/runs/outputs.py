@@ -6,6 +6,11 @@ wrote there. A file may be replaced when the manifest says rlzoo wrote it and it
 since; anything else (a file of the user's, or one they edited) only with `--overwrite`, and even
 then rlzoo replaces only the files it writes: nothing else in the directory is touched, and no
 directory is ever removed.
+
+Before a file is replaced its new SHA-256 goes into the manifest's `pending` record, which is
+cleared once the whole set is written: a command killed half-way leaves a folder whose manifest
+says it is incomplete (readers such as prompts=file refuse it) and whose files are all still
+rlzoo's, so rerunning the command completes it without --overwrite.
 """
 from __future__ import annotations
 
@@ -61,26 +66,20 @@ class OutputDir:
         if run is not None:
             raise OutputRefused(f"output {self.path} is inside the run directory {run}, which only "
                                 f"its run writes; choose a directory outside it")
-        self.manifest = self._read_manifest()
+        self.manifest, self.pending = read_manifest(self.path)
         self.claimed: set[str] = set()
 
-    def _read_manifest(self) -> dict[str, str]:
-        try:
-            files = json.loads((self.path / MANIFEST).read_text()).get("files", {})
-            return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
-        except (OSError, ValueError, AttributeError):
-            return {}
-
     def _ours(self, name: str) -> bool:
-        """rlzoo wrote `name` here and nobody changed it since."""
+        """rlzoo wrote `name` here (or was writing it when it was stopped) and nobody changed it since."""
         target = self.path / name
-        return name in self.manifest and target.is_file() and sha256(target) == self.manifest[name]
+        return ((name in self.manifest or name in self.pending) and target.is_file()
+                and sha256(target) in (self.manifest.get(name), self.pending.get(name)))
 
     def claim(self, names: Iterable[str]) -> None:
         names = list(names)
         if self.path.is_dir() and not self.overwrite:
             existing = [p for p in self.path.iterdir() if p.name != MANIFEST]
-            if existing and not self.manifest:  # a directory rlzoo did not make
+            if existing and not (self.manifest or self.pending):  # a directory rlzoo did not make
                 raise OutputRefused(
                     f"output {self.path} is not empty and rlzoo did not write it "
                     f"({len(existing)} entries, e.g. {existing[0].name}); choose an empty or new directory, "
@@ -109,14 +108,22 @@ class OutputDir:
         if name not in self.claimed:
             raise RuntimeError(f"{name} written to {self.path} without claim()")  # a bug, not bad input
         target = self.path / name
+        self.pending[name] = hashlib.sha256(data).hexdigest()
+        self._write_manifest()  # first: a kill between the two leaves a file the manifest knows
         atomic_write_bytes(target, data)
-        self.manifest[name] = hashlib.sha256(data).hexdigest()
         return target
 
     def close(self) -> None:
-        """Record the files written so far in the folder's manifest."""
-        atomic_write_bytes(self.path / MANIFEST, (json.dumps(
-            {"written_by": "rlzoo", "files": dict(sorted(self.manifest.items()))}, indent=1) + "\n").encode())
+        """Record the files written in the folder's manifest: the set is whole."""
+        self.manifest.update(self.pending)
+        self.pending = {}
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        record = {"written_by": "rlzoo", "files": dict(sorted(self.manifest.items()))}
+        if self.pending:
+            record["pending"] = dict(sorted(self.pending.items()))
+        atomic_write_bytes(self.path / MANIFEST, (json.dumps(record, indent=1) + "\n").encode())
 
     def write_text(self, name: str, text: str) -> Path:
         return self.write(name, text.encode())
@@ -125,6 +132,23 @@ class OutputDir:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", **kwargs)
         return self.write(name, buffer.getvalue())
+
+
+def read_manifest(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(files, pending) of a folder's manifest: the SHA-256 of each file rlzoo wrote there, and of
+    each it was replacing when it stopped (empty once the set was written whole). A manifest that
+    cannot be read counts as none."""
+    from rlzoo.runs.reading import UnreadableFile, load_json
+
+    if not (Path(folder) / MANIFEST).exists():
+        return {}, {}
+    try:
+        record = load_json(Path(folder) / MANIFEST, "rlzoo's manifest of the folder")
+    except UnreadableFile:
+        return {}, {}
+    record = record if isinstance(record, dict) else {}
+    return tuple({str(k): str(v) for k, v in part.items()} if isinstance(part, dict) else {}
+                 for part in (record.get("files"), record.get("pending")))
 
 
 def check_path(path: Path, directory: bool) -> None:

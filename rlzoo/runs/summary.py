@@ -33,13 +33,15 @@ def read_summary(run_dir: Path) -> dict | None:
     """A run's summary.json, or None when it has none or it is unreadable. A summary that says
     "running" while no process holds the run's lock belongs to a process that was killed (kill -9,
     a lost node): it is returned as "interrupted", so no reader believes a dead run is alive."""
-    import json
-
     from rlzoo.runs.lock import is_held
+    from rlzoo.runs.reading import UnreadableFile, load_json
 
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return None
     try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
+        summary = load_json(path, "the run's summary")
+    except UnreadableFile:  # (a report lists the run as incomplete; a resume goes by its checkpoint)
         return None
     if not isinstance(summary, dict):
         return None
