@@ -6,11 +6,13 @@ on the command line, exactly as Hydra's basic sweeper expands it.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from rlzoo.config import ConfigError, compose_config, parse_overrides, validate
+from rlzoo.config import ConfigError, check_sweep_name, compose_config, parse_overrides, path_component, validate
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -24,6 +26,17 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def adhoc_sweep_name(overrides: list[str]) -> str:
+    """The folder of a sweep whose sweep_name is not set: its command line's overrides (sorted,
+    without the ones that change no result, in characters a shell takes unquoted, the first 60)
+    and a hash of them, so unrelated sweeps never share a folder and the same command finds its
+    own folder again (and resumes)."""
+    shown = sorted(o for o in overrides
+                   if not o.lstrip("+~").startswith(("hydra", "threads=", "progress_bar=", "logger", "sweep_name=")))
+    text = ",".join(shown)
+    return f"{re.sub(r'[^A-Za-z0-9._,=+-]', '_', text)[:60]}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
 def sweep_dir(overrides: list[str]) -> Path:
     """The folder a sweep writes into (hydra.sweep.dir: multirun/<sweep_name> unless overridden)."""
     fixed = [o.input_line for o in parse_overrides(list(overrides)) if not o.is_sweep_override()]
@@ -31,15 +44,26 @@ def sweep_dir(overrides: list[str]) -> Path:
 
 
 def validate_sweep(overrides: list[str]) -> list[list[str]]:
-    """Every job's config passes `validate`, or ConfigError names the first job that does not."""
+    """Every job's config passes `validate` and every job has a run directory of its own under the
+    sweep's folder, or ConfigError names the first job that does not."""
     jobs = sweep_jobs(overrides)
     if not jobs:
         raise ConfigError(f"the sweep has no jobs: a value list matched nothing ({' '.join(overrides)}); "
                           f"rlzoo-train --help lists the choices")
     checked_models: set[str] = set()  # each distinct model config is checked (loaded) once
+    folders: dict[str, list[str]] = {}  # run directory (under the sweep's) -> the job that writes it
     for job in jobs:
         try:
-            cfg = compose_config(job)
+            cfg = compose_config(job, return_hydra_config=True)
+            with open_dict(cfg):
+                hydra = cfg.pop("hydra")
+            check_sweep_name(cfg.sweep_name)
+            folder = path_component(hydra.job.override_dirname)
+            if folder in folders:
+                raise ConfigError(f"it would write to the same run directory as job {' '.join(folders[folder])} "
+                                  f"({folder or 'the sweep folder itself'}): the keys that tell them apart are "
+                                  f"left out of run directory names ({', '.join(hydra.job.config.override_dirname.exclude_keys)})")
+            folders[folder] = job
             model = OmegaConf.to_yaml(cfg.model)
             validate(cfg, check_model=model not in checked_models)
             checked_models.add(model)

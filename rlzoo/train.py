@@ -26,10 +26,12 @@ USAGE = """usage: rlzoo-train [group=choice ...] [key=value ...] [-m for a sweep
 Compose a run from one choice per group (Hydra overrides), e.g.
   rlzoo-train task=toy2d objective=epg estimator=elbo sampler=dpm2 optimizer.lr=1e-4 seed=1
   rlzoo-train experiment=paper_a task=shapes
-Runs write to run_dir (default runs/<task>/<objective>-<estimator>-<sampler>/seed<seed>);
+Runs write to run_dir (default runs/<task>/<objective>-<estimator>-<sampler>/seed<seed>, the
+recipe's name for an experiment, followed by what else you changed: ...-dpm2,reward=pickscore/);
 rerunning the same command resumes there.
   rlzoo-train -m +sweep=smoke                    # a named sweep (conf/sweep/<name>.yaml)
-  rlzoo-train -m objective=epg,pepg seed=0,1,2   # an ad-hoc sweep into multirun/adhoc/
+  rlzoo-train -m objective=epg,pepg seed=0,1,2 sweep_name=mine   # into multirun/mine/ (default: a name
+                                                                 # made of the command line)
 """
 
 
@@ -192,8 +194,10 @@ def _launch(argv: list[str], multirun: bool) -> None:
     """Validate, then hand the run (or sweep) to Hydra. The run's directory (a sweep's folder) is
     locked here, before Hydra starts, so a second process can touch nothing of it."""
     from rlzoo.config import ConfigError
+    from rlzoo.config.compose import plain_sweep
     from rlzoo.runs import run_lock
 
+    argv = plain_sweep(argv)
     options, overrides, expect_value = [], [], False
     for item in argv:
         if expect_value:  # an option's value (--cfg job)
@@ -217,8 +221,13 @@ def _launch(argv: list[str], multirun: bool) -> None:
     if set(options) & PRINT_ONLY:
         return _hydra(argv)
     if not multirun:
-        from rlzoo.config import check_run_dir, compose_config, validate
+        from rlzoo.config import check_run_dir, compose_config, override_dict, run_variant, validate
 
+        if "run_dir" not in override_dict(overrides):  # runs that differ in any choice get their own directory
+            variant = run_variant(overrides)
+            if variant:  # (quoted: Hydra would read its ',' as a sweep; it holds no quote, see path_component)
+                overrides.append(f"variant='{variant}'")
+                argv.append(f"variant='{variant}'")
         cfg = compose_config(overrides)
         validate(cfg)
         if not distributed.is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
@@ -227,9 +236,15 @@ def _launch(argv: list[str], multirun: bool) -> None:
         with run_lock(Path(cfg.run_dir)):
             check_run_dir(cfg, Path(cfg.run_dir))
             return _hydra(argv)
+    from rlzoo.config import compose_config, parse_overrides
     from rlzoo.runs.lock import SWEEP_LOCK_NAME
-    from rlzoo.sweeps import sweep_dir, validate_sweep
+    from rlzoo.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
 
+    fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
+    if compose_config(fixed).sweep_name is None:  # an ad-hoc sweep: a folder of its own, named by its command
+        name = f"sweep_name='{adhoc_sweep_name(overrides)}'"  # (quoted: Hydra would read its ',' as a sweep)
+        overrides.append(name)
+        argv.append(name)
     jobs = validate_sweep(overrides)
     print(f"[rlzoo] sweep of {len(jobs)} jobs validated", flush=True)
     folder = sweep_dir(overrides)

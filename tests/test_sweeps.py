@@ -44,7 +44,7 @@ def test_ratio_ci_on_known_values():
 
 def test_named_sweep_expands_like_hydra():
     jobs = sweep_jobs(["+sweep=smoke"])
-    assert len(jobs) == 8 and ["objective=epg", "sampler=dpm2", "seed=0", "+sweep=smoke"] in jobs
+    assert len(jobs) == 8 and ["objective=epg", "sampler=dpm2", "seed=0", "sweep=smoke"] in jobs
     assert len(sweep_jobs(["+sweep=smoke", "optimizer.lr=1e-3,2e-3"])) == 16
 
 

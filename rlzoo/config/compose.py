@@ -67,6 +67,12 @@ def _load(group: str, name: str) -> DictConfig:
                                 if (d / group / f"{name}.yaml").is_file()), CONF_DIR / group / f"{name}.yaml"))
 
 
+def plain_sweep(overrides: list[str]) -> list[str]:
+    """`+sweep=name` (the documented spelling, from when no default named a sweep) as `sweep=name`:
+    the defaults list now holds `sweep: null` before `debug`, so that debug=tiny shrinks a sweep too."""
+    return [f"sweep={o.split('=', 1)[1]}" if str(o).lstrip("+").startswith("sweep=") else o for o in overrides]
+
+
 def parse_overrides(overrides: list[str]) -> list:
     """Hydra's parse of command-line overrides, with the config groups known, so that sweep
     functions (`choice`, `range`, `glob`) expand as the sweeper will expand them."""
@@ -80,7 +86,7 @@ def parse_overrides(overrides: list[str]) -> list:
         search.append("rlzoo-user", f"file://{directory}")
     loader = ConfigLoaderImpl(config_search_path=search)
     try:
-        return OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
+        return OverridesParser.create(config_loader=loader).parse_overrides(plain_sweep(list(overrides)))
     except HydraException as exc:
         raise ConfigError(" ".join(str(exc).split())) from None
 
@@ -224,6 +230,7 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False) -> D
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
+    overrides = plain_sweep(list(overrides))
     check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,6 +1,7 @@
-"""Whether a run directory can hold this run: the resume rules (README, Runs)."""
+"""Where a run lives and whether a run directory can hold it: its name, the resume rules (README, Runs)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -81,7 +82,7 @@ ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None}
 # init_from only decides where a new run starts).
 RESUMABLE_KEYS = ("train.iterations", "train.max_minutes", "train.max_nfe", "progress_bar", "logger", "threads",
                   "sweep_name", "run_dir", "eval.every", "eval.every_nfe", "eval.teacher_steps",
-                  "task.embedding_cache", "dist", "checkpoint_every", "init_from")
+                  "task.embedding_cache", "dist", "checkpoint_every", "init_from", "variant")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
@@ -91,3 +92,75 @@ def _diff(a, b, prefix: str = "") -> list[str]:
             out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+# ------------------------------------------------------------------------- a run directory's name
+def path_component(text: str) -> str:
+    """`text` as one file name, so a value can never leave its folder: every character but letters,
+    digits and `._,=+:@~-` percent-encoded ("/" is %2F, a space %20: the name needs no quotes in a
+    shell), "." and ".." spelt out, and a name longer than file systems allow (255 bytes) cut to 180
+    bytes plus a hash of the whole, so distinct texts stay distinct. ("" stays "".)"""
+    from urllib.parse import quote
+
+    name = quote(str(text), safe=",=+:@~")  # (quote keeps letters, digits and _.-~ as they are)
+    if name in (".", ".."):
+        name = name.replace(".", "%2E")
+    if len(name.encode()) > 200:
+        digest = hashlib.sha256(str(text).encode()).hexdigest()[:16]
+        name = f"{name.encode()[:180].decode(errors='ignore')}~{digest}"
+    return name
+
+
+def check_sweep_name(name) -> None:
+    """sweep_name names one folder under multirun/: a ConfigError for anything that would leave it."""
+    text = str(name)
+    if not text or text in (".", "..") or path_component(text) != text:
+        raise ConfigError(f"sweep_name={text!r} must name one folder under multirun/: letters, digits and ._,=+:@~- "
+                          f"(not '.' or '..'); set hydra.sweep.dir=... for a sweep elsewhere")
+
+
+def _names_the_run(key: str) -> bool:
+    """Whether an override goes into a run directory's name: not what the path already says (the
+    task, the seed, the recipe's `name`; task.image_size=32 does change the task), not Hydra's or a
+    sweep's settings, not what a resumed run may change (RESUMABLE_KEYS: where the run lives, its
+    budgets, how it is watched)."""
+    return not (key in ("task", "seed", "experiment", "debug", "name") or key.split(".")[0] in ("hydra", "sweep")
+                or key.startswith(RESUMABLE_KEYS))
+
+
+def run_variant(overrides: list[str]) -> str:
+    """What a run's command line changes beyond its task and recipe, for its directory's name
+    (`runs/<task>/<name><variant>/seed<seed>`): ",key=value,..." sorted by key, one entry per
+    override whose value differs from what the config holds without those overrides (a component
+    other than the recipe's, a number other than the task's); the objective, estimator and sampler
+    only where `name` does not already say them. Escaped into one path component; "" for none."""
+    from rlzoo.config.compose import GROUPS, compose_config, parse_overrides
+
+    parsed = [o for o in parse_overrides(list(overrides)) if not o.is_sweep_override()]
+    candidates = [o for o in parsed if _names_the_run(o.key_or_group)]
+    if not candidates:
+        return ""
+    base = compose_config([o.input_line for o in parsed if not _names_the_run(o.key_or_group)],
+                          return_hydra_config=True)
+    chosen = compose_config([o.input_line for o in parsed])
+    in_name = {"objective", "estimator", "sampler"} if chosen.name == (
+        f"{chosen.objective.name}-{chosen.estimator.name}-{chosen.sampler.name}") else set()
+    entries = {}
+    for override in candidates:
+        key = override.key_or_group
+        if key in in_name:
+            continue
+        if override.is_delete():
+            entries[key] = f"~{key}"
+            continue
+        value = override.value()
+        if key in GROUPS:
+            default = base.hydra.runtime.choices.get(key)
+        else:
+            default = OmegaConf.select(base, key, default=_MISSING, throw_on_resolution_failure=False)
+        if value != default:
+            entries[key] = override.input_line
+    return path_component("".join(f",{entries[k]}" for k in sorted(entries)))
+
+
+_MISSING = object()
