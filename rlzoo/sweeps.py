@@ -12,7 +12,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-from rlzoo.config import ConfigError, check_sweep_name, compose_config, parse_overrides, path_component, validate
+from rlzoo.config import (
+    ConfigError,
+    check_run_dir,
+    check_sweep_name,
+    compose_config,
+    parse_overrides,
+    path_component,
+    validate,
+)
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -45,7 +53,8 @@ def sweep_dir(overrides: list[str]) -> Path:
 
 def validate_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job's config passes `validate` and every job has a run directory of its own under the
-    sweep's folder, or ConfigError names the first job that does not."""
+    sweep's folder that can hold its run (`check_run_dir`: a rerun resumes), or ConfigError names
+    the first job that does not."""
     jobs = sweep_jobs(overrides)
     if not jobs:
         raise ConfigError(f"the sweep has no jobs: a value list matched nothing ({' '.join(overrides)}); "
@@ -67,6 +76,7 @@ def validate_sweep(overrides: list[str]) -> list[list[str]]:
             model = OmegaConf.to_yaml(cfg.model)
             validate(cfg, check_model=model not in checked_models)
             checked_models.add(model)
+            check_run_dir(cfg, Path(str(hydra.sweep.dir)) / folder)  # a job's directory may hold only this job's run
         except ConfigError as exc:
             raise ConfigError(f"sweep job {' '.join(job)}: {exc}") from None
     return jobs

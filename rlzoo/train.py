@@ -73,18 +73,21 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
             remove_temporary_files(run_dir)  # what a killed write left (.<name>.<random>.tmp)
             if not checkpoint_path(run_dir).exists():
                 set_aside_failed_start(run_dir)
-            write_hydra_record(run_dir, cfg)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         torch.manual_seed(int(cfg.seed))
         loggers, trainer, dist = [], None, distributed.SINGLE
         try:
             dist = distributed.init(cfg.device, float(cfg.get("dist", {}).get("timeout_s", 1800)))
+            trainer = Trainer(cfg, run_dir, build_components(cfg), dist)
+            trainer.restore()  # a resume: its checkpoint read and checked before any file is written
+            if main:
+                write_hydra_record(run_dir, cfg)
             if cfg.logger.get("_target_") and main:
                 group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
                 node = {**OmegaConf.to_container(cfg.logger, resolve=True), "group": group}
                 loggers.append(build(node, recursive=False, run_dir=run_dir, name=name, run_config=run_config))
-            trainer = Trainer(cfg, run_dir, build_components(cfg, loggers), dist)
+                trainer.loggers.append(loggers[-1])
             summary = trainer.fit()
         except BaseException as exc:
             raise RunFailed(exc, *_record_failure(run_dir, trainer, exc, main)) from exc

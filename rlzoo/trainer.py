@@ -100,16 +100,25 @@ class Trainer:
         self.checkpoint_time = time.monotonic()
 
     # ------------------------------------------------------------------------------ the loop
+    def restore(self) -> None:
+        """A resumed run's state from its checkpoint (everything checked before any file of the run
+        is touched; a missing config.yaml written back from the checkpoint's record); nothing for a
+        new run."""
+        if self.started or not self.checkpoint_path.exists():
+            return
+        record = self.load_checkpoint()
+        self.started = True
+        if self.dist.is_main:
+            if not (self.run_dir / "config.yaml").exists():  # (evaluate and export read it)
+                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(record or self.cfg, resolve=True).encode())
+            print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
+
     def fit(self) -> dict:
         main = self.dist.is_main
         if main and self.dist.active:
             print(f"[rlzoo] data parallel over {self.dist.world} ranks ({'nccl' if 'cuda' in self.dist.device else 'gloo'})")
-        if self.checkpoint_path.exists():
-            self.load_checkpoint()  # everything checked before any file of the run is touched
-            self.started = True
-            if main:
-                print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
-        else:
+        self.restore()
+        if not self.started:
             self.started = True
             if self.cfg.get("init_from") is not None:  # a warm start: the policy begins from another run's weights
                 self.progress.started_from = warm_start(self.policy, Path(str(self.cfg.init_from)).expanduser())
@@ -313,10 +322,11 @@ class Trainer:
         self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
                                    {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
 
-    def load_checkpoint(self) -> None:
-        """Restore the run from its checkpoint. A checkpoint that cannot be read, was written by a
-        run with another config, or does not fit this model is a one-line CheckpointError raised
-        before any file is touched; only then are the logs cut back to the checkpoint."""
+    def load_checkpoint(self) -> dict | None:
+        """Restore the run from its checkpoint; returns the config it records. A checkpoint that
+        cannot be read, was written by a run with another config, or does not fit this model is a
+        one-line CheckpointError raised before any file is touched; only then are the logs cut back
+        to the checkpoint."""
         path = self.checkpoint_path
         state = load_checkpoint(path, map_location=self.device)
         differs = config_differences(state.get("run"), run_fingerprint(self.cfg))
@@ -343,6 +353,7 @@ class Trainer:
             aside = truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)
             if aside is not None:
                 print(f"[rlzoo] {name}.jsonl had lines that are not JSON; the file as it was is kept as {aside}")
+        return state.get("run")
 
     def write_summary(self, status: str, error: str | None = None) -> dict | None:
         if not self.dist.is_main:

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from common import BIN, ENV, TINY, one_line
+from common import BIN, ENV, TINY, cli, one_line, snapshot
 
 from rlzoo.config import ConfigError, compose_config, path_component, run_variant
 from rlzoo.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
@@ -120,3 +120,65 @@ def test_the_readme_own_reward_trap_no_longer_collides(tmp_path):
 def test_a_bad_override_in_the_name_is_still_one_line():
     with pytest.raises(ConfigError, match="unknown reward 'pikscore'"):
         run_variant(["task=shapes", "reward=pikscore"])
+
+
+# ------------------------------------------------------------------- a refusal writes nothing anywhere
+def test_a_refused_resume_without_config_yaml_writes_nothing(here, tmp_path):
+    """config.yaml gone, the checkpoint's own record says whose run it is: another config is refused
+    before anything is written (.hydra/ used to be rewritten first)."""
+    run = tmp_path / "run"
+    assert here(run, "train.iterations=1").returncode == 0
+    (run / "config.yaml").unlink()
+    before = snapshot(run)
+    out = here(run, "train.iterations=2", "seed=1")
+    assert out.returncode == 2 and "another config" in one_line(out.stderr) and "seed" in out.stderr
+    assert snapshot(run) == before
+
+
+def test_a_resume_writes_a_missing_config_yaml_back(here, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert here(run, "train.iterations=1").returncode == 0
+    written = (run / "config.yaml").read_text()
+    (run / "config.yaml").unlink()
+    assert here(run, "train.iterations=2").returncode == 0
+    assert (run / "config.yaml").read_text() == written  # the checkpoint's record of the config
+    assert cli(capsys, "evaluate", f"run_dir={run}")[0] == 0
+
+
+def test_a_checkpoint_that_does_not_fit_writes_no_hydra_record(run, here):
+    import torch
+
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    del state["run"]  # (as an old checkpoint) so only the model itself can refuse it
+    state["policy"]["current"] = {"net.0.weight": torch.zeros(3, 3)}
+    torch.save(state, run / "checkpoints" / "last.pt")
+    before = snapshot(run)
+    out = here(run, "train.iterations=5")
+    assert out.returncode == 2 and "does not fit this run" in one_line(out.stderr)
+    assert set(snapshot(run)) - set(before) <= {".rlzoo.lock"} and not (run / ".hydra").exists()
+
+
+def test_init_from_into_a_directory_holding_a_run_is_refused(here, trained, tmp_path):
+    run = tmp_path / "run"
+    assert here(run, "train.iterations=1").returncode == 0
+    before = snapshot(run)
+    out = here(run, "train.iterations=2", f"init_from={trained}")
+    line = one_line(out.stderr)
+    assert out.returncode == 2 and "would be ignored" in line and "the base model" in line
+    assert snapshot(run) == before
+    warm = tmp_path / "warm"  # a warm-started run resumes with the command that started it
+    assert here(warm, "train.iterations=1", f"init_from={trained}").returncode == 0
+    assert here(warm, "train.iterations=2", f"init_from={trained}").returncode == 0
+    out = here(warm, "train.iterations=3", f"init_from={run}")
+    assert out.returncode == 2 and f"started from '{trained}'" in one_line(out.stderr)
+
+
+def test_a_sweep_job_whose_directory_holds_another_run_stops_the_sweep_before_any_job(tmp_path, here):
+    sweep_dir = tmp_path / "multirun" / "debug" / "held"
+    held = sweep_dir / "debug=tiny,seed=1,task=toy2d"
+    assert here(f"'{held}'", "seed=0").returncode == 0  # another seed's run where seed=1's goes
+    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", *TINY, "sweep_name=held", "seed=0,1"],
+                         capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+    line = one_line(out.stderr)
+    assert out.returncode == 2 and "sweep job" in line and "seed=1" in line and "different config" in line
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["debug=tiny,seed=1,task=toy2d"]

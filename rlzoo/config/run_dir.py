@@ -13,9 +13,10 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """The run directory can hold this run (rlzoo.runs.directory: a folder that is empty or holds a
     run, with no links where rlzoo writes), and a run already there is this one: the same config
     (RESUMABLE_KEYS aside) in its config.yaml and in its checkpoint's record, a checkpoint that
-    can be read. A run is there once it has started (config.yaml beside a checkpoint, or beside a
-    completed summary); a start that failed before its first checkpoint claims nothing, so the
-    corrected command runs into the same directory. Nothing is written."""
+    can be read, and no `init_from` it would ignore. A run is there once it has started (a
+    checkpoint, or config.yaml beside a completed summary); a start that failed before its first
+    checkpoint claims nothing, so the corrected command runs into the same directory. Nothing is
+    written."""
     from rlzoo.runs.directory import check_run_dir_layout
     from rlzoo.runs.files import checkpoint_path, peek_checkpoint
     from rlzoo.runs.summary import read_summary
@@ -25,28 +26,31 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     saved, checkpoint = run_dir / "config.yaml", checkpoint_path(run_dir)
     summary = read_summary(run_dir) or {}
     completed = summary.get("status") == "completed"
-    if not saved.exists() or not (checkpoint.exists() or completed):
+    if not (checkpoint.exists() or (saved.exists() and completed)):
         return
-    from rlzoo.runs.reading import UnreadableFile, load_config
-
-    try:
-        old = OmegaConf.to_container(load_config(saved), resolve=False)
-    except UnreadableFile as exc:  # a damaged config.yaml: the directory still holds a run
-        raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read ({exc}); "
-                          f"choose another run_dir=...") from None
     new = run_fingerprint(cfg)
-    diffs = config_differences(old if isinstance(old, dict) else {}, new)
-    if diffs:
-        raise ConfigError(
-            f"run directory {run_dir} holds a run with a different config (differs in {', '.join(diffs[:5])}); "
-            f"choose another run_dir=... or delete that directory")
+    if saved.exists():  # (a resume writes a missing one back from the checkpoint's record)
+        from rlzoo.runs.reading import UnreadableFile, load_config
+
+        try:
+            old = OmegaConf.to_container(load_config(saved), resolve=False)
+        except UnreadableFile as exc:  # a damaged config.yaml: the directory still holds a run
+            raise ConfigError(f"run directory {run_dir} holds a run whose config.yaml cannot be read ({exc}); "
+                              f"choose another run_dir=...") from None
+        diffs = config_differences(old if isinstance(old, dict) else {}, new)
+        if diffs:
+            raise ConfigError(
+                f"run directory {run_dir} holds a run with a different config (differs in {', '.join(diffs[:5])}); "
+                f"choose another run_dir=... or delete that directory")
     if checkpoint.exists():
         from rlzoo.errors import CheckpointError
 
-        diffs = config_differences(peek_checkpoint(checkpoint).get("run"), new)
+        record = peek_checkpoint(checkpoint).get("run")
+        diffs = config_differences(record, new)
         if diffs:
             raise CheckpointError(f"checkpoint {checkpoint} was written by a run with another config (differs in "
                                   f"{', '.join(diffs[:5])}); it was left in place: choose another run_dir=...")
+        _check_init_from_resumes(cfg, run_dir, record)
     else:
         from rlzoo.runs.progress import is_finished
 
@@ -54,6 +58,23 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
             raise ConfigError(f"run directory {run_dir} holds a completed run of {summary.get('iterations')} "
                               f"iterations whose checkpoint is gone, so it cannot be continued; choose another "
                               f"run_dir=...")
+
+
+def _check_init_from_resumes(cfg: DictConfig, run_dir: Path, record: dict | None) -> None:
+    """A run that resumes keeps the weights it started from: `init_from` may repeat what the run
+    was started with (the same command resumes), but a different one would be ignored, so it is
+    refused."""
+    given = cfg.get("init_from")
+    started = (record or {}).get("init_from") if isinstance(record, dict) else None
+    if given is None or (started is not None and _same_path(given, started)):
+        return
+    raise ConfigError(f"init_from={str(given)!r} would be ignored: run directory {run_dir} already holds a run "
+                      f"(started from {repr(str(started)) if started else 'the base model'}), which resumes from "
+                      f"its checkpoint; choose another run_dir=... for the warm start, or drop init_from to resume")
+
+
+def _same_path(a, b) -> bool:
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
 
 
 def run_fingerprint(cfg: DictConfig) -> dict:
