@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -71,22 +72,35 @@ def raise_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+# Credentials a URL may carry: user:password@ before its host, a token-like parameter in its query.
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
+_SECRET_PARAMETER = re.compile(r"([?&;][^=&#\s]*(?:token|key|secret|passw|pwd|auth|sig|credential)[^=&#\s]*=)[^&#\s'\"]*",
+                               re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every credential a URL in it carries replaced by ***: what rlzoo prints, logs
+    and records of a command line or an error (a run's files are often readable by others)."""
+    return _SECRET_PARAMETER.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as one line: an OS error names its path, anything else its type and message."""
+    """An exception as one line: an OS error names its path, anything else its type and message;
+    credentials in a URL redacted."""
     if isinstance(exc, OSError) and exc.filename:
         what = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
     elif isinstance(exc, BadInput):
         what = str(exc)
     else:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    what = " ".join(what.split())
+    what = redact(" ".join(what.split()))
     return what if len(what) <= 400 else what[:397] + "..."
 
 
 def save_traceback(prog: str, exc: BaseException, log: Path | None = None) -> Path | None:
     """Write the traceback of `exc` to `log` (a run's error.txt), or to a new file in the
     temporary directory when there is none or it cannot be written; None if nothing could be."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     candidates = [log] if log is not None else []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     candidates.append(Path(tempfile.gettempdir()) / f"rlzoo-{prog.replace(' ', '-')}-{stamp}-{os.getpid()}.log")
@@ -105,17 +119,18 @@ def fail(prog: str, exc: BaseException, log: Path | None = None, what: str | Non
     """Print the one line for `exc` and return the SystemExit with its exit code (raise it). The
     traceback goes to `log` (else a temporary file) unless it was `saved` already."""
     number = signal_number(exc)
+    what = redact(what) if what else one_line(exc)
     if number is not None:
-        print(f"{prog}: {what or one_line(exc)}", file=sys.stderr, flush=True)
+        print(f"{prog}: {what}", file=sys.stderr, flush=True)
         return SystemExit(EXIT_SIGNAL.get(number, 128 + number))
     if isinstance(exc, BadInput):
-        print(f"{prog}: error: {what or one_line(exc)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {what}", file=sys.stderr, flush=True)
         return SystemExit(EXIT_BAD_INPUT)
     saved = saved or save_traceback(prog, exc, log)
     if os.environ.get("RLZOO_TRACEBACK"):
         traceback.print_exception(type(exc), exc, exc.__traceback__)
     where = f"traceback in {saved}" if saved else "the traceback could not be saved (RLZOO_TRACEBACK=1 prints it)"
-    print(f"{prog}: error: {what or one_line(exc)} ({where})", file=sys.stderr, flush=True)
+    print(f"{prog}: error: {what} ({where})", file=sys.stderr, flush=True)
     return SystemExit(EXIT_FAILED)
 
 

@@ -269,7 +269,7 @@ def _job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from rlzoo.errors import RunLocked, fail, signal_number
+    from rlzoo.errors import RunLocked, fail, one_line, signal_number
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -292,7 +292,7 @@ def _job(cfg) -> None:
         if isinstance(exc, SystemExit):
             raise
         if in_sweep and signal_number(exc) is None:
-            print(f"[rlzoo] job {HydraConfig.get().runtime.output_dir} failed: {exc} (the sweep goes on)",
+            print(f"[rlzoo] job {HydraConfig.get().runtime.output_dir} failed: {one_line(exc)} (the sweep goes on)",
                   file=sys.stderr, flush=True)
             return
         raise fail("rlzoo-train", exc) from None

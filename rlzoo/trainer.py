@@ -110,7 +110,8 @@ class Trainer:
         self.started = True
         if self.dist.is_main:
             if not (self.run_dir / "config.yaml").exists():  # (evaluate and export read it)
-                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(record or self.cfg, resolve=True).encode())
+                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(record or self.cfg, resolve=True).encode(),
+                                   private=True)
             print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
 
     def fit(self) -> dict:
@@ -127,7 +128,8 @@ class Trainer:
             self.run_eval("reference" if self.progress.started_from is None else self.eval_view, moment="before")
             # the run directory is claimed (config.yaml + a checkpoint) only once the run has started
             if main:
-                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode())
+                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode(),
+                                   private=True)
             self.save_checkpoint()
         self.write_summary("running")
         bar = ProgressBar(self.cfg.train, self.progress, enabled=self.cfg.progress_bar and main)

@@ -48,11 +48,19 @@ class Slow(BaseHTTPRequestHandler):
         pass
 
 
-def counting_handler(status: int, body: bytes, calls: list):
+def counting_handler(status: int, body: bytes, calls: list, first: bytes | None = None):
+    """Answers `status` and `body` to every request (`first`, if given, with 200 to the first one:
+    the test request a run sends before any model), counting them in `calls`."""
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             calls.append(1)
+            if first is not None and len(calls) == 1:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(first)))
+                self.end_headers()
+                self.wfile.write(first)
+                return
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -112,10 +120,11 @@ def test_remote_without_url_is_one_line_before_any_model():
 
 @pytest.mark.integration
 def test_a_failing_remote_reward_leaves_the_run_as_it_was(server, tmp_path):
-    """Garbage from the server: the run stops with the one-line reason in summary.json; the
-    iteration-0 checkpoint and the logs hold nothing from the failed iteration."""
+    """Garbage from the server (once it answered the run's test request): the run stops with the
+    one-line reason in summary.json; the iteration-0 checkpoint and the logs hold nothing from the
+    failed iteration."""
     calls = []
-    url = server(handler=counting_handler(200, b"garbage", calls))
+    url = server(handler=counting_handler(200, b"garbage", calls, first=b'{"scores": [0.5]}'))
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "rlzoo.train", "task=t2i", "model=sd3_tiny", "reward=remote", f"reward.url={url}",
@@ -129,7 +138,7 @@ def test_a_failing_remote_reward_leaves_the_run_as_it_was(server, tmp_path):
     metrics = run_dir / "metrics.jsonl"
     assert summary["iterations"] == 0 and (not metrics.exists() or metrics.read_text() == "")
     assert (run_dir / "checkpoints").exists()  # the iteration-0 checkpoint, written before the failure
-    assert calls == [1]
+    assert calls == [1, 1]  # the test request, then the failing one (not retried: garbage is not transient)
 
 
 def test_normalized_within_groups_in_float64():

@@ -15,6 +15,14 @@ back. A timeout, a refused or dropped connection (also mid-answer) and a 5xx or 
 retried (`retries` times, `backoff` seconds doubling); a 4xx or a malformed answer is not. Every
 failure is a `RemoteRewardError` of one line that names `reward.url`; it is raised before the
 iteration's update, so the run's weights and files stay as they were.
+
+Before any model is built, `check` sends the server one test request (one small gray image) and
+refuses the run in one line when no valid answer comes back.
+
+Secrets stay out of the run's files: `reward.url` may carry no credentials (user:password@, a
+token in its query), since a run's config, its command line and its errors are written down; a
+server that wants a token gets it from the environment variable `reward.token_env` names, as
+`Authorization: Bearer <token>`, read when each request is sent.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import http.client
 import io
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -62,18 +71,45 @@ class RemoteReward(ImageReward):
     name = "remote"
 
     def __init__(self, url: str | None = None, timeout: float = 60.0, retries: int = 2, backoff: float = 1.0,
-                 batch_size: int = 64, max_response_bytes: int = 16 * 2**20):
+                 batch_size: int = 64, max_response_bytes: int = 16 * 2**20, token_env: str | None = None):
+        from rlzoo.errors import redact
+
         if not url:
             raise ValueError("reward.url is not set (the reward server's address, e.g. http://127.0.0.1:8000/)")
+        if redact(str(url)) != str(url):
+            raise ValueError(f"reward.url={redact(str(url))!r} carries credentials, which a run writes into its config, "
+                             f"command line and logs; export the token in an environment variable and name it with "
+                             f"reward.token_env=NAME (sent as 'Authorization: Bearer <token>')")
         parts = urllib.parse.urlsplit(str(url))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"reward.url={url!r} is not an http(s) URL")
+        if token_env is not None and not os.environ.get(str(token_env)):
+            raise ValueError(f"reward.token_env={token_env!r}: that environment variable is not set (or empty); "
+                             f"export {token_env}=<the server's token> first")
+        self.token_env = None if token_env is None else str(token_env)
         for name, value in (("retries", retries), ("batch_size", batch_size), ("max_response_bytes", max_response_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "retries" else 1):
                 raise ValueError(f"reward.{name} must be an int >= {0 if name == 'retries' else 1}, got {value!r}")
         self.url, self.timeout = str(url), _finite(timeout, 0, "timeout")
         self.backoff = _finite(backoff, 0, "backoff", strict=False)
         self.retries, self.batch_size, self.max_response_bytes = retries, batch_size, max_response_bytes
+
+    def check(self) -> None:
+        """One test request (a 64x64 gray image, a GenEval-style prompt) before any model is built:
+        a server that is not up, or answers without a valid score, is a ValueError of one line
+        naming reward.url. A URL that answered once is not asked again by this process."""
+        if self.url in _ANSWERED:
+            return
+        import numpy as np
+
+        gray, text = np.full((64, 64, 3), 128, dtype=np.uint8), "a photo of a cat"
+        try:
+            self.request({"prompts": [text], "images": [encode_png(gray)], "metadata": [
+                {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": text}]}, 1)
+        except RemoteRewardError as exc:
+            raise ValueError(f"{exc} (a one-image test request, sent before any model is built); start the reward "
+                             f"server or fix reward.url") from None
+        _ANSWERED.add(self.url)
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
         prompts = list(cond.prompts)
@@ -134,7 +170,7 @@ class RemoteReward(ImageReward):
             connection.connect()
             opened.append(connection.sock)
             try:
-                connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                connection.request("POST", path, body=body, headers=self._headers())
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the server stopped reading (a 413?): its answer, if it sent one, says why
             response = connection.getresponse()
@@ -166,6 +202,12 @@ class RemoteReward(ImageReward):
             watchdog.cancel()
             connection.close()
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token_env is not None:  # read now: the token never sits in the config or the checkpoint
+            headers["Authorization"] = f"Bearer {os.environ.get(self.token_env, '')}"
+        return headers
+
     def parse(self, raw: bytes, expected: int) -> dict:
         """The answer's scores (`expected` finite numbers) and info ({name: `expected` finite
         numbers}), or a RemoteRewardError naming the URL and what is wrong with the answer."""
@@ -183,6 +225,9 @@ class RemoteReward(ImageReward):
             raise RemoteRewardError(f"reward.url={self.url}: 'info' must map names to lists of {expected} finite "
                                     f"numbers (got {str(info)[:120]})")
         return {"scores": [float(s) for s in scores], "info": {k: [float(x) for x in v] for k, v in info.items()}}
+
+
+_ANSWERED: set[str] = set()  # URLs whose test request this process has seen answered
 
 
 def _numbers(values, expected: int) -> bool:

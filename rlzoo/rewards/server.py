@@ -19,16 +19,19 @@ Limits (as any WSGI server sets them; flags below): a request body of at most --
 (413 beyond, read no further), at most --max-pixels per decoded image and --max-request-pixels for
 all images of a request (checked from the PNG headers before any pixel is decoded, so a small
 file that would decode to gigabytes is refused with 413),
---timeout seconds for a whole request to arrive (an idle or half-sent connection is closed then)
-and --workers requests scored at once (more wait in the listen queue). A bad request gets a 4xx
-whose message says what was wrong with it; a scorer that fails gets a 500 that says so, and its
-traceback goes to the server's stderr, never to the client.
+--timeout seconds for a whole request to arrive (an idle or half-sent connection is closed then),
+--workers requests scored at once and --connections connections read at once (each by a thread
+of a bounded pool: an idle client holds a connection, never a scoring slot), with a listen queue
+of --backlog connections beyond them. A bad request gets a 4xx whose message says what was wrong
+with it; a scorer that fails gets a 500 that says so, and its traceback goes to the server's
+stderr, never to the client.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import binascii
+import contextlib
 import importlib
 import io
 import json
@@ -48,7 +51,9 @@ class Limits:
     max_pixels: int = 4096 * 4096      # per image; SD3.5 samples are 1024²
     max_request_pixels: int = 64 * 1024 * 1024  # all images of a request: 64 of 1024², 192 MB decoded
     timeout: float = 30.0              # seconds for a whole request (line, headers, body) to arrive
-    workers: int = 8                   # requests handled at once
+    workers: int = 8                   # requests scored at once
+    connections: int = 64              # connections read at once (idle ones too), each by a pool thread
+    backlog: int = 1024                # connections the kernel queues beyond those (socketserver's default: 5)
 
 
 class BadRequest(Exception):
@@ -148,16 +153,18 @@ def read_body(length: str | None, read: Callable[[int], bytes], limits: Limits) 
 
 
 def answer_request(length: str | None, read: Callable[[int], bytes], scorer: Callable,
-                   limits: Limits) -> tuple[int, dict]:
+                   limits: Limits, slots=contextlib.nullcontext()) -> tuple[int, dict]:
     """(status, JSON payload) for one POST, whichever server carries it: 4xx saying what is wrong
     with a bad request, 500 without details when the scorer fails (they go to stderr), else the
-    scores. OSError when the client went away mid-request."""
+    scores, computed while holding one of the scoring `slots`. OSError when the client went away
+    mid-request."""
     try:
         images, prompts, metadata = parse_request(read_body(length, read, limits), limits)
     except BadRequest as exc:
         return exc.status, {"error": str(exc)}
     try:
-        return 200, score_answer(scorer, images, prompts, metadata)
+        with slots:
+            return 200, score_answer(scorer, images, prompts, metadata)
     except Exception:
         traceback.print_exc(file=sys.stderr)  # the server's log has the details, the client does not
         return 500, {"error": "the scorer failed; the reward server's log has the traceback"}
@@ -174,8 +181,9 @@ def wsgi_app(scorer: Callable | str = f"{__name__}:brightness", **limits) -> Cal
         gunicorn -w 8 -b 127.0.0.1:8000 --timeout 120 -c gpu_per_worker.py \
             'rlzoo.rewards.server:wsgi_app("my_module:score")'
 
-    The WSGI server owns connections, workers and timeouts; the body and image limits (Limits'
-    fields as keywords) are checked here as `serve` checks them."""
+    The WSGI server owns connections, workers and timeouts (README: the settings production
+    needs); the body and image limits (Limits' fields as keywords) are checked here as `serve`
+    checks them."""
     scorer = load_scorer(scorer) if isinstance(scorer, str) else scorer
     bounds = Limits(**limits)
 
@@ -183,8 +191,11 @@ def wsgi_app(scorer: Callable | str = f"{__name__}:brightness", **limits) -> Cal
         if environ.get("REQUEST_METHOD") != "POST":
             status, payload = 405, {"error": "POST a JSON body {prompts, images, metadata}"}
         else:
-            status, payload = answer_request(environ.get("CONTENT_LENGTH") or None, environ["wsgi.input"].read,
-                                             scorer, bounds)
+            try:
+                status, payload = answer_request(environ.get("CONTENT_LENGTH") or None, environ["wsgi.input"].read,
+                                                 scorer, bounds)
+            except OSError:  # the body ended before its Content-Length (the client stopped sending)
+                status, payload = 400, {"error": "the body is shorter than its Content-Length"}
         body = json.dumps(payload).encode()
         start_response(f"{status} {STATUS_TEXT.get(status, '')}".strip(),
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -194,6 +205,8 @@ def wsgi_app(scorer: Callable | str = f"{__name__}:brightness", **limits) -> Cal
 
 
 def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
+    slots = threading.BoundedSemaphore(limits.workers)  # requests scored at once
+
     class Handler(BaseHTTPRequestHandler):
         timeout = limits.timeout  # each read; the watchdog below bounds the whole request
 
@@ -220,7 +233,7 @@ def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
                 return body
 
             try:
-                status, payload = answer_request(self.headers.get("Content-Length"), read, scorer, limits)
+                status, payload = answer_request(self.headers.get("Content-Length"), read, scorer, limits, slots)
             except (OSError, ValueError):  # the connection went away or was cut off mid-request
                 self.close_connection = True
                 return None
@@ -246,13 +259,16 @@ def make_handler(scorer: Callable, limits: Limits = Limits()) -> type:
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with at most `workers` requests in flight: the accept loop waits for a
-    free worker, so further connections queue in the kernel instead of spawning threads."""
+    """ThreadingHTTPServer with at most `connections` connections in flight, each read by its own
+    thread (bounded, so no flood of clients spawns unbounded threads; the handler bounds how many
+    are scored at once): the accept loop waits for a free thread, and further connections queue
+    in the kernel, up to `backlog` of them."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, workers: int):
-        self.slots = threading.BoundedSemaphore(workers)
+    def __init__(self, address, handler, connections: int, backlog: int):
+        self.slots = threading.BoundedSemaphore(connections)
+        self.request_queue_size = backlog  # listen()'s queue, read by server_activate
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
@@ -272,7 +288,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 def serve(scorer: Callable, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> BoundedHTTPServer:
     """A server (not yet serving: call serve_forever, e.g. in a thread); port 0 picks a free one."""
-    return BoundedHTTPServer((host, port), make_handler(scorer, limits), limits.workers)
+    return BoundedHTTPServer((host, port), make_handler(scorer, limits), max(limits.connections, limits.workers),
+                             limits.backlog)
 
 
 def load_scorer(spec: str) -> Callable:
@@ -306,11 +323,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="all images of one request together")
     parser.add_argument("--timeout", type=float, default=Limits.timeout,
                         help="seconds for a whole request to arrive")
-    parser.add_argument("--workers", type=int, default=Limits.workers, help="requests handled at once")
+    parser.add_argument("--workers", type=int, default=Limits.workers, help="requests scored at once")
+    parser.add_argument("--connections", type=int, default=Limits.connections,
+                        help="connections read at once (idle ones too)")
+    parser.add_argument("--backlog", type=int, default=Limits.backlog, help="connections queued beyond those")
     prog = "reward server"
     parser.error = lambda message: _refuse(prog, message)  # one line, not argparse's usage block
     args = parser.parse_args(argv)
-    for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "workers", "timeout"):
+    for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "workers", "timeout", "connections", "backlog"):
         value = getattr(args, name)
         if not value > 0 or value == float("inf"):
             _refuse(prog, f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
@@ -319,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         scorer = load_scorer(args.scorer)
         server = serve(scorer, args.host, args.port, Limits(args.max_body_bytes, args.max_pixels,
-                                                            args.max_request_pixels, args.timeout, args.workers))
+                                                            args.max_request_pixels, args.timeout, args.workers,
+                                                            args.connections, args.backlog))
     except ValueError as exc:
         _refuse(prog, str(exc))
     except OSError as exc:  # the port is taken, the address is not this machine's

@@ -105,6 +105,6 @@ def write_hydra_record(run_dir: Path, cfg) -> None:
 
     hydra = HydraConfig.get()
     folder = Path(run_dir) / ".hydra"
-    atomic_write_bytes(folder / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    atomic_write_bytes(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})).encode())
-    atomic_write_bytes(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task).encode())
+    atomic_write_bytes(folder / "config.yaml", OmegaConf.to_yaml(cfg).encode(), private=True)
+    atomic_write_bytes(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})).encode(), private=True)
+    atomic_write_bytes(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task).encode(), private=True)

@@ -19,11 +19,12 @@ os.umask(_UMASK)  # (read once: mkstemp creates files 0600; a run's files follow
 TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: .<name>.<random>.tmp beside their target
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`: a crash
     leaves either the old file or the new one, never half of one (and at worst a temporary file
     that `remove_temporary_files` cleans). An OS error (a full disk, a read-only file system)
-    names `path`."""
+    names `path`. `private`: a file that records a run's config or command line (which may hold
+    what its user would not show everyone) is not world-readable (0660 under the umask)."""
     path = Path(path)
     tmp = None
     try:
@@ -33,7 +34,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, (0o660 if private else 0o666) & ~_UMASK)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
@@ -44,9 +45,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """A checkpoint, written atomically and not world-readable (it records the run's config)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), private=True)
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlzoo.errors import RunLocked
+from rlzoo.errors import RunLocked, redact
 
 LOCK_NAME = ".rlzoo.lock"
 SWEEP_LOCK_NAME = ".rlzoo-sweep.lock"
@@ -58,7 +58,7 @@ def _lockable(directory: Path, name: str) -> int:
         return fd  # it can (someone holds it)
     except OSError:
         os.close(fd)
-        return os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o640)
 
 
 def _write_holder(fd: int, path: Path, data: bytes) -> None:
@@ -69,7 +69,7 @@ def _write_holder(fd: int, path: Path, data: bytes) -> None:
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         from rlzoo.runs.files import atomic_write_bytes
 
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, private=True)  # (it holds the command line)
     else:
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
@@ -106,7 +106,7 @@ def run_lock(run_dir: Path, command: str | None = None, name: str = LOCK_NAME, w
                             f"wait for it to finish or stop it, or choose another directory")
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                  "command": redact(command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))}
         _write_holder(fd, run_dir / name, json.dumps(holder).encode())
         _HELD[key] = holder
         try:
