@@ -13,6 +13,7 @@ Nothing here runs, and torch.distributed is not initialised, in a single process
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -60,6 +61,26 @@ def export_submitit_env() -> None:
 
     if JobEnvironment().num_tasks > 1:  # (the device is chosen from LOCAL_RANK, all GPUs stay visible)
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+@contextlib.contextmanager
+def world_of(nproc: int | None):
+    """For the body of the `with`, the environment a launcher of `nproc` ranks on this machine
+    will give its ranks (WORLD_SIZE, LOCAL_WORLD_SIZE), so validation sees their geometry; nothing
+    for None."""
+    if not nproc:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    os.environ.update(WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def is_main_process() -> bool:

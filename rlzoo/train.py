@@ -133,6 +133,8 @@ def _record_failure(run_dir: Path, trainer, exc: BaseException, main: bool = Tru
         resume = (f"; the checkpoint holds iteration {trainer.checkpoint_iteration}: rerun the same command to resume"
                   if started and trainer.checkpoint_iteration is not None else "")
         what = f"interrupted by {signal.Signals(number).name} after {done} iterations{resume}"
+        if number == signal.SIGTERM and "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun stops the others when one dies
+            what += " (torchrun stops every rank when one fails: its report names the rank)"
         if started:
             trainer.write_summary("interrupted", error=what)
         return what, None
@@ -198,9 +200,10 @@ def _launch(argv: list[str], multirun: bool) -> None:
     locked here, before Hydra starts, so a second process can touch nothing of it."""
     from rlzoo.config import ConfigError
     from rlzoo.config.compose import plain_sweep
+    from rlzoo.ranks import nproc_option
     from rlzoo.runs import run_lock
 
-    argv = plain_sweep(argv)
+    nproc, argv = nproc_option(plain_sweep(argv))
     options, overrides, expect_value = [], [], False
     for item in argv:
         if expect_value:  # an option's value (--cfg job)
@@ -223,21 +226,30 @@ def _launch(argv: list[str], multirun: bool) -> None:
     check_overrides(overrides)
     if set(options) & PRINT_ONLY:
         return _hydra(argv)
+    if nproc is not None and (multirun or "RANK" in os.environ):
+        raise ConfigError("--nproc_per_node starts the ranks of one run: not for a sweep (hydra/launcher=local_2rank "
+                          "or a SLURM preset runs a sweep's jobs on several ranks) nor under another launcher")
     if not multirun:
         from rlzoo.config import check_run_dir, compose_config, override_dict, run_variant, validate
 
-        if "run_dir" not in override_dict(overrides):  # runs that differ in any choice get their own directory
+        chosen = override_dict(overrides)
+        if "run_dir" not in chosen and "variant" not in chosen:  # runs that differ in any choice: their own directory
             variant = run_variant(overrides)
             if variant:  # (quoted: Hydra would read its ',' as a sweep; it holds no quote, see path_component)
                 overrides.append(f"variant='{variant}'")
                 argv.append(f"variant='{variant}'")
         cfg = compose_config(overrides)
-        validate(cfg)
+        with distributed.world_of(nproc):  # (the ranks' geometry, checked as each rank will check it)
+            validate(cfg)
         if not distributed.is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
             return _hydra(argv)
         check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
         with run_lock(Path(cfg.run_dir)):
             check_run_dir(cfg, Path(cfg.run_dir))
+            if nproc is not None and nproc > 1:
+                from rlzoo.ranks import launch
+
+                return launch(nproc, argv, Path(cfg.run_dir))
             return _hydra(argv)
     from rlzoo.config import compose_config, parse_overrides
     from rlzoo.runs.lock import SWEEP_LOCK_NAME

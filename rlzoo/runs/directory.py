@@ -18,7 +18,7 @@ FAILED_STARTS = "failed_starts"
 # Everything rlzoo (or Hydra, for its job log) writes at the top of a run directory.
 RUN_ENTRIES = frozenset({LOCK_NAME, ".hydra", "config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl",
                          "error.txt", "samples", "checkpoints", "lora", "evaluations", FAILED_STARTS, "wandb",
-                         "train.log"})
+                         "train.log", "ranks"})
 # The folders of a run directory that rlzoo writes into.
 RUN_FOLDERS = ("", "checkpoints", "samples", "lora", "evaluations")
 DAMAGED = re.compile(r"^(metrics|eval)\.jsonl\.damaged-\d+$")

@@ -24,6 +24,9 @@ from rlzoo.errors import RunLocked, redact
 
 LOCK_NAME = ".rlzoo.lock"
 SWEEP_LOCK_NAME = ".rlzoo-sweep.lock"
+# "<pid>:<run directory>", set by `rlzoo-train --nproc_per_node=N` (rlzoo.ranks) for its ranks: that
+# launcher holds the directory's lock, and its rank 0 (its child) writes the run for it
+LOCK_HELD = "RLZOO_RUN_LOCK_HELD"
 _HELD: dict[tuple[Path, str], dict] = {}  # what this process holds (the lock is re-entrant within it)
 
 
@@ -98,6 +101,9 @@ def run_lock(run_dir: Path, command: str | None = None, name: str = LOCK_NAME, w
     if key in _HELD:
         yield _HELD[key]
         return
+    if name == LOCK_NAME and launcher_holds_lock(run_dir):
+        yield read_holder(run_dir)
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = _lockable(run_dir, name)
     try:
@@ -115,6 +121,12 @@ def run_lock(run_dir: Path, command: str | None = None, name: str = LOCK_NAME, w
             del _HELD[key]
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def launcher_holds_lock(run_dir: Path) -> bool:
+    """Whether this process is a rank whose launcher (its parent) holds `run_dir`'s lock."""
+    pid, _, where = os.environ.get(LOCK_HELD, "").partition(":")
+    return pid == str(os.getppid()) and bool(where) and Path(where) == Path(run_dir).resolve()
 
 
 def is_held(run_dir: Path, name: str = LOCK_NAME) -> bool:

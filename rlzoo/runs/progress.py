@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -157,7 +158,8 @@ class ProgressBar:
         else:
             self.unit, total = "iterations", int(train.iterations)
             self._done = lambda: progress.iteration
-        self.bar = tqdm(total=total, initial=self._done(), desc=f"rl ({self.unit})", unit="",
+        # (on stdout: under `rlzoo-train --nproc_per_node` only rank 0's stdout reaches the console)
+        self.bar = tqdm(total=total, initial=self._done(), desc=f"rl ({self.unit})", unit="", file=sys.stdout,
                         unit_scale=self.unit == "model evaluations", dynamic_ncols=True, disable=not enabled)
 
     def update(self, **postfix) -> None:
