@@ -37,7 +37,9 @@ def eval_sampler(cfg) -> EulerSampler:
 
 def eval_protocol(cfg, task) -> dict:
     """What summary.json says about how its numbers were measured."""
-    return {"split": "heldout", "sampler": "euler", "num_steps": int(cfg.eval.num_steps),
+    headline = (f"the training reward (reward={cfg.reward.get('name', cfg.reward.get('_target_'))})"
+                if task.headline_reward is not None else "the task's own" if task.has_verifier else "task.eval_rewards.reward")
+    return {"reward": headline, "split": "heldout", "sampler": "euler", "num_steps": int(cfg.eval.num_steps),
             "samples": int(cfg.eval.samples), "weights": eval_weights(cfg),
             "cfg_scale": float(cfg.eval.get("cfg_scale", 1.0)), "teacher_steps": cfg.eval.get("teacher_steps"),
             "num_prompts": len(task.heldout_prompts()), "seed": int(cfg.eval.seed)}
@@ -83,6 +85,8 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
         scores = task.score(rollout.x0, cond)
         for name, reward in task.extra_eval_rewards.items():  # task.eval_rewards beside a verifier
             scores[name] = score_reward(reward, task, rollout.x0, cond)["reward"]
+        if task.headline_reward is not None:  # the run's own training reward (rlzoo.config.build.use_headline)
+            scores[HEADLINE] = score_reward(task.headline_reward, task, rollout.x0, cond)["reward"]
         scores = {k: v.cpu() for k, v in scores.items()}
         mine[batch] = (scores, rollout.x0.cpu(), teacher)
     everyone = gather_batches(mine, dist)
@@ -99,9 +103,15 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
             teacher_cache[key] = cached
     teacher, teacher_metrics = cached if cached is not None else (None, {})
     extra = {name: float(merged[name].float().mean()) for name in task.extra_eval_rewards}
-    metrics = {**task.summarize(merged, torch.tensor(ids)), **extra,
+    metrics = {**task.summarize({k: v for k, v in merged.items() if k != HEADLINE}, torch.tensor(ids)), **extra,
                **task.sample_metrics(samples, torch.tensor(ids), teacher), **teacher_metrics}
+    if HEADLINE in merged:  # the training reward heads the record, the verifier's reward beside it
+        metrics = {"reward": float(merged[HEADLINE].float().mean()), "verifier": metrics["reward"],
+                   **{k: v for k, v in metrics.items() if k != "reward"}}
     return metrics, (samples[shown], grid_cond)
+
+
+HEADLINE = "__training_reward"  # (the held-out scores of a run's own training reward, while they are merged)
 
 
 def gather_batches(mine: dict, dist: Dist) -> dict:
@@ -142,11 +152,13 @@ def open_run(run_dir: Path, overrides: list[str] = ()):
 def load_run(run_dir: Path, overrides: list[str] = ()):
     """(config, task, policy) of a trained run, its weights from the last checkpoint."""
     from rlzoo.config import build
+    from rlzoo.config.build import use_headline
     from rlzoo.policies import make_policy
     from rlzoo.runs import load_checkpoint
 
     cfg, checkpoint = open_run(run_dir, overrides)
     task = build(cfg.task)
+    use_headline(task, build(cfg.reward))  # measured as its training run measured it
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
     load_policy_state(policy, load_checkpoint(checkpoint), checkpoint)
     return cfg, task, policy
@@ -203,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _evaluate(run_dir: Path | None, options: dict, overrides: list[str]) -> dict:
     """`rlzoo evaluate`'s body: a run's weights (run_dir) or a base model (run_dir None)."""
     from rlzoo.config import build, compose_config, validate
+    from rlzoo.config.build import use_headline
     from rlzoo.policies import make_policy
     from rlzoo.runs import atomic_write_json
 
@@ -213,6 +226,7 @@ def _evaluate(run_dir: Path | None, options: dict, overrides: list[str]) -> dict
         cfg = compose_config(overrides)
         validate(cfg)
         task = build(cfg.task)
+        use_headline(task, build(cfg.reward))
         policy = make_policy(task.load_base_model(cfg.model), cfg.model)
         weights = options.get("weights", "base")
     if cfg.get("threads"):

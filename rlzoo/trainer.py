@@ -133,9 +133,13 @@ class Trainer:
             self.save_checkpoint()
         self.write_summary("running")
         bar = ProgressBar(self.cfg.train, self.progress, enabled=self.cfg.progress_bar and main)
+        c = self.progress.compute
+        began = (self.progress.iteration, c.training_seconds, c.nfe)  # the pace is measured from here
         while not self.stopping():
             record = self.train_step()
             bar.update(reward=f"{record['reward/reward']:.3f}", kl=f"{record['kl']:.2e}")
+            if main and self.progress.iteration == began[0] + 1:  # how long the rest takes on this machine
+                bar.write(f"[rlzoo] estimate: {self.progress.estimate(self.cfg.train, self.cfg.eval, began)}")
             if self.progress.eval_due(self.cfg.eval) and not self.stopping():
                 metrics = self.run_eval(self.eval_view)  # (the final evaluation follows the loop)
                 if main:
@@ -145,6 +149,10 @@ class Trainer:
         bar.close()
         if main:
             print(f"[rlzoo] stopped: {self.progress.describe_stop(self.cfg.train)}")
+            if self.progress.stopped_by_time(self.cfg.train):
+                print(f"[rlzoo] warning: the wall-clock guard train.max_minutes={self.cfg.train.max_minutes} stopped "
+                      f"the run before its budget: how far it got depends on this machine's speed, so its numbers "
+                      f"are not comparable (summary.json: stopped_by_time)")
         self.run_eval(self.eval_view, moment="after")
         self.save_checkpoint()
         summary = self.write_summary("completed")
@@ -362,4 +370,5 @@ class Trainer:
             return None
         return write_summary(self.run_dir, status, self.progress, error=error, device=self.device,
                              threshold=self.cfg.report.get("threshold"),
-                             eval_protocol=eval_protocol(self.cfg, self.task))
+                             eval_protocol=eval_protocol(self.cfg, self.task),
+                             stopped_by_time=self.progress.stopped_by_time(self.cfg.train))

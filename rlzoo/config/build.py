@@ -40,6 +40,7 @@ def build_components(cfg: DictConfig, loggers: list | None = None):
     from rlzoo.types import Components
 
     built = {group: build(cfg[group], _partial_=group in PARTIAL_GROUPS) for group in BUILT_GROUPS}
+    use_headline(built["task"], built["reward"])
     learners = []
     if needs_critic(built["objective"], built["reward"]):  # one critic, shared by both
         critic = build(cfg.critic)
@@ -48,6 +49,14 @@ def build_components(cfg: DictConfig, loggers: list | None = None):
                 component.use_critic(critic)
         learners.append(critic)
     return Components(**built, loggers=list(loggers or []), learners=learners)
+
+
+def use_headline(task, reward) -> None:
+    """A run that trains on a reward of its own (not the task's verifier, a mix or a learnt one) is
+    measured by it: the held-out evaluation's headline `reward` is that reward's mean, with the
+    task's verifier beside it as `verifier` (tasks with a verifier; t2i reports its rewards already)."""
+    if task.has_verifier and getattr(reward, "headline", True):  # (a user's reward needs no base class)
+        task.headline_reward = reward
 
 
 def needs_critic(objective, reward) -> bool:

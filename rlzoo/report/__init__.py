@@ -113,9 +113,12 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
                      f"shows a lower bound on its mean (those seeds counted at the compute they spent) and the "
                      f"Kaplan-Meier median; a row where none does, the compute spent (> budget).")
     for run in runs:
+        label = ", ".join(f"{k}={run.overrides.get(k, '-')}" for k in [*keys, "seed"])
         if run.status != "completed":
-            label = ", ".join(f"{k}={run.overrides.get(k, '-')}" for k in [*keys, "seed"])
             notes.append(f"- {label}: {run.status}" + (f" ({run.error})" if run.error else ""))
+        elif run.stopped_by_time:
+            notes.append(f"- {label}: stopped by its wall-clock guard (train.max_minutes) before its budget: how far "
+                         f"it got depends on the machine's speed, so it is not comparable with the other runs")
     if metrics:
         notes.append(f"Columns {', '.join(metrics)}: the final evaluation's values; the first row holds "
                      f"them at iteration 0 (the base model every run starts from).")

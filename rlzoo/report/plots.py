@@ -32,6 +32,13 @@ def _mean_band(curves: list[list[tuple[float, float]]], low: float, high: float)
     return grid, mean, np.clip(mean - half, low, high), np.clip(mean + half, low, high)
 
 
+def _what(rows: list[Row]) -> str:
+    """" (<what the reward is>)" when every run says the same (a run trained on its own reward
+    reports that reward, not the task's verifier: summary.json's eval_protocol.reward); else ""."""
+    said = {r.headline for row in rows for r in row.runs}
+    return f" ({said.pop()})" if len(said) == 1 and None not in said else ""
+
+
 def plot(keys: list[str], rows: list[Row], out: "OutputDir") -> list[Path]:
     """curves.png (held-out reward vs model evaluations, mean and 95% band over seeds, one colour
     and line style per row, legend outside the axes), curves_grid.png (small multiples, one panel
@@ -53,7 +60,7 @@ def plot(keys: list[str], rows: list[Row], out: "OutputDir") -> list[Path]:
     low, high = (0.0, 1.0) if rewards and min(rewards) >= 0 and max(rewards) <= 1 else (-np.inf, np.inf)
     styles = dict(zip((id(row) for row, _ in drawn), _styles(len(drawn))))
     bands = {id(row): _mean_band(curves, low, high) for row, curves in drawn}
-    xlabel, ylabel = "model evaluations, forward + backward (millions)", "held-out reward"
+    xlabel, ylabel = "model evaluations, forward + backward (millions)", f"held-out reward{_what(rows)}"
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for row, curves in drawn:
@@ -108,7 +115,7 @@ def plot(keys: list[str], rows: list[Row], out: "OutputDir") -> list[Path]:
     if positive_kl and rows:
         ax.set_xscale("log")  # KLs of different regularisers span orders of magnitude
     ax.set_xlabel("KL to the reference (mean over the last 10% of iterations)")
-    ax.set_ylabel("final held-out reward")
+    ax.set_ylabel(f"final held-out reward{_what(rows)}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:  # every row ran without a KL term (kl=none)

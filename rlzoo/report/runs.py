@@ -20,6 +20,8 @@ class Run:
     overrides: dict[str, str]
     status: str  # completed | failed | interrupted | running | incomplete (no summary)
     error: str | None = None
+    stopped_by_time: bool = False  # its wall-clock guard ended it before its budget: not comparable
+    headline: str | None = None  # what its held-out `reward` is (summary.json's eval_protocol.reward)
     final: float = math.nan
     best: float = math.nan
     kl: float = math.nan
@@ -90,7 +92,8 @@ def load_run(run_dir: Path) -> Run:
 def _load_run(run_dir: Path) -> Run:
     summary = read_summary(run_dir) or {}
     status = summary.get("status", "incomplete")
-    run = Run(run_dir, _overrides(run_dir), status, summary.get("error"))
+    run = Run(run_dir, _overrides(run_dir), status, summary.get("error"), bool(summary.get("stopped_by_time")),
+              (summary.get("eval_protocol") or {}).get("reward"))
     evals = read_jsonl(run_dir / "eval.jsonl")
     run.curve = [(r["nfe_forward"] + r["nfe_backward"], r["reward"]) for r in evals]
     run.evals = evals

@@ -106,6 +106,9 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
         if baseline:
             header.append("NFE ratio vs " + ",".join(f"{k}={v}" for k, v in baseline.items()))
     header += ["seeds", "failed"]
+    timed = any(r.stopped_by_time for row in rows for r in row.done)
+    if timed:  # (only then: a table of runs that reached their budgets keeps its columns)
+        header.append("stopped by time (not comparable)")
     base_row = next((r for r in rows if baseline and r.label == baseline), None)
     cells = []
     if metrics and rows:
@@ -122,7 +125,7 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
             line += ["-"] * len(differences)
         if threshold is not None:
             line += ["-", "-"] + (["-"] if baseline else [])
-        cells.append(line + [str(len(first)), "0"])
+        cells.append(line + [str(len(first)), "0"] + (["-"] if timed else []))
     for row in rows:
         done = row.done
         line = [row.label[k] for k in keys]
@@ -137,6 +140,8 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
             if baseline:
                 line.append(_ratio_cell(row, base_row, threshold))
         line += [str(len(done)), ", ".join(f"seed {r.seed}" for r in row.failed) or "0"]
+        if timed:
+            line.append(", ".join(f"seed {r.seed}" for r in done if r.stopped_by_time) or "0")
         cells.append(line)
     return header, cells
 

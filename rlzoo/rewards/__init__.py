@@ -23,6 +23,11 @@ class Reward:
     # True: it draws random numbers, and with train.rng=keyed takes them as `draws=` (rlzoo.rng), so
     # a row's numbers do not depend on how the batch is split over processes
     takes_draws = False
+    # True: when it trains the policy on a task with its own verifier, its mean on held-out samples
+    # is the evaluation's headline `reward` (the verifier's beside it as `verifier`); not for the
+    # verifier itself, a mix of normalised rewards or a learnt one (R_dm), whose held-out means
+    # say nothing on their own (rlzoo.config.build.use_headline)
+    headline = True
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -51,6 +56,8 @@ class Reward:
 class VerifierReward(Reward):
     """The task's own verifier. `key` picks the score used as the reward (e.g. `strict`, `soft`);
     `reward` is the task's primary held-out reward. Every score is returned for logging."""
+
+    headline = False  # (the task's own score is the headline already)
 
     def __init__(self, key: str = "reward"):
         self.key = key
@@ -98,6 +105,8 @@ class MixReward(Reward):
     (per row, so the metrics log their mean every iteration). Each part's raw score is returned as
     `<name>`. `rewards` maps names to rewards (built from their configs before the mix, by Hydra's
     recursive instantiation); `tiny`, when set, goes to every part that scores images."""
+
+    headline = False  # (normalised per group: its held-out mean is ~0 whatever the samples)
 
     def __init__(self, rewards: dict[str, Reward], weights: dict | None = None, normalize: str = "group",
                  tiny: bool | None = None, momentum: float = 0.9):

@@ -41,6 +41,7 @@ FORMS = ("elbo_difference", "dmd_norm")
 class DistributionMatchingReward(Reward):
     needs_critic = True  # the run's critic (rlzoo.critic) is handed over by use_critic
     takes_draws = True  # with train.rng=keyed, the run's keyed draws replace its own generator
+    headline = False  # (measured against a critic that moves with the policy)
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
                  form: str = "elbo_difference", shared_in_group: bool = False, seed: int = 0):

@@ -1,6 +1,7 @@
 """Where a run stands: compute spent, evaluations recorded, budgets and when to stop."""
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -85,6 +86,7 @@ class Progress:
     best: dict | None = None
     reached: dict | None = None
     last_eval_nfe: int = 0
+    evaluations: int = 0
     started_from: dict | None = None  # a warm start's parent (init_from): path, kind, weights, iterations
 
     def record_eval(self, metrics: dict, threshold: float | None) -> dict:
@@ -95,6 +97,7 @@ class Progress:
         if self.base is None:
             self.base = metrics
         self.final, self.last_eval_nfe = metrics, c.nfe
+        self.evaluations += 1
         if threshold is not None and self.reached is None and metrics["reward"] >= threshold:
             self.reached = {k: record[k] for k in ("iteration", "nfe_forward", "nfe_backward", "wall_s")}
         if self.best is None or metrics["reward"] > self.best["reward"]:
@@ -107,6 +110,34 @@ class Progress:
             return f"train.iterations={int(train.iterations)} done"
         spent = budget_spent(train, self.compute.nfe, self.compute.training_seconds)
         return f"{spent} reached" if spent else None
+
+    def stopped_by_time(self, train) -> bool:
+        """Whether the wall-clock guard (train.max_minutes) ended training before its iterations
+        or its model-evaluation budget: how far it got depends on the machine's speed, so its
+        numbers are not the recipe's and not comparable with other runs'."""
+        spent = budget_spent(train, self.compute.nfe, self.compute.training_seconds)
+        return (spent is not None and spent.startswith("training wall-clock") and self.iteration < int(train.iterations)
+                and (train.get("max_nfe") is None or self.compute.nfe < int(train.max_nfe)))
+
+    def estimate(self, train, eval_cfg, since: tuple[int, float, int]) -> str:
+        """How long the rest of the run will take at this machine's pace since `since` (iteration,
+        training seconds, model evaluations when this process began training): the iterations
+        left to whichever budget ends the run, and the evaluations still due at the time each
+        took so far."""
+        done = max(self.iteration - since[0], 1)
+        seconds, nfe = (self.compute.training_seconds - since[1]) / done, (self.compute.nfe - since[2]) / done
+        left = int(train.iterations) - self.iteration
+        if train.get("max_nfe") is not None and nfe > 0:
+            left = min(left, math.ceil((int(train.max_nfe) - self.compute.nfe) / nfe))
+        if train.get("max_minutes") is not None and seconds > 0:
+            left = min(left, math.ceil((float(train.max_minutes) * 60 - self.compute.training_seconds) / seconds))
+        left = max(left, 0)
+        every_nfe = eval_cfg.get("every_nfe")
+        evals = 1 + (int(left * nfe // int(every_nfe)) if every_nfe else left // int(eval_cfg.every))  # (+ the last)
+        eval_seconds = self.compute.wall.get("eval", 0.0) / max(self.evaluations, 1)
+        total = (left * seconds + evals * eval_seconds) / 60
+        return (f"{left:,} more iterations at {seconds:.2f} s each and {evals} evaluations at {eval_seconds:.0f} s "
+                f"each: about {total:.0f} min on this machine")
 
     def describe_stop(self, train) -> str:
         c = self.compute

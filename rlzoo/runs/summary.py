@@ -11,9 +11,11 @@ from rlzoo.runs.progress import Progress
 
 def write_summary(run_dir: Path, status: str, progress: Progress | None = None, *,
                   error: str | None = None, threshold: float | None = None,
-                  eval_protocol: dict | None = None, device: torch.device = torch.device("cpu")) -> dict:
+                  eval_protocol: dict | None = None, device: torch.device = torch.device("cpu"),
+                  stopped_by_time: bool = False) -> dict:
     """Write summary.json with its fixed shape, for a running, completed, failed or interrupted
-    run; a run that failed before training started has an empty `Progress`."""
+    run; a run that failed before training started has an empty `Progress`. `stopped_by_time`:
+    the wall-clock guard (train.max_minutes) ended it before its budget, so it is not comparable."""
     progress = progress or Progress()
     summary = {
         "status": status, "iterations": progress.iteration, "error": error,
@@ -21,6 +23,7 @@ def write_summary(run_dir: Path, status: str, progress: Progress | None = None, 
         "compute": progress.compute.as_dict(device),
         "threshold": threshold, "threshold_reached": progress.reached,
         "eval_protocol": eval_protocol, "run_dir": str(run_dir), "init_from": progress.started_from,
+        "stopped_by_time": stopped_by_time,
     }
     atomic_write_json(summary, Path(run_dir) / "summary.json")
     return summary
@@ -52,19 +55,30 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 def print_report(summary: dict) -> None:
+    """The run's end table (its first evaluation, last and best), what its `reward` is, and where
+    its sample grids are; a warm-started run's first column is the weights it started from."""
     base, final, best = summary["base"], summary["final"], summary["best"]
     keys = [k for k in base if isinstance(base[k], (int, float))]
-    print(f"\n{'metric':<28}{'base':>9}{'final':>9}{'best':>9}")
+    start = "start" if summary.get("init_from") else "base"
+    print(f"\n{'metric':<28}{start:>9}{'final':>9}{'best':>9}")
     for k in keys:
         print(f"{k:<28}{base[k]:>9.3f}{final[k]:>9.3f}{best.get(k, float('nan')):>9.3f}")
+    headline = (summary.get("eval_protocol") or {}).get("reward")
+    if headline:
+        print(f"(held-out; reward is {headline}" + (", verifier the task's own)" if "verifier" in base else ")"))
+    if summary.get("init_from"):
+        print(f"(start: the weights it started from, init_from={summary['init_from'].get('path')})")
     c = summary["compute"]
     print(f"\nNFE forward {c['nfe_forward']:,}  backward {c['nfe_backward']:,}  "
           f"wall {c['wall_s']:.1f}s  peak memory {c['peak_mem_bytes'] / 2**20:.0f} MiB")
+    if summary.get("stopped_by_time"):
+        print("stopped by its wall-clock guard (train.max_minutes) before its budget: not comparable with other runs")
     print(f"run directory: {summary['run_dir']}")
     samples = Path(summary["run_dir"]) / "samples"
     grids = sorted(samples.glob("iter*_nfe*.png"))
     if grids:
-        print(f"samples: {samples / 'before.png'} (base model), {samples / 'after.png'} (final), and a grid per "
+        first = "the weights it started from" if summary.get("init_from") else "base model"
+        print(f"samples: {samples / 'before.png'} ({first}), {samples / 'after.png'} (final), and a grid per "
               f"evaluation: {grids[0].name} ... {grids[-1].name} ({len(grids)})")
 
 

@@ -118,6 +118,10 @@ class Task:
     makes_images: bool = False  # True: `images(x0)` gives RGB images, so image rewards (PickScore, CLIP, ...) apply
     # rewards the held-out evaluation reports beside the task's own scores (`task.eval_rewards`: {name: reward})
     extra_eval_rewards: dict = {}
+    # True: `score` is the task's own verifier (toy2d, shapes). A run that trains on another reward
+    # reports that reward as its held-out `reward` and the verifier's as `verifier` (`headline_reward`)
+    has_verifier: bool = False
+    headline_reward = None  # set by rlzoo.config.build.use_headline
 
     def images(self, x0: Tensor) -> Tensor:
         """The samples as RGB images in [0, 1], (B, 3, H, W) (tasks that `makes_images`)."""

@@ -51,6 +51,7 @@ class Toy2DTask(Task):
     name = "toy2d"
     sample_shape = (2,)
     pretrain_command = "rlzoo-pretrain task=toy2d"
+    has_verifier = True
 
     def __init__(self, radius: float = 2.0, mode_std: float = 0.3, p_target: float = 0.3,
                  hit_radius: float = 0.8, num_train_angles: int = 12, eval_rewards: dict | None = None):
@@ -62,7 +63,7 @@ class Toy2DTask(Task):
         self.p_target = check("task.p_target", p_target, 0, 1, low_open=True, high_open=True)
         self.hit_radius = check("task.hit_radius", hit_radius, 0, low_open=True)
         num_train_angles = check("task.num_train_angles", num_train_angles, 1, integer=True)
-        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "hit", "distance", "nll", "fd_data", "sw_data",
+        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "verifier", "hit", "distance", "nll", "fd_data", "sw_data",
                                                                          "fd_teacher", "sw_teacher"))
         step = 360 / num_train_angles
         self._train = [f"angle {step * k:g}" for k in range(num_train_angles)]

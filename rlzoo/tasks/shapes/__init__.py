@@ -33,6 +33,7 @@ class ShapesTask(Task):
     supports_guidance = True
 
     makes_images = True  # its samples are pixels: image rewards score them (a CPU playground for learnt rewards)
+    has_verifier = True
 
     def __init__(self, image_size: int = 24, heldout_fraction: float = 0.3, caption_noise: float = 0.6,
                  max_length: int = 8, reward_soft_weight: float = 0.0, caption_dropout: float = 0.0,
@@ -60,7 +61,7 @@ class ShapesTask(Task):
         # does not depend on the split, so the base model does not either
         self._all_by_family = {f: all_specs()[f] for f in FAMILIES}
         self.verifier = Verifier(image_size)
-        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "strict", "soft", "fid_data", "kid_data",
+        self.extra_eval_rewards = checked_eval_rewards(eval_rewards, ("reward", "verifier", "strict", "soft", "fid_data", "kid_data",
                                                                          "fid_teacher", "kid_teacher"))
 
     def train_prompts(self) -> list[str]:
