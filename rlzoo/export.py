@@ -93,7 +93,8 @@ def _check_fits(cfg, state: dict, checkpoint: Path) -> None:
 
 def load_model(directory: Path):
     """The velocity model a full fine-tuning export wrote (<dir>/config.json + model.safetensors),
-    without rlzoo's checkpoint format. config.json is untrusted input: its `_target_` must be one of
+    without rlzoo's checkpoint format, in eval mode: `model(x, sigma, cond)` is the velocity a
+    sampler takes (README: sampling from an export). config.json is untrusted input: its `_target_` must be one of
     rlzoo's shipped models, so loading a downloaded export runs no code it names."""
     from safetensors.torch import load_file
 
@@ -108,7 +109,7 @@ def load_model(directory: Path):
     check_untrusted({"model": model_cfg}, str(directory / "config.json"))
     model = build(model_cfg)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
-    return model
+    return model.eval()  # (for sampling: a model comes back in inference mode)
 
 
 def _iterations(run_dir: Path) -> int | None:

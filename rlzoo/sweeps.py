@@ -51,6 +51,18 @@ def sweep_dir(overrides: list[str]) -> Path:
     return Path(str(compose_config(fixed, return_hydra_config=True).hydra.sweep.dir))
 
 
+def check_launcher(overrides: list[str]) -> None:
+    """A SLURM launcher (hydra/launcher=slurm_*) needs SLURM here: without `sbatch` on the PATH
+    the sweep is refused in one line, before any job is validated or submitted."""
+    import shutil
+
+    launcher = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra/launcher=")), "")
+    if "slurm" in launcher and shutil.which("sbatch") is None:
+        raise ConfigError(f"hydra/launcher={launcher} submits the sweep's jobs to a SLURM cluster, and sbatch is not "
+                          f"on this machine's PATH; run it on the cluster's login node (hydra/launcher=local_2rank "
+                          f"runs ranks here)")
+
+
 def validate_sweep(overrides: list[str]) -> list[list[str]]:
     """Every job's config passes `validate` and every job has a run directory of its own under the
     sweep's folder that can hold its run (`check_run_dir`: a rerun resumes), or ConfigError names

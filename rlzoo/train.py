@@ -253,8 +253,9 @@ def _launch(argv: list[str], multirun: bool) -> None:
             return _hydra(argv)
     from rlzoo.config import compose_config, parse_overrides
     from rlzoo.runs.lock import SWEEP_LOCK_NAME
-    from rlzoo.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
+    from rlzoo.sweeps import adhoc_sweep_name, check_launcher, sweep_dir, validate_sweep
 
+    check_launcher(overrides)
     fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
     if compose_config(fixed).sweep_name is None:  # an ad-hoc sweep: a folder of its own, named by its command
         name = f"sweep_name='{adhoc_sweep_name(overrides)}'"  # (quoted: Hydra would read its ',' as a sweep)

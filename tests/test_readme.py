@@ -7,7 +7,9 @@ A command's trailing comment tag says how (README, Set-up):
   directory the command would have used, so later commands of the block find it;
 - `[dry run]`: only composed — `make -n` for a make target, `--cfg job` for rlzoo-train;
 - `[needs …]` (a GPU, weights, the network, a cluster): rlzoo-train and rlzoo commands must
-  refuse in one line here (exit 2, one stderr line); other programs are not run.
+  refuse in one line here (exit 2, one stderr line) for a reason the tag states (a command broken
+  otherwise fails); with `device=cpu` instead of a GPU, for one of its other reasons; other
+  programs are not run.
 Every command runs from the environment: `.venv/bin/<program>` or `make`.
 README code blocks whose first line is `# <relative path>` are files an example needs; they are
 written into the clone first.
@@ -68,12 +70,32 @@ def test_every_command_runs_from_the_environment():
 
 
 def default_run_dir(overrides: list[str]) -> str | None:
-    """The run directory a single run with these overrides writes (None for a sweep)."""
-    from rlzoo.config import compose_config
+    """The run directory a single run with these overrides writes (None for a sweep): the
+    config's run_dir, with the name rlzoo-train gives what the command changes (its variant)."""
+    from rlzoo.config import compose_config, run_variant
 
     if "-m" in overrides:
         return None
-    return str(compose_config([o for o in overrides if "=" in o]).run_dir)
+    overrides = [o for o in overrides if "=" in o]
+    variant = run_variant(overrides)
+    return str(compose_config([*overrides, *([f"variant='{variant}'"] if variant else [])]).run_dir)
+
+
+# What a refusal for each reason a `[needs …]` tag may state says (one of these words).
+REASONS = {"GPU": ("GPU",), "weights": ("does not exist", "weights"), "cluster": ("SLURM", "sbatch")}
+
+
+def reasons(comment: str) -> list[str]:
+    """The reasons a `[needs …]` tag states that rlzoo can tell (GPU, weights, cluster)."""
+    stated = comment.partition("[needs")[2].partition("]")[0]
+    return [reason for reason in REASONS if reason.lower() in stated.lower()]
+
+
+def assert_refused(out, command: str, stated: list[str]) -> None:
+    errors = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(errors) == 1 and "error:" in errors[0], (command, out.stderr[-2000:])
+    assert any(word in errors[0] for reason in stated for word in REASONS[reason]), (
+        f"{command}: refused, but not for the reason its tag states ({', '.join(stated)}): {errors[0]}")
 
 
 def how(command: str, comment: str) -> tuple[str, list[str]]:
@@ -131,7 +153,12 @@ def test_readme_commands_run_as_written(tmp_path, line, cmds):
             continue
         out = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
         if what == "refused":
-            errors = out.stderr.strip().splitlines()
-            assert out.returncode == 2 and len(errors) == 1 and "error:" in errors[0], (command, out.stderr[-2000:])
+            stated = reasons(comment)
+            assert stated, f"{command}: its tag ({comment}) states no reason rlzoo can tell ({', '.join(REASONS)})"
+            assert_refused(out, command, stated)
+            if "GPU" in stated and "device=cuda" in argv and len(stated) > 1:  # (refused for what else it needs)
+                cpu = subprocess.run([a.replace("device=cuda", "device=cpu") for a in argv], cwd=clone, env=env,
+                                     capture_output=True, text=True, timeout=600)
+                assert_refused(cpu, command + " (with device=cpu)", [r for r in stated if r != "GPU"])
         else:
             assert out.returncode == 0, (command, argv, out.stdout[-1500:], out.stderr[-2500:])
