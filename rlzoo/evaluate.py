@@ -135,7 +135,10 @@ def open_run(run_dir: Path, overrides: list[str] = ()):
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ConfigError(f"run_dir={str(run_dir)!r} is not a directory")
+        debug = Path("runs", "debug", *run_dir.parts[1:]) if run_dir.parts[:1] == ("runs",) else None
+        hint = (f" (the same run with debug=tiny is in {debug}: debug runs write under runs/debug/)"
+                if debug is not None and debug.is_dir() else "")
+        raise ConfigError(f"run_dir={str(run_dir)!r} is not a directory{hint}")
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} holds no run (no config.yaml)")
     checkpoint = checkpoint_path(run_dir)

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlzoo.errors import one_line_errors
+from rlzoo.errors import OutputRefused, one_line_errors
 from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
 from rlzoo.policies import LORA_WEIGHTS, lora_files
 
@@ -53,6 +53,10 @@ def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool
     target = OutputDir(out, overwrite)
     names = [LORA_WEIGHTS, "rlzoo.json"] if cfg.model.get("lora") is not None else ["model.safetensors", "config.json"]
     target.claim(names)  # refused before the checkpoint is even read
+    earlier = _exported_from(target.path)
+    if earlier is not None and not _same_run(earlier, run_dir) and not overwrite:
+        raise OutputRefused(f"{target.path} holds the export of another run ({earlier}); choose another --out, or "
+                            f"pass --overwrite to replace it with this run's")
     state = load_checkpoint(checkpoint)
     state = state.get("policy", {}).get(WEIGHTS[weights]) if isinstance(state.get("policy"), dict) else None
     if not isinstance(state, dict):
@@ -75,6 +79,24 @@ def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool
         target.write(name, data)
     target.close()
     return target.path / names[0]
+
+
+def _exported_from(folder: Path) -> str | None:
+    """The run an earlier export in `folder` came from (its config.json's or rlzoo.json's run_dir)."""
+    from rlzoo.runs.reading import UnreadableFile, load_json
+
+    for name in ("config.json", "rlzoo.json"):
+        if (folder / name).is_file():
+            try:
+                record = load_json(folder / name, "an earlier export's record")
+            except UnreadableFile:
+                return None
+            return str(record.get("run_dir")) if isinstance(record, dict) and record.get("run_dir") else None
+    return None
+
+
+def _same_run(a: str, b: Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _check_fits(cfg, state: dict, checkpoint: Path) -> None:

@@ -204,6 +204,10 @@ def _launch(argv: list[str], multirun: bool) -> None:
     from rlzoo.runs import run_lock
 
     nproc, argv = nproc_option(plain_sweep(argv))
+    if not multirun:
+        from rlzoo.config.compose import literal_paths
+
+        argv = literal_paths(argv)
     options, overrides, expect_value = [], [], False
     for item in argv:
         if expect_value:  # an option's value (--cfg job)

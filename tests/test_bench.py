@@ -62,6 +62,7 @@ def test_sd35m_random_is_sd35_mediums_transformer():
     assert sum(p.numel() for p in transformer.parameters()) == 2_243_171_520
 
 
+@pytest.mark.slow  # (its parts run in make test: the bare-loop and bench tests above)
 @pytest.mark.integration
 def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path):
     """`python -m rlzoo.bench --gpu`'s measurement, on the CPU with sd3_tiny: the code path a lent

@@ -128,8 +128,8 @@ def assert_same_run(one, two):
 @pytest.mark.integration
 @pytest.mark.parametrize("name,overrides", [
     # (evaluation batches smaller than the evaluation set, so that it is shared out: 3 batches, 2 ranks)
-    ("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2", "eval.samples=64",
-                    "eval.batch_size=24"]),
+    pytest.param("toy2d_elbo", ["task=toy2d", "experiment=paper_a", "train.iterations=3", "eval.every=2",
+                                "eval.samples=64", "eval.batch_size=24"], marks=pytest.mark.slow),  # (shapes: make test)
     # FlowGRPO: trajectory estimator, SDE window, 2 minibatches; 3 groups on 2 ranks (an uneven split)
     ("toy2d_uneven_minibatches", ["task=toy2d", "experiment=flowgrpo", "train.iterations=3", "eval.every=3",
                                   "eval.samples=64", "train.batch_size=48", "train.group_size=16",
@@ -232,7 +232,8 @@ def kill_a_rank_when(run_dir, iterations: int, process):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("restarts", [pytest.param(0, marks=pytest.mark.slow), 1])
+@pytest.mark.slow  # (make test: tests/test_faults_ranks.py kills a rank and resumes)
+@pytest.mark.parametrize("restarts", [0, 1])
 def test_a_killed_rank_ends_the_run_and_it_resumes(tmp_path, restarts):
     """SIGKILL one rank after 3 of 6 iterations (a checkpoint every iteration). Without restarts
     torchrun exits non-zero within seconds and rerunning the same command resumes and completes;

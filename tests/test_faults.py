@@ -864,10 +864,12 @@ def test_the_server_handles_at_most_its_workers_at_once(reference):
     (["--scorer", "nowhere_module:score"], 2, "cannot be imported"),
     (["--scorer", "rlzoo.rewards.server:nothing"], 2, "has no 'nothing'"),
 ])
-def test_the_server_command_fails_in_one_line(argv, code, message):
-    out = subprocess.run([sys.executable, "-m", "rlzoo.rewards.server", *argv], capture_output=True, text=True,
-                         timeout=60, env=ENV)
-    assert out.returncode == code and message in one_line(out.stderr)
+def test_the_server_command_fails_in_one_line(capsys, argv, code, message):
+    from rlzoo.rewards.server import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == code and message in one_line(capsys.readouterr().err)
 
 
 def test_the_server_command_names_a_taken_port():

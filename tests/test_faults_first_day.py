@@ -60,3 +60,33 @@ def test_a_warm_start_calls_its_first_column_start_not_base(here, trained, tmp_p
     header = next(line for line in out.stdout.splitlines() if line.startswith("metric"))
     assert out.returncode == 0 and header.split()[1] == "start"
     assert "before.png (the weights it started from)" in out.stdout and "(base model)" not in out.stdout
+
+
+def test_an_export_of_another_run_does_not_silently_replace_an_earlier_one(capsys, trained, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    out = tmp_path / "exported"
+    assert cli(capsys, "export", f"run_dir={trained}", "--out", str(out))[0] == 0
+    assert cli(capsys, "export", f"run_dir={trained}", "--out", str(out))[0] == 0  # (the same run again: fine)
+    before = (out / "config.json").read_text()
+    code, line = cli(capsys, "export", f"run_dir={other}", "--out", str(out))
+    assert code == 2 and "holds the export of another run" in line and str(trained) in line
+    assert (out / "config.json").read_text() == before
+    assert cli(capsys, "export", f"run_dir={other}", "--out", str(out), "--overwrite")[0] == 0
+    assert json.loads((out / "config.json").read_text())["run_dir"] == str(other)
+
+
+def test_replacing_a_mix_s_part_says_how_instead_of_contradicting_itself():
+    """README's GNDMR-on-t2i command merged a dict into the verifier part there ("'external' is not
+    a key ...; valid: dm, external"); the error now says how to put another component there."""
+    from rlzoo.config import ConfigError, compose_config
+
+    with pytest.raises(ConfigError, match=r"merges into the reward.rewards.external that is there, which has no "
+                                          r"key 'path'; .*'~reward.rewards.external' '\+reward.rewards.external="):
+        compose_config(["experiment=gndmr", "task=t2i",
+                        "reward.rewards.external={_target_: rlzoo.rewards.images.CLIPReward, path: /data/x}"])
+    cfg = compose_config(["experiment=gndmr", "task=t2i", "~reward.rewards.external",
+                          "+reward.rewards.external={_target_: rlzoo.rewards.images.CLIPReward, path: /data/x}"])
+    assert cfg.reward.rewards.external.path == "/data/x"

@@ -2,11 +2,11 @@
 becomes one path component whatever it holds, a sweep whose jobs would share a run directory is
 refused before any job, sweep_name stays under multirun/, runs that differ in any choice get
 directories of their own, and debug=tiny shrinks a named sweep into a folder of its own."""
-import subprocess
+import json
 from pathlib import Path
 
 import pytest
-from common import BIN, ENV, TINY, cli, one_line, snapshot
+from common import TINY, cli, one_line, snapshot, train_here
 
 from rlzoo.config import ConfigError, compose_config, path_component, run_variant
 from rlzoo.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
@@ -14,11 +14,16 @@ from rlzoo.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
 pytestmark = pytest.mark.faults
 
 
-def sweep(tmp_path, *argv, code=0):
-    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "task=toy2d", "debug=tiny", "threads=1", *argv],
-                         capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
-    assert out.returncode == code, out.stderr[-2000:]
-    return out
+@pytest.fixture
+def sweep(capsys, tmp_path, monkeypatch):
+    """A tiny toy2d sweep `rlzoo-train -m ...` in this process, from tmp_path; it must end with `code`."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*argv, code=0):
+        out = train_here(capsys, "-m", "task=toy2d", "debug=tiny", "threads=1", *argv)
+        assert out.returncode == code, out.stderr[-2000:]
+        return out
+    return run
 
 
 # ------------------------------------------------------------------------------ sweep paths stay inside
@@ -34,24 +39,24 @@ def test_an_over_long_name_is_cut_and_stays_distinct():
     assert a != b and len(a.encode()) <= 200 and len(b.encode()) <= 200
 
 
-def test_sweep_values_with_slashes_and_dots_stay_in_the_sweep_folder(tmp_path):
-    sweep(tmp_path, "sweep_name=odd", "name=a/b,..,a//b")
+def test_sweep_values_with_slashes_and_dots_stay_in_the_sweep_folder(sweep, tmp_path):
+    sweep("sweep_name=odd", "name=a/b,..,a//b")
     runs = sorted(p.name for p in (tmp_path / "multirun/debug/odd").iterdir() if p.is_dir())
     assert runs == ["debug=tiny,name=..,task=toy2d", "debug=tiny,name=a%2F%2Fb,task=toy2d",
                     "debug=tiny,name=a%2Fb,task=toy2d"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun"]  # nothing beside it
 
 
-def test_jobs_that_would_share_a_run_directory_are_refused_before_any_job(tmp_path):
-    out = sweep(tmp_path, "sweep_name=clash", "threads=1,2", code=2)
+def test_jobs_that_would_share_a_run_directory_are_refused_before_any_job(sweep, tmp_path):
+    out = sweep("sweep_name=clash", "threads=1,2", code=2)
     line = one_line(out.stderr)
     assert "sweep job" in line and "threads=2" in line and "same run directory as job" in line and "threads" in line
     assert not (tmp_path / "multirun").exists()
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "a b"])
-def test_a_sweep_name_that_leaves_multirun_is_refused(tmp_path, name):
-    out = sweep(tmp_path, f"sweep_name='{name}'", "seed=0,1", code=2)
+def test_a_sweep_name_that_leaves_multirun_is_refused(sweep, tmp_path, name):
+    out = sweep(f"sweep_name='{name}'", "seed=0,1", code=2)
     assert "must name one folder under multirun/" in one_line(out.stderr)
     assert list(tmp_path.iterdir()) == []
 
@@ -173,12 +178,21 @@ def test_init_from_into_a_directory_holding_a_run_is_refused(here, trained, tmp_
     assert out.returncode == 2 and f"started from '{trained}'" in one_line(out.stderr)
 
 
-def test_a_sweep_job_whose_directory_holds_another_run_stops_the_sweep_before_any_job(tmp_path, here):
+def test_a_sweep_job_whose_directory_holds_another_run_stops_the_sweep_before_any_job(tmp_path, here, sweep):
     sweep_dir = tmp_path / "multirun" / "debug" / "held"
     held = sweep_dir / "debug=tiny,seed=1,task=toy2d"
     assert here(f"'{held}'", "seed=0").returncode == 0  # another seed's run where seed=1's goes
-    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", *TINY, "sweep_name=held", "seed=0,1"],
-                         capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+    out = sweep("sweep_name=held", "seed=0,1", code=2)
     line = one_line(out.stderr)
-    assert out.returncode == 2 and "sweep job" in line and "seed=1" in line and "different config" in line
+    assert "sweep job" in line and "seed=1" in line and "different config" in line
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["debug=tiny,seed=1,task=toy2d"]
+
+
+def test_a_run_directory_named_with_commas_and_equals_is_taken_as_written(here, tmp_path):
+    """run_dir= and init_from= take a path as written in a single run (a variant's name holds ','
+    and '=', which Hydra's grammar would otherwise read)."""
+    parent = tmp_path / "runs" / "toy2d" / "epg-elbo-dpm2,kl=none" / "seed0"
+    assert here(parent, "kl=none").returncode == 0
+    assert here(parent, "kl=none", "train.iterations=3").returncode == 0  # (resumed there)
+    assert here(tmp_path / "child's run", "kl=none", f"init_from={parent}").returncode == 0
+    assert json.loads((tmp_path / "child's run" / "summary.json").read_text())["init_from"]["path"] == str(parent)

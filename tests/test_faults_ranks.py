@@ -5,16 +5,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from common import BIN, ENV, REPO, one_line
+from common import BIN, ENV, REPO, one_line, train_here
 from test_distributed import kill_a_rank_when
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = pytest.mark.faults
 
 
+@pytest.mark.integration
 def test_a_killed_rank_is_one_line_naming_it_and_the_run_resumes(tmp_path):
     run_dir = tmp_path / "run"
     command = [str(BIN / "rlzoo-train"), "--nproc_per_node=2", "task=toy2d", "experiment=paper_a", "train.rng=keyed",
-               "train.iterations=40", "eval.every=40", "eval.samples=64", "checkpoint_every=1", "progress_bar=false",
+               "train.iterations=16", "eval.every=16", "eval.samples=64", "checkpoint_every=1", "progress_bar=false",
                "threads=1", "dist.timeout_s=60", f"run_dir={run_dir}"]
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -40,8 +41,7 @@ def test_a_killed_rank_is_one_line_naming_it_and_the_run_resumes(tmp_path):
     (["--nproc_per_node=2", "-m", "task=toy2d", "seed=0,1"], "--nproc_per_node starts the ranks of one run"),
     (["--nproc_per_node=2", "task=toy2d"], "train.rng=stream under torchrun with 2 processes"),
 ])
-def test_bad_rank_settings_are_one_line_before_any_rank_starts(tmp_path, argv, message):
-    out = subprocess.run([str(BIN / "rlzoo-train"), *argv, f"run_dir={tmp_path / 'run'}"], capture_output=True,
-                         text=True, cwd=tmp_path, env=ENV, timeout=120)
+def test_bad_rank_settings_are_one_line_before_any_rank_starts(capsys, tmp_path, argv, message):
+    out = train_here(capsys, *argv, f"run_dir={tmp_path / 'run'}")
     assert out.returncode == 2 and message in one_line(out.stderr)
     assert not (tmp_path / "run").exists()

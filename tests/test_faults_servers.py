@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from common import BIN, ENV, one_line
+from common import BIN, ENV, one_line, train_here
 
 from rlzoo.config import ConfigError, compose_config, validate
 from rlzoo.errors import redact
@@ -98,12 +98,11 @@ def remote(url, *more):
     return ["task=shapes", "debug=tiny", "reward=remote", f"reward.url='{url}'", "reward.retries=0", *more]
 
 
-def test_a_reward_server_that_is_not_up_is_found_before_any_model(tmp_path):
+def test_a_reward_server_that_is_not_up_is_found_before_any_model(capsys, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = subprocess.run([str(BIN / "rlzoo-train"), *remote(f"http://127.0.0.1:{port}/"), f"run_dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, env=ENV, timeout=120)
+    out = train_here(capsys, *remote(f"http://127.0.0.1:{port}/"), f"run_dir={tmp_path / 'run'}")
     line = one_line(out.stderr)
     assert out.returncode == 2 and f"reward.url=http://127.0.0.1:{port}/" in line and "test request" in line
     assert "Connection" in line and not (tmp_path / "run").exists()
@@ -142,9 +141,8 @@ def test_a_reward_server_that_answers_garbage_is_refused_before_any_model(server
 # ----------------------------------------------------------------------------------------- secrets
 @pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:9/", "https://127.0.0.1:9/score?token=hunter2",
                                  "http://127.0.0.1:9/?model=x&api_key=hunter2"])
-def test_credentials_in_the_url_are_refused_without_being_printed(tmp_path, url):
-    out = subprocess.run([str(BIN / "rlzoo-train"), *remote(url), f"run_dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, env=ENV, timeout=120)
+def test_credentials_in_the_url_are_refused_without_being_printed(capsys, tmp_path, url):
+    out = train_here(capsys, *remote(url), f"run_dir={tmp_path / 'run'}")
     line = one_line(out.stderr)
     assert out.returncode == 2 and "carries credentials" in line and "reward.token_env" in line
     assert "hunter2" not in out.stderr + out.stdout and "***" in line

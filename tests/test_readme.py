@@ -4,7 +4,7 @@ repository, its commands in order, from the clone's root, with the project's env
 A command's trailing comment tag says how (README, Set-up):
 - none: as written; it must succeed;
 - `[long]`: with `debug=tiny` added (`ARGS=debug=tiny` for a make target), keeping the run
-  directory the command would have used, so later commands of the block find it;
+  directory (a sweep's folder) the command would have used, so later commands of the block find it;
 - `[dry run]`: only composed — `make -n` for a make target, `--cfg job` for rlzoo-train;
 - `[needs …]` (a GPU, weights, the network, a cluster): rlzoo-train and rlzoo commands must
   refuse in one line here (exit 2, one stderr line) for a reason the tag states (a command broken
@@ -81,12 +81,25 @@ def default_run_dir(overrides: list[str]) -> str | None:
     return str(compose_config([*overrides, *([f"variant='{variant}'"] if variant else [])]).run_dir)
 
 
+def default_sweep_dir(overrides: list[str]) -> str:
+    """The folder a sweep with these overrides writes (as rlzoo-train names an ad-hoc one)."""
+    from rlzoo.config import compose_config, parse_overrides
+    from rlzoo.sweeps import adhoc_sweep_name, sweep_dir
+
+    overrides = [o for o in overrides if "=" in o]
+    fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
+    if compose_config(fixed).sweep_name is None:
+        return f"multirun/{adhoc_sweep_name(overrides)}"
+    return str(sweep_dir(overrides))
+
+
 # What a refusal for each reason a `[needs …]` tag may state says (one of these words).
-REASONS = {"GPU": ("GPU",), "weights": ("does not exist", "weights"), "cluster": ("SLURM", "sbatch")}
+REASONS = {"GPU": ("GPU",), "weights": ("does not exist", "weights"), "cluster": ("SLURM", "sbatch"),
+           "token": ("token_env",)}
 
 
 def reasons(comment: str) -> list[str]:
-    """The reasons a `[needs …]` tag states that rlzoo can tell (GPU, weights, cluster)."""
+    """The reasons a `[needs …]` tag states that rlzoo can tell (GPU, weights, cluster, token)."""
     stated = comment.partition("[needs")[2].partition("]")[0]
     return [reason for reason in REASONS if reason.lower() in stated.lower()]
 
@@ -115,10 +128,14 @@ def how(command: str, comment: str) -> tuple[str, list[str]]:
         if argv[0] == "make":
             parts = [p.strip() for p in command.split(" && ")]
             parts = [f"{p} ARGS='debug=tiny run_dir=runs/shapes/epg-elbo-dpm2/seed0'" if p == "make run"
-                     else f"{p} ARGS=debug=tiny" if p.startswith("make sweep") else p for p in parts]
+                     else f"{p} ARGS='debug=tiny hydra.sweep.dir=multirun/{p.split('NAME=')[1].split()[0]}'"
+                     if p.startswith("make sweep") else p for p in parts]
             return "run", ["bash", "-c", " && ".join(parts)]
         trains = argv[0] == ".venv/bin/rlzoo-train" or argv[:3] == [".venv/bin/python", "-m", "rlzoo.train"]
-        run_dir = default_run_dir(argv[1:] if argv[0] != ".venv/bin/python" else argv[3:]) if trains else None
+        overrides = argv[1:] if argv[0] != ".venv/bin/python" else argv[3:]
+        if trains and "-m" in overrides:  # (a sweep's folder, as the command would name it)
+            return "run", [*argv, "debug=tiny", f"hydra.sweep.dir='{default_sweep_dir(overrides)}'"]
+        run_dir = default_run_dir(overrides) if trains else None
         return "run", [*argv, "debug=tiny", *([f"run_dir={run_dir}"] if run_dir else [])]
     return "run", (["bash", "-c", command] if " && " in command else argv)
 
@@ -143,22 +160,51 @@ def fresh_clone(tmp_path: Path) -> Path:
 RUNNABLE = [(line, cmds) for line, cmds in BLOCKS if any(how(c, t)[0] != "not run" for c, t in cmds)]
 
 
+def entry_point(argv: list[str]):
+    """The `main` that `.venv/bin/rlzoo-train` or `.venv/bin/rlzoo` calls, or None for any other program."""
+    if argv[0] == ".venv/bin/rlzoo-train":
+        from rlzoo.train import main
+        return main
+    if argv[0] == ".venv/bin/rlzoo":
+        from rlzoo.cli import main
+        return main
+    return None
+
+
 @pytest.mark.parametrize("line,cmds", RUNNABLE, ids=[f"README:{line}" for line, _ in RUNNABLE])
-def test_readme_commands_run_as_written(tmp_path, line, cmds):
+def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys, line, cmds):
+    """Each block in a fresh clone, its commands in order. An `rlzoo-train` or `rlzoo` command runs
+    its entry point's `main` with the command's arguments in this process (what the installed
+    script does, without a new interpreter's seconds of imports; test_install runs the scripts
+    themselves); `python -m rlzoo.train`, make and everything else run as new processes."""
     clone = fresh_clone(tmp_path)
+    monkeypatch.chdir(clone)
     env = {**ENV, "OMP_NUM_THREADS": "1"}
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        main = entry_point(argv)
+        if main is None:
+            return subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+        capsys.readouterr()
+        try:
+            main(argv[1:])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
     for command, comment in cmds:
         what, argv = how(command, comment)
         if what == "not run":
             continue
-        out = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+        out = run(argv)
         if what == "refused":
             stated = reasons(comment)
             assert stated, f"{command}: its tag ({comment}) states no reason rlzoo can tell ({', '.join(REASONS)})"
             assert_refused(out, command, stated)
             if "GPU" in stated and "device=cuda" in argv and len(stated) > 1:  # (refused for what else it needs)
-                cpu = subprocess.run([a.replace("device=cuda", "device=cpu") for a in argv], cwd=clone, env=env,
-                                     capture_output=True, text=True, timeout=600)
+                cpu = run([a.replace("device=cuda", "device=cpu") for a in argv])
                 assert_refused(cpu, command + " (with device=cpu)", [r for r in stated if r != "GPU"])
         else:
             assert out.returncode == 0, (command, argv, out.stdout[-1500:], out.stderr[-2500:])

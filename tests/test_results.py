@@ -43,3 +43,11 @@ def test_committed_combined_report_rerenders(tmp_path, folder):
     assert rendered == (RESULTS / folder / "table.md").read_text()
     for name in ("table.csv", "table.tex", "runs.csv"):
         assert (tmp_path / name).read_text() == (RESULTS / folder / name).read_text()
+
+
+def test_experiments_readme_names_every_named_sweep():
+    """experiments/README.md's table says what each sweep of conf/sweep/ answers (it used to list
+    half of them)."""
+    text = (RESULTS.parent / "README.md").read_text()
+    sweeps = sorted(p.stem for p in (RESULTS.parents[1] / "conf" / "sweep").glob("*.yaml"))
+    assert [s for s in sweeps if f"| `{s}` |" not in text] == []

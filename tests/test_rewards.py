@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from common import rlzoo_train_here
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
@@ -126,12 +127,10 @@ def test_a_failing_remote_reward_leaves_the_run_as_it_was(server, tmp_path):
     calls = []
     url = server(handler=counting_handler(200, b"garbage", calls, first=b'{"scores": [0.5]}'))
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "rlzoo.train", "task=t2i", "model=sd3_tiny", "reward=remote", f"reward.url={url}",
-         "~task.eval_rewards", "+task.eval_rewards={reward:{_target_:rlzoo.rewards.images.CLIPReward,tiny:true}}",
-         "debug=tiny",
-         f"task.embedding_cache={tmp_path / 'embeddings'}", f"run_dir={run_dir}"],
-        capture_output=True, text=True, timeout=300)
+    result = rlzoo_train_here(
+        "task=t2i", "model=sd3_tiny", "reward=remote", f"reward.url={url}",
+        "~task.eval_rewards", "+task.eval_rewards={reward:{_target_:rlzoo.rewards.images.CLIPReward,tiny:true}}",
+        "debug=tiny", f"task.embedding_cache={tmp_path / 'embeddings'}", f"run_dir={run_dir}")
     assert result.returncode != 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "not JSON" in summary["error"]

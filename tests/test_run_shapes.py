@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import rlzoo_train_here
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
 
@@ -16,11 +17,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 def test_two_iterations_on_shapes(tmp_path):
     run = tmp_path / "run"
-    out = subprocess.run(
-        [TRAIN, "task=shapes", "threads=1", "progress_bar=false", f"run_dir={run}", "train.iterations=2",
-         "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8", "sampler.num_steps=4",
-         "eval.samples=48", "eval.num_steps=4", "eval.every=2"],
-        capture_output=True, text=True, cwd=REPO, env=ENV)
+    out = rlzoo_train_here(
+        "task=shapes", "threads=1", "progress_bar=false", f"run_dir={run}", "train.iterations=2",
+        "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8", "sampler.num_steps=4",
+        "eval.samples=48", "eval.num_steps=4", "eval.every=2")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     families = ("single_object", "colors", "counting", "two_object", "position", "color_attr")

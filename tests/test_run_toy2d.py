@@ -1,11 +1,10 @@
 """End-to-end runs on toy2d: the run directory's contents, and resume after SIGKILL."""
 import json
 import signal
-import subprocess
 import time
 
 import pytest
-from common import REPO, records, rlzoo_train
+from common import REPO, records, rlzoo_train, rlzoo_train_here
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
 
@@ -13,8 +12,9 @@ SMALL = ["task=toy2d", "threads=1", "progress_bar=false", "train.batch_size=64",
          "train.micro_batch_size=32", "eval.samples=96", "sampler.num_steps=6", "eval.num_steps=6"]
 
 
-def train(run_dir, *overrides, **kwargs):
-    return rlzoo_train(*SMALL, f"run_dir={run_dir}", *overrides, **kwargs)
+def train(run_dir, *overrides):
+    """A small toy2d run, in this process."""
+    return rlzoo_train_here(*SMALL, f"run_dir={run_dir}", *overrides)
 
 
 def test_run_directory_contents(tmp_path):
@@ -110,15 +110,15 @@ def test_report_logs_its_table_to_wandb(tmp_path):
     assert tables and "final" in tables[0].read_text()
 
 
-def test_a_debug_run_does_not_take_the_real_runs_directory(tmp_path):
+def test_a_debug_run_does_not_take_the_real_runs_directory(tmp_path, capsys, monkeypatch):
     """`... debug=tiny` then the same command without it: both run, in their own directories
     (the default run_dir, relative to where the command runs)."""
-    from common import BIN, ENV
+    from common import train_here
 
-    command = [str(BIN / "rlzoo-train"), "task=toy2d", "threads=1", "train.iterations=2", "eval.every=2",
-               "eval.samples=16", "progress_bar=false"]
+    monkeypatch.chdir(tmp_path)
+    command = ["task=toy2d", "threads=1", "train.iterations=2", "eval.every=2", "eval.samples=16", "progress_bar=false"]
     for extra in (["debug=tiny"], []):
-        out = subprocess.run([*command, *extra], capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+        out = train_here(capsys, *command, *extra)
         assert out.returncode == 0, out.stderr[-2000:]
     # (budgets and how often it evaluates leave the name alone; eval.samples changes what is measured)
     for run in ("runs/debug/toy2d/epg-elbo-dpm2,eval.samples=16/seed0", "runs/toy2d/epg-elbo-dpm2,eval.samples=16/seed0"):

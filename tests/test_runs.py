@@ -8,7 +8,7 @@ from pathlib import Path
 import common
 import pytest
 import torch
-from common import REPO, rlzoo_train
+from common import REPO, rlzoo_train_here
 
 TINY = ["task=toy2d", "debug=tiny", "threads=1"]
 
@@ -45,7 +45,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
 
 
 def train(run_dir, *overrides):
-    return rlzoo_train(*TINY, f"run_dir={run_dir}", *overrides)
+    return rlzoo_train_here(*TINY, f"run_dir={run_dir}", *overrides)
 
 
 @pytest.mark.integration

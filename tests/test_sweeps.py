@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from common import BIN, ENV, REPO
+from common import BIN, ENV, REPO, rlzoo_train_here
 
 from rlzoo.config import ConfigError, check_overrides
 from rlzoo.stats import mean_ci, ratio_ci, t_quantile_975
@@ -59,9 +59,7 @@ def test_sweep_functions_expand_and_are_validated():
 
 
 def test_a_bad_job_stops_the_sweep_before_any_compute(tmp_path):
-    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "+sweep=smoke", "train.group_size=16,7",
-                          f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True,
-                         cwd=REPO, env=ENV)
+    out = rlzoo_train_here("-m", "+sweep=smoke", "train.group_size=16,7", f"hydra.sweep.dir={tmp_path}/sweep")
     assert out.returncode == 2
     err = out.stderr.strip()
     assert len(err.splitlines()) == 1 and "train.group_size=7" in err and "sweep job" in err
@@ -69,16 +67,14 @@ def test_a_bad_job_stops_the_sweep_before_any_compute(tmp_path):
 
 
 def test_unknown_sweep_lists_the_named_sweeps():
-    out = subprocess.run([str(BIN / "rlzoo-train"), "-m", "+sweep=nope"], capture_output=True,
-                         text=True, cwd=REPO, env=ENV)
+    out = rlzoo_train_here("-m", "+sweep=nope")
     assert out.returncode == 2 and "unknown sweep 'nope'" in out.stderr and "smoke" in out.stderr
 
 
 def run_sweep(sweep_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     rewards = "rlzoo.rewards.VerifierReward,faulty_rewards.CrashingReward,faulty_rewards.NaNReward"
-    return subprocess.run(
-        [str(BIN / "rlzoo-train"), "-m", "task=toy2d", f"reward._target_={rewards}", "seed=0,1",
-         f"hydra.sweep.dir={sweep_dir}", *TINY, *extra], capture_output=True, text=True, cwd=REPO, env=ENV)
+    return rlzoo_train_here("-m", "task=toy2d", f"reward._target_={rewards}", "seed=0,1",
+                            f"hydra.sweep.dir={sweep_dir}", *TINY, *extra)
 
 
 def test_crashing_and_nan_jobs_do_not_stop_the_sweep(tmp_path):

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from common import lora_targets
+from common import lora_targets, rlzoo_train_here
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
@@ -249,14 +249,11 @@ def test_guidance_on_a_task_without_an_empty_prompt_is_refused():
 @pytest.mark.integration
 def test_t2i_run_leaves_a_diffusers_lora(tmp_path):
     """The acceptance command: 2 iterations on 2 CPU cores; the LoRA lands in the run directory."""
-    import subprocess
-    import sys
 
     run_dir = tmp_path / "run"
     env_cache = f"task.embedding_cache={tmp_path / 'embeddings'}"
-    result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=t2i", "model=sd3_tiny", "reward=pickscore",
-                             "reward.tiny=true", "debug=tiny", "train.iterations=2", f"run_dir={run_dir}", env_cache],
-                            capture_output=True, text=True, timeout=300)
+    result = rlzoo_train_here("task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
+                              "train.iterations=2", f"run_dir={run_dir}", env_cache)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["iterations"] == 2
@@ -380,8 +377,6 @@ def test_unknown_precision_is_one_line_before_any_model(monkeypatch):
 def test_export_and_evaluate_a_lora_run(tmp_path):
     """`rlzoo export` of a LoRA run writes the diffusers LoRA of the asked weights; `rlzoo
     evaluate` reloads the run (base pipeline + adapters from the checkpoint) and scores it."""
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -390,9 +385,8 @@ def test_export_and_evaluate_a_lora_run(tmp_path):
     from rlzoo.runs import load_checkpoint
 
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=t2i", "model=sd3_tiny", "reward.tiny=true",
-                             "debug=tiny", "optimizer.lr=0.05", f"task.embedding_cache={tmp_path / 'embeddings'}",
-                             f"run_dir={run_dir}"], capture_output=True, text=True, timeout=300)
+    result = rlzoo_train_here("task=t2i", "model=sd3_tiny", "reward.tiny=true", "debug=tiny", "optimizer.lr=0.05",
+                              f"task.embedding_cache={tmp_path / 'embeddings'}", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-2000:]
     path = export_main([f"run_dir={run_dir}", "--out", str(tmp_path / "out"), "weights=current"])
     exported = load_file(str(path))
@@ -405,6 +399,7 @@ def test_export_and_evaluate_a_lora_run(tmp_path):
     assert set(metrics) >= {"reward"} and (run_dir / "evaluations" / "current.json").exists()
 
 
+@pytest.mark.slow  # (make test: test_only_the_current_adapter_trains_and_switching_views_keeps_its_gradient, on t2i)
 @pytest.mark.integration
 def test_lora_on_shapes_trains_only_adapters(tmp_path):
     """model.lora works on any task whose model has the targets: shapes' MMDiT."""

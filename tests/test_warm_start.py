@@ -3,7 +3,7 @@ exported directory); its first evaluation measures exactly the weights the paren
 import json
 
 import pytest
-from common import records, rlzoo_train
+from common import records, rlzoo_train_here
 
 from rlzoo.config import ConfigError, compose_config, validate
 
@@ -12,7 +12,7 @@ SHAPES = ["task=shapes", "debug=tiny", "threads=1"]
 
 
 def train(run_dir, *overrides):
-    out = rlzoo_train(*overrides, f"run_dir={run_dir}")
+    out = rlzoo_train_here(*overrides, f"run_dir={run_dir}")
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -39,6 +39,7 @@ def test_a_lora_run_starts_from_its_lora_or_its_run_directory(tmp_path, kind):
     assert_starts_where_the_parent_ended(tmp_path / "parent", tmp_path / "child", kind)
 
 
+@pytest.mark.slow  # (make test: the LoRA warm start, and warm starts in tests/test_faults_first_day.py)
 @pytest.mark.integration
 def test_a_full_fine_tuning_run_starts_from_a_run_directory_and_an_export(tmp_path):
     from rlzoo.export import export

@@ -73,6 +73,26 @@ def plain_sweep(overrides: list[str]) -> list[str]:
     return [f"sweep={o.split('=', 1)[1]}" if str(o).lstrip("+").startswith("sweep=") else o for o in overrides]
 
 
+# Keys whose values are paths: in a single run a value is taken as written (run directories are
+# named `...,reward=pickscore/...`, and Hydra's grammar reads ',' and '=' in a value otherwise)
+PATH_KEYS = ("run_dir", "init_from")
+
+
+def literal_paths(overrides: list[str]) -> list[str]:
+    """`run_dir=<path>` and `init_from=<path>` with the path quoted for Hydra when it holds a
+    character its grammar would read (`=`, `,`, brackets, quotes, spaces). For a single run only:
+    in a sweep, a comma in a value means several values."""
+    import re
+
+    out = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if sep and key in PATH_KEYS and value[:1] not in ("'", '"') and re.search(r"[=,\[\]{}()'\"\s\\]", value):
+            item = f"{key}='{value.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+        out.append(item)
+    return out
+
+
 def parse_overrides(overrides: list[str]) -> list:
     """Hydra's parse of command-line overrides, with the config groups known, so that sweep
     functions (`choice`, `range`, `glob`) expand as the sweeper will expand them."""
@@ -176,6 +196,23 @@ def _did_you_mean(key: str, cfg: DictConfig) -> str:
     return f"; did you mean {near[0]}?" + (f" (or {', '.join(near[1:])})" if near[1:] else "") if near else ""
 
 
+def _merge_error(exc: BaseException) -> str | None:
+    """One line for a dict merged into a component node that lacks one of its keys (Hydra says
+    "Could not override" as for a missing key): replacing a component needs ~key then +key."""
+    import re
+
+    match = re.search(r"Could not override '([^']+)'", str(exc))
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and "is not in struct" not in str(cause):
+        cause = cause.__cause__ or cause.__context__
+    missing = re.search(r"Key '([^']+)' is not in struct\s+full_key: (\S+)", str(cause)) if cause is not None else None
+    if not match or not missing or not missing.group(2).startswith(match.group(1) + "."):
+        return None  # (the key itself is not there: _unknown_key_error says so)
+    key = match.group(1)
+    return (f"{key}={{...}} merges into the {key} that is there, which has no key {missing.group(1)!r}; to put "
+            f"another component there, delete it first: '~{key}' '+{key}={{_target_: ..., ...}}'")
+
+
 def _unknown_key_error(message: str, overrides: list[str]) -> str:
     """One line for Hydra's "Could not override 'a.b'" (a key the config does not have): the
     nearest real keys, and `+key=...` only where something would read the key."""
@@ -236,7 +273,7 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False) -> D
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     except HydraException as exc:  # a misspelt key, a bad value type: one line, not a traceback
-        raise ConfigError(_unknown_key_error(str(exc), list(overrides))) from None
+        raise ConfigError(_merge_error(exc) or _unknown_key_error(str(exc), list(overrides))) from None
     check_added_keys(cfg, list(overrides))
     return cfg
 

@@ -74,6 +74,7 @@ def print_report(summary: dict) -> None:
     if summary.get("stopped_by_time"):
         print("stopped by its wall-clock guard (train.max_minutes) before its budget: not comparable with other runs")
     print(f"run directory: {summary['run_dir']}")
+    print(f"next: rlzoo evaluate run_dir={summary['run_dir']}   rlzoo export run_dir={summary['run_dir']} --out DIR")
     samples = Path(summary["run_dir"]) / "samples"
     grids = sorted(samples.glob("iter*_nfe*.png"))
     if grids:

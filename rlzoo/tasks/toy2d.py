@@ -145,27 +145,27 @@ class Toy2DTask(Task):
         return x0, self.conditioning(prompts, ids, ids)
 
     def save_grid(self, x0: Tensor, cond: Conditioning, path: Path) -> None:
-        """Scatter plot of the sample cloud, coloured by prompt, with the target discs."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Scatter plot of the sample cloud, coloured by prompt, with the target discs. (A bare
+        Figure with fixed margins and ticks: pyplot's state and tight_layout took most of a debug
+        run's time.)"""
+        from matplotlib import cm
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Circle
 
         from rlzoo.runs.files import atomic_write_bytes
 
-        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+        fig = Figure(figsize=(4, 4), dpi=100)
+        ax = fig.add_axes((0.12, 0.1, 0.83, 0.8))
         angles = cond.inputs["angle"].cpu()
-        colours = plt.cm.hsv((angles / (2 * math.pi)).numpy())
-        ax.scatter(x0[:, 0].numpy(), x0[:, 1].numpy(), s=4, c=colours, alpha=0.6)
+        ax.scatter(x0[:, 0].numpy(), x0[:, 1].numpy(), s=4, c=cm.hsv((angles / (2 * math.pi)).numpy()), alpha=0.6)
         for a in sorted(set(angles.tolist())):
             c = self.target(torch.tensor([a]))[0]
-            ax.add_patch(plt.Circle((float(c[0]), float(c[1])), self.hit_radius, fill=False,
-                                    color=plt.cm.hsv(a / (2 * math.pi)), lw=1))
+            ax.add_patch(Circle((float(c[0]), float(c[1])), self.hit_radius, fill=False,
+                                color=cm.hsv(a / (2 * math.pi)), lw=1))
         ax.set_xlim(-3.2, 3.2), ax.set_ylim(-3.2, 3.2), ax.set_aspect("equal")
+        ax.set_xticks(range(-3, 4)), ax.set_yticks(range(-3, 4))
         hit = self.score(x0, cond)["hit"].mean()
         ax.set_title(f"{path.stem}: held-out hit rate {float(hit):.2f}", fontsize=9)
-        fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
-        plt.close(fig)
         atomic_write_bytes(Path(path), buffer.getvalue())
