@@ -36,22 +36,37 @@ def rlzoo_train(*argv: str, wait: bool = True, **kwargs):
                           **{"timeout": 300, **kwargs})
 
 
+def run_main(main, argv, capsys=None) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` in this process, as a new process would give it: exit code, stdout
+    and stderr (read through pytest's `capsys` where a test has it, else by redirecting)."""
+    argv = [str(a) for a in argv]
+    if capsys is not None:
+        capsys.readouterr()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if capsys is None:
+            stack.enter_context(contextlib.redirect_stdout(out))
+            stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)  # (as the interpreter exits)
+    if capsys is not None:
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def rlzoo_train_here(*argv: str) -> subprocess.CompletedProcess:
     """`rlzoo-train argv...` through its `main` in this process (no new interpreter's seconds of
-    imports): its exit code, stdout and stderr, as `rlzoo_train` gives them. For a run that needs no
-    process of its own (a signal, a kill or a race does: rlzoo_train)."""
+    imports), as `rlzoo_train` gives it. For a run that needs no process of its own (a signal, a
+    kill or a race does: rlzoo_train)."""
     from rlzoo.train import main
 
     if str(HELPERS) not in sys.path:  # (importable, as ENV makes them for a subprocess)
         sys.path.insert(0, str(HELPERS))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+    return run_main(main, argv)
 
 
 def trainer(run_dir, *overrides):
@@ -90,18 +105,10 @@ def train(run_dir, *overrides, wait=True, **kwargs):
 
 
 def train_here(capsys, *argv) -> subprocess.CompletedProcess:
-    """`rlzoo-train argv...` in this process (from the current directory): its exit code, stdout and
-    stderr, as `rlzoo_train` gives them from a new process in a third of the time."""
+    """`rlzoo-train argv...` in this process (from the current directory), read through capsys."""
     from rlzoo.train import main
 
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(list(argv), code, out.out, out.err)
+    return run_main(main, argv, capsys)
 
 
 def one_line(stderr: str) -> str:
@@ -114,14 +121,8 @@ def cli(capsys, *argv) -> tuple[int, str]:
     """`rlzoo <argv>` in this process: (exit code, its one stderr line or '')."""
     from rlzoo.cli import main
 
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    return code, (one_line(err) if code else err)
+    out = run_main(main, argv, capsys)
+    return out.returncode, (one_line(out.stderr) if out.returncode else out.stderr)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from common import ENV, REPO
+from common import ENV, REPO, run_main
 
 pytestmark = pytest.mark.integration
 
@@ -185,14 +185,7 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys, line, cmd
         main = entry_point(argv)
         if main is None:
             return subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
-        capsys.readouterr()
-        try:
-            main(argv[1:])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+        return run_main(main, argv[1:], capsys)
 
     for command, comment in cmds:
         what, argv = how(command, comment)
