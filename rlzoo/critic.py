@@ -2,7 +2,7 @@
 reward=dm: a learner beside the policy (rlzoo.types.Components.learners).
 
 The critic starts as the teacher (the policy's frozen reference view) and learns the *student's*
-distribution online: once per iteration the trainer calls `update(rollout)`, which takes
+distribution online: once per iteration the trainer calls `update(rollout, draws, shard)`, which takes
 `steps_per_update` steps of the ordinary flow-matching loss on the rollout's detached samples,
 with t uniform over (0, 1) and its own AdamW (DMD2 trains its fake score every iteration, 5–10
 times per generator step). Its weights are a view of the policy ("critic": a module copy, or a
@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from rlzoo.distillation import flow_matching_loss, noise_and_t
-from rlzoo.distributed import SINGLE, Dist, reduce_numbers, sync_grads
+from rlzoo.distributed import SINGLE, Shard
 from rlzoo.ops import noised
 from rlzoo.ranges import check
-from rlzoo.rng import Draws, StreamDraws
+from rlzoo.rng import Draws
 from rlzoo.types import Conditioning, Cost, Rollout
 
 
@@ -25,7 +25,7 @@ class Critic:
     name = "critic"  # its metrics are logged as critic/<key>, its state checkpointed under this name
 
     def __init__(self, steps_per_update: int = 5, lr: float = 1.0e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), seed: int = 0):
+                 betas: tuple[float, float] = (0.9, 0.999)):
         if not isinstance(steps_per_update, int) or steps_per_update < 1:
             raise ValueError(f"critic.steps_per_update (critic steps per student step, the critic ratio) "
                              f"must be an int >= 1, got {steps_per_update!r}")
@@ -35,7 +35,6 @@ class Critic:
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ValueError(f"critic.betas must be two numbers in [0, 1), got {betas!r}")
         self.betas = tuple(float(check("critic.betas", b, 0, 1, high_open=True)) for b in betas)
-        self.generator = torch.Generator().manual_seed(int(seed))
         self.policy = self.optimizer = None
         self.last_loss = float("nan")
 
@@ -53,25 +52,26 @@ class Critic:
         """The frozen teacher's velocity, guided as `cond` says."""
         return self.policy.velocity(x_t, t, cond, "reference")
 
-    def update(self, rollout: Rollout, draws: Draws | None = None, dist: Dist = SINGLE,
-               rows: int | None = None) -> Cost:
-        """`steps_per_update` flow-matching steps on the rollout's detached samples; returns the
-        model evaluations spent (forward + backward per row and step). Data parallel (the trainer
-        passes them): `draws` for the rows' noise and t (train.rng=keyed), `rows` over all ranks,
-        whose mean loss each step follows, its gradients summed over ranks by `dist`."""
+    def update(self, rollout: Rollout, draws: Draws, shard: Shard | None = None) -> Cost:
+        """`steps_per_update` flow-matching steps on the rollout's detached samples, the rows'
+        noise and t from `draws`; returns the model evaluations spent (forward + backward per row
+        and step). Data parallel, `shard` (the iteration's rlzoo.distributed.Shard; None: one
+        process, the rollout is the batch): each step follows the batch's mean loss, its gradients
+        summed over ranks."""
         if self.optimizer is None:
             raise RuntimeError("the critic needs attach(policy) before its first update")
         x0, cond = rollout.x0.detach(), unguided(rollout.cond)
-        draws = StreamDraws(self.generator) if draws is None else draws
-        share = 1.0 if rows is None or rows == x0.shape[0] else x0.shape[0] / rows  # of the global mean
+        shard = Shard(SINGLE, x0.shape[0], 1) if shard is None else shard
+        share = shard.share(x0.shape[0])  # of the batch's mean
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         for _ in range(self.steps_per_update):
             noise, t = noise_and_t(x0, (0.0, 1.0), draws)
             loss = flow_matching_loss(self.velocity(noised(x0, noise, t), t, cond), x0, noise)
             self.optimizer.zero_grad(set_to_none=True)
             (loss if share == 1.0 else loss * share).backward()
-            sync_grads([p for group in self.optimizer.param_groups for p in group["params"]], dist)
+            shard.sum_gradients(parameters)
             self.optimizer.step()
-        self.last_loss = reduce_numbers({"loss": float(loss.detach()) * share}, dist)["loss"]
+        self.last_loss = shard.reduce({"loss": float(loss.detach()) * share})["loss"]
         rows = x0.shape[0] * self.steps_per_update
         return Cost(rows, rows)
 
@@ -80,13 +80,12 @@ class Critic:
         return {"loss": self.last_loss}
 
     def state_dict(self) -> dict:
-        """The optimizer and noise stream (the critic's weights are saved with the policy)."""
-        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "last_loss": self.last_loss}
+        """The optimizer (the critic's weights are saved with the policy, its noise stream with
+        the run's randomness)."""
+        return {"optimizer": self.optimizer.state_dict(), "last_loss": self.last_loss}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
         self.last_loss = float(state["last_loss"])
 
 

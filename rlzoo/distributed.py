@@ -108,6 +108,8 @@ def init(device: str, timeout_s: float) -> Dist:
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore(f"rlzoo/attempt{attempt}", store),
                                 rank=rank, world_size=world, timeout=timeout)
+    if rank == 0:
+        print(f"[rlzoo] data parallel over {world} ranks ({'nccl' if cuda else 'gloo'})")
     return Dist(rank, world, local_rank, f"cuda:{local_rank}" if cuda else "cpu")
 
 
@@ -193,6 +195,118 @@ def agree(flag: bool, d: Dist) -> bool:
     if not d.active:
         return bool(flag)
     return reduce_numbers({"flag": float(bool(flag))}, d, maximum=("flag",))["flag"] > 0
+
+
+@contextlib.contextmanager
+def rank_zero_first(d: Dist):
+    """The body on rank 0 first, then on the other ranks (what rank 0 caches on the way, such as
+    t2i's text embeddings, the others then read instead of computing and writing it again)."""
+    if d.active and not d.is_main:
+        barrier(d)
+    yield
+    if d.active and d.is_main:
+        barrier(d)
+
+
+def minibatch_rows(batch: int, group_size: int, minibatches: int, generator) -> list[Tensor]:
+    """Row indices of each optimizer step's minibatch: whole prompt groups, shuffled, split into
+    `minibatches` equal parts (one part holding every row when minibatches = 1)."""
+    import torch
+
+    if minibatches == 1:
+        return [torch.arange(batch)]
+    groups = torch.randperm(batch // group_size, generator=generator)
+    return [(part.sort().values[:, None] * group_size + torch.arange(group_size)).flatten()
+            for part in groups.chunk(minibatches)]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step's minibatch as this rank holds it: `local`, its rows within this rank's
+    rollout; `rows`, the same rows numbered in the whole batch; `total`, the step's rows over
+    all ranks (the loss's denominator)."""
+    local: Tensor
+    rows: Tensor
+    total: int
+
+
+class Shard:
+    """One iteration's batch as this rank holds it (README, Data parallelism): its prompt groups
+    and rows, the random numbers of each use for those rows, and every exchange that makes the
+    ranks' work one batch's: rewards gathered, gradients summed, statistics and compute reduced.
+    Built once per iteration, so the loop never asks which rank it runs on or how numbers are
+    drawn; in one process it holds every row and each exchange is the identity.
+
+    Rank r rolls out a contiguous block of prompt groups (`group_split`); `randomness` is the
+    run's rlzoo.rng.Randomness (keyed or a stream)."""
+
+    def __init__(self, d: Dist, batch: int, group_size: int, randomness=None, iteration: int = 0):
+        import torch
+
+        self.dist, self.batch, self.group_size = d, int(batch), int(group_size)
+        self.randomness, self.iteration = randomness, int(iteration)
+        split = group_split(self.batch // self.group_size, d.world)
+        self.rows = torch.arange(split[d.rank].start * self.group_size, split[d.rank].stop * self.group_size)
+        self.counts = [len(groups) * self.group_size for groups in split]  # every rank's rows
+
+    @property
+    def groups(self) -> int:
+        return self.batch // self.group_size
+
+    def draws(self, purpose: str):
+        """This iteration's random numbers of `purpose` for this rank's rows (rlzoo.rng)."""
+        return self.randomness.draws(purpose, self.iteration, self.rows)
+
+    def mine(self, batch_rows):
+        """This rank's rows of something indexed by the batch's rows (a Conditioning)."""
+        return batch_rows.select(self.rows) if self.dist.active else batch_rows
+
+    def gather(self, values: dict) -> dict:
+        """Every rank's rows of each tensor, in rank order: the whole batch's."""
+        return {key: gather_rows(value, self.counts, self.dist) for key, value in values.items()}
+
+    def on_every_rank(self, fn):
+        return on_every_rank(fn, self.dist)
+
+    def agree(self, flag: bool) -> bool:
+        return agree(flag, self.dist)
+
+    def steps(self, inner_epochs: int, minibatches: int):
+        """The optimizer steps of this iteration (inner_epochs x minibatches), each with its rows
+        on this rank (a rank without rows in a step still takes part in its exchanges)."""
+        shuffle = self.draws("minibatch").shared if self.randomness is not None else None
+        first, held = int(self.rows[0]), len(self.rows)
+        for _ in range(int(inner_epochs)):
+            for rows in minibatch_rows(self.batch, self.group_size, int(minibatches), shuffle):
+                local = rows[(rows >= first) & (rows < first + held)] - first
+                yield Step(local, local + first, len(rows))
+
+    def share(self, rows: int) -> float:
+        """The fraction of the batch's mean that a mean over `rows` of this rank's rows carries."""
+        return 1.0 if rows == self.batch else rows / self.batch
+
+    def sum_gradients(self, parameters) -> None:
+        """Each parameter's gradient summed over ranks."""
+        sync_grads(parameters, self.dist)
+
+    def reduce(self, stats: dict, maximum: tuple = ()) -> dict:
+        """Each statistic summed over ranks (`maximum`: the largest), every rank reducing the keys
+        any rank has (a rank without rows in a step has fewer)."""
+        if not self.dist.active:
+            return dict(stats)
+        return reduce_numbers({key: stats.get(key, 0.0) for key in all_keys(stats, self.dist)}, self.dist,
+                              maximum=maximum)
+
+    @contextlib.contextmanager
+    def counting(self, compute):
+        """Every rank counts the model evaluations of all ranks for the body of the `with`."""
+        before = (compute.nfe_forward, compute.nfe_backward)
+        yield
+        if self.dist.active:
+            spent = reduce_numbers({"nfe_forward": compute.nfe_forward - before[0],
+                                    "nfe_backward": compute.nfe_backward - before[1]}, self.dist)
+            compute.nfe_forward = before[0] + int(spent["nfe_forward"])
+            compute.nfe_backward = before[1] + int(spent["nfe_backward"])
 
 
 class RankFailed(RuntimeError):

@@ -108,6 +108,40 @@ class KeyedDraws:
         return self._generator("shared")
 
 
+class Randomness:
+    """Every random number of a run, from its one seed (`seed`, `train.rng`): the one object the
+    trainer asks, so no component seeds a generator of its own.
+
+    `draws(purpose, iteration, rows)` are the numbers of one use in one iteration for `rows`
+    (global row numbers). Keyed: keyed by (seed, iteration, purpose, row), whoever asks. Stream:
+    the next numbers of the purpose's stream. The run's prompts, rollouts, updates and minibatch
+    shuffles share one stream ("run"); each consumer named in `consumers` (the reward, a learner,
+    the objective: what draws apart from the loop) has its own, which also starts from the run's
+    seed, so that its numbers do not depend on how many the loop drew."""
+
+    def __init__(self, seed: int, mode: str = "stream", consumers: tuple[str, ...] = ()):
+        if mode not in RNG_MODES:
+            raise ValueError(f"train.rng={mode!r}; valid: {', '.join(RNG_MODES)}")
+        self.seed, self.keyed = int(seed), mode == "keyed"
+        self.streams = {name: torch.Generator().manual_seed(self.seed) for name in ("run", *consumers)}
+
+    def stream(self, name: str = "run") -> torch.Generator:
+        """A stream's generator, for what every rank draws alike in either mode (the prompts)."""
+        return self.streams[name]
+
+    def draws(self, purpose: str, iteration: int, rows: Tensor) -> Draws:
+        if self.keyed:
+            return KeyedDraws(self.seed, iteration, purpose, rows)
+        return StreamDraws(self.streams.get(purpose, self.streams["run"]))
+
+    def state_dict(self) -> dict:
+        return {name: generator.get_state() for name, generator in self.streams.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, generator in self.streams.items():
+            generator.set_state(state[name].cpu())
+
+
 def as_draws(draws: Draws | torch.Generator | None) -> Draws:
     """A component called with a plain generator (or none) draws from it as a stream."""
     if draws is None or isinstance(draws, torch.Generator):

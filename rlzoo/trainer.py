@@ -26,43 +26,30 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo import distributed
-from rlzoo.config import config_differences, run_fingerprint
-from rlzoo.errors import CheckpointError
+from rlzoo.config import run_fingerprint
 from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
 from rlzoo.old_policy import eval_ema_decay, old_policy_decay
 from rlzoo.policies import make_policy
-from rlzoo.rng import KeyedDraws, StreamDraws
+from rlzoo.rewards import score
+from rlzoo.rng import Randomness
 from rlzoo.runs import (
     JsonlLogger,
     Phase,
     Progress,
     ProgressBar,
-    atomic_torch_save,
     atomic_write_bytes,
-    checkpoint_path,
     format_metrics,
     iteration_record,
-    load_checkpoint,
     truncate_jsonl,
     write_summary,
 )
+from rlzoo.runs.checkpointer import Checkpointer, Learners
 from rlzoo.types import Components, Rollout, UpdateBatch
 from rlzoo.warm_start import warm_start
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss went NaN/inf; the last checkpoint still holds finite weights."""
-
-
-def minibatch_rows(batch: int, group_size: int, minibatches: int,
-                   generator: torch.Generator) -> list[torch.Tensor]:
-    """Row indices of each optimizer step's minibatch: whole prompt groups, shuffled, split into
-    `minibatches` equal parts (one part holding every row when minibatches = 1)."""
-    if minibatches == 1:
-        return [torch.arange(batch)]
-    groups = torch.randperm(batch // group_size, generator=generator)
-    return [(part.sort().values[:, None] * group_size + torch.arange(group_size)).flatten()
-            for part in groups.chunk(minibatches)]
 
 
 def grid_file_name(record: dict) -> str:
@@ -74,26 +61,26 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, components: Components,
                  dist: distributed.Dist = distributed.SINGLE):
         self.cfg, self.run_dir, self.device, self.dist = cfg, Path(run_dir), torch.device(cfg.device), dist
-        self.keyed = cfg.train.get("rng", "stream") == "keyed"
         c = components
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
         self.advantage, self.kl, self.reward, self.learners = c.advantage, c.kl, c.reward, list(c.learners)
         self.loggers = [JsonlLogger(self.run_dir), *c.loggers] if dist.is_main else []
-        # rank 0 builds the model first: what the task caches on the way (t2i's text embeddings) the
-        # other ranks then read instead of computing and writing it again
-        if dist.active and not dist.is_main:
-            distributed.barrier(dist)
-        base = self.task.load_base_model(cfg.model)
-        if dist.active and dist.is_main:
-            distributed.barrier(dist)
+        with distributed.rank_zero_first(dist):  # (what rank 0 caches on the way, the others read)
+            base = self.task.load_base_model(cfg.model)
         self.policy = make_policy(base.to(self.device), cfg.model)
         for learner in self.learners:  # each makes its view of the policy (a fake score: the teacher's copy)
             learner.attach(self.policy)
         self.optimizer = c.optimizer(self.policy.parameters())
         self.lr_schedule = c.lr_schedule(self.optimizer)
         self.eval_sampler = eval_sampler(cfg)
-        self.generator = torch.Generator().manual_seed(int(cfg.seed))
+        # every random number of the run: the loop's stream, one per consumer that draws apart, or keyed
+        self.randomness = Randomness(int(cfg.seed), cfg.train.get("rng", "stream"),
+                                     ("reward", "objective", *(learner.name for learner in self.learners)))
         self.progress = Progress()
+        self.checkpointer = Checkpointer(self.run_dir, {
+            "policy": self.policy, "optimizer": self.optimizer, "lr_schedule": self.lr_schedule,
+            "reward": self.reward, "learners": Learners(self.learners), "objective": self.objective,
+            "rng": self.randomness}, run_fingerprint(cfg), writes=dist.is_main)
         self.teacher_cache: dict = {}  # eval.teacher_steps: the teacher's samples, drawn once per run
         self.started = False  # True once the run's state is loaded or its fresh record begun
         self.checkpoint_iteration: int | None = None
@@ -104,7 +91,7 @@ class Trainer:
         """A resumed run's state from its checkpoint (everything checked before any file of the run
         is touched; a missing config.yaml written back from the checkpoint's record); nothing for a
         new run."""
-        if self.started or not self.checkpoint_path.exists():
+        if self.started or not self.checkpointer.path.exists():
             return
         record = self.load_checkpoint()
         self.started = True
@@ -116,8 +103,6 @@ class Trainer:
 
     def fit(self) -> dict:
         main = self.dist.is_main
-        if main and self.dist.active:
-            print(f"[rlzoo] data parallel over {self.dist.world} ranks ({'nccl' if 'cuda' in self.dist.device else 'gloo'})")
         self.restore()
         if not self.started:
             self.started = True
@@ -174,78 +159,67 @@ class Trainer:
 
     def train_step(self) -> dict:
         train, compute = self.cfg.train, self.progress.compute
-        batch, group_size, d = int(train.batch_size), int(train.group_size), self.dist
-        nfe_before = (compute.nfe_forward, compute.nfe_backward)
-        # this rank's prompt groups and rows (all of them in one process)
-        split = distributed.group_split(batch // group_size, d.world)
-        rows = torch.arange(split[d.rank].start * group_size, split[d.rank].stop * group_size)
-        counts = [len(groups) * group_size for groups in split]  # every rank's rows, for the gathers
-        draws = self.draws("rollout", rows)
-        with Phase(compute, "rollout"):
-            prompt_ids = self.task.sample_train_prompts(batch // group_size, self.generator)
-            cond = self.task.group_conditioning(prompt_ids, group_size)
-            group_ids = cond.group_ids
-            if d.active:
-                cond = cond.select(rows)
-            cond = self.task.guided(cond, self.sampler.cfg_scale).to(self.device)
-            noise = draws.randn((len(rows), *self.task.sample_shape)).to(self.device)
-            keep_path = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
-            rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=keep_path,
-                                          generator=draws)
-            compute.add(rollout.cost)
-
-        with Phase(compute, "reward"):
-            # a reward that fails on one rank (a remote scorer's error) stops every rank
-            keyed = {"draws": self.draws("reward", rows)} if self.keyed and self.reward.takes_draws else {}
-            rewards = distributed.on_every_rank(lambda: self.reward(self.task, rollout.x0, cond, **keyed), d)
-            compute.add(self.reward.cost(len(rows)))
-            rewards = {k: distributed.gather_rows(v, counts, d) for k, v in rewards.items()}  # the whole batch
-            advantage = self.advantage(rewards["reward"], group_ids.to(rewards["reward"].device))
-            advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
-
-        for learner in self.learners:  # they learn from the latest samples, before the policy moves
-            with Phase(compute, learner.name):
-                if self.keyed:  # its rows' numbers by key, its mean over all ranks (rlzoo.distributed)
-                    compute.add(learner.update(rollout, draws=self.draws(learner.name, rows), dist=d, rows=batch))
-                else:
-                    compute.add(learner.update(rollout))
-
-        with Phase(compute, "train"):
-            self.policy.train()
-            updates, shuffle = [], self.draws("minibatch", torch.arange(0)).shared
-            update_draws = self.draws("update", rows)
-            first = int(rows[0])
-            for _ in range(int(train.inner_epochs)):  # several updates per rollout: ratios move off 1
-                for step_rows in minibatch_rows(batch, group_size, int(train.minibatches), shuffle):
-                    # this rank's rows of the step, numbered within its rollout
-                    mine = step_rows[(step_rows >= first) & (step_rows < first + len(rows))] - first
-                    part = rollout if len(mine) == len(rows) else rollout.select(mine)
-                    updates.append(self.update(part, advantage[(mine + first).to(advantage.device)],
-                                               update_draws.select(mine), len(step_rows)))
-            self.progress.iteration += 1
-            # the behaviour policy moves once per rollout, after its last update
-            self.policy.update_old(old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
-
-        if d.active:  # every rank counts the compute of all ranks
-            spent = distributed.reduce_numbers({"nfe_forward": compute.nfe_forward - nfe_before[0],
-                                                "nfe_backward": compute.nfe_backward - nfe_before[1]}, d)
-            compute.nfe_forward, compute.nfe_backward = (nfe_before[0] + int(spent["nfe_forward"]),
-                                                         nfe_before[1] + int(spent["nfe_backward"]))
+        # this iteration's rows on this rank (all of them in one process) and their random numbers
+        shard = distributed.Shard(self.dist, train.batch_size, train.group_size, self.randomness,
+                                  self.progress.iteration)
+        with shard.counting(compute):  # (every rank counts the compute of all ranks)
+            with Phase(compute, "rollout"):
+                prompt_ids = self.task.sample_train_prompts(shard.groups, self.randomness.stream())
+                cond = self.task.group_conditioning(prompt_ids, shard.group_size)
+                group_ids = cond.group_ids
+                cond = self.task.guided(shard.mine(cond), self.sampler.cfg_scale).to(self.device)
+                rollout = self.rollout(cond, shard.draws("rollout"), len(shard.rows))
+            with Phase(compute, "reward"):  # (a reward that fails on one rank stops every rank)
+                rewards = shard.on_every_rank(lambda: score(self.reward, self.task, rollout.x0, cond,
+                                                            shard.draws("reward")))
+                compute.add(self.reward.cost(len(shard.rows)))
+                rewards = shard.gather(rewards)  # the whole batch's
+                advantage = self.advantage(rewards["reward"], group_ids.to(rewards["reward"].device))
+                advantage = advantage.to(self.device)  # a CPU verifier's rewards meet GPU log-likelihoods
+            for learner in self.learners:  # they learn from the latest samples, before the policy moves
+                with Phase(compute, learner.name):
+                    compute.add(learner.update(rollout, shard.draws(learner.name), shard))
+            with Phase(compute, "train"):
+                updates = self.update_policy(rollout, advantage, shard)
         record = iteration_record(self.progress, rewards, advantage, updates, self.optimizer, self.device)
         record.update({f"{learner.name}/{key}": value for learner in self.learners
                        for key, value in learner.metrics().items()})
         self.log("metrics", record)
         return record
 
-    def update(self, rollout: Rollout, advantage: torch.Tensor, draws=None, rows: int | None = None) -> dict:
+    def rollout(self, cond, draws, rows: int) -> Rollout:
+        """`rows` samples of the behaviour ("old") policy from fresh noise, with their path where
+        the estimator or the objective needs it."""
+        noise = draws.randn((rows, *self.task.sample_shape)).to(self.device)
+        keep_path = "trajectory" in self.estimator.needs or bool(self.objective.sampler_needs)
+        rollout = self.sampler.sample(self.policy.velocity_fn("old"), noise, cond, record=keep_path, generator=draws)
+        self.progress.compute.add(rollout.cost)
+        return rollout
+
+    def update_policy(self, rollout: Rollout, advantage: torch.Tensor, shard) -> list[dict]:
+        """inner_epochs x minibatches optimizer steps on the rollout (whole prompt groups each);
+        then the behaviour policy moves, once per rollout."""
+        self.policy.train()
+        train = self.cfg.train
+        draws, objective_draws = shard.draws("update"), shard.draws("objective")
+        updates = [self.update(rollout.select(step.local) if len(step.local) < len(rollout.x0) else rollout,
+                               advantage[step.rows.to(advantage.device)], draws.select(step.local), step.total,
+                               objective_draws.select(step.local), shard)
+                   for step in shard.steps(train.inner_epochs, train.minibatches)]
+        self.progress.iteration += 1
+        self.policy.update_old(old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
+        return updates
+
+    def update(self, rollout: Rollout, advantage: torch.Tensor, draws, rows: int, objective_draws,
+               shard) -> dict:
         """One optimizer step on `rollout` (this rank's rows of a step of `rows` over all ranks):
         the objective's loss is formed and back-propagated part by part (gradient accumulation),
         so memory does not grow with the number of terms; then the gradients are summed over ranks."""
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0, "likelihood_terms": 0}
         batch = UpdateBatch(self.policy, rollout, advantage, self.estimator, self.kl, self.task,
-                            int(self.cfg.train.micro_batch_size), self.generator if draws is None else draws,
-                            self.progress.iteration, rows)
+                            int(self.cfg.train.micro_batch_size), draws, self.progress.iteration, rows,
+                            objective_draws)
         failure = None
         try:
             for part in (self.objective.losses(batch) if len(rollout.x0) else ()):
@@ -256,12 +230,10 @@ class Trainer:
                     stats[key] = max(stats[key], value) if key == "log_ratio_abs_max" else stats.get(key, 0) + value
         except NonFiniteLoss as exc:
             failure = exc
-        if distributed.agree(failure is not None, self.dist):  # every rank stops, none waits in the all-reduce
+        if shard.agree(failure is not None):  # every rank stops, none waits in the all-reduce
             raise failure or NonFiniteLoss(f"non-finite loss on another rank at iteration {self.progress.iteration + 1}")
-        if self.dist.active:  # (a rank without rows in this step still takes part, with zeros)
-            stats = {key: stats.get(key, 0.0) for key in distributed.all_keys(stats, self.dist)}
-            distributed.sync_grads(self.policy.parameters(), self.dist)
-            stats = distributed.reduce_numbers(stats, self.dist, maximum=("log_ratio_abs_max", "likelihood_terms"))
+        stats = shard.reduce(stats, maximum=("log_ratio_abs_max", "likelihood_terms"))
+        shard.sum_gradients(self.policy.parameters())  # (a rank without rows in this step adds zeros)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
@@ -275,13 +247,6 @@ class Trainer:
             raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration "
                                 f"{self.progress.iteration + 1}")
         loss.backward()
-
-    def draws(self, purpose: str, rows: torch.Tensor):
-        """The random numbers of this iteration's `purpose` for `rows` (global row numbers): the run's
-        one stream, or (train.rng=keyed) a generator per row that no split of the batch changes."""
-        if self.keyed:
-            return KeyedDraws(int(self.cfg.seed), self.progress.iteration, purpose, rows)
-        return StreamDraws(self.generator)
 
     # ------------------------------------------------------------------------- measurement
     @property
@@ -313,57 +278,23 @@ class Trainer:
             logger.log(kind, record)
 
     # ------------------------------------------------------------------------------- state
-    @property
-    def checkpoint_path(self) -> Path:
-        return checkpoint_path(self.run_dir)
-
     def save_checkpoint(self) -> None:
-        """Tensors and plain values only, so it loads with weights_only=True (rank 0 writes it)."""
         self.checkpoint_iteration, self.checkpoint_time = self.progress.iteration, time.monotonic()
-        if not self.dist.is_main:
-            return
-        atomic_torch_save({"progress": self.progress.state_dict(), "policy": self.policy.state_dict(),
-                           "optimizer": self.optimizer.state_dict(),
-                           "lr_schedule": self.lr_schedule.state_dict(), "reward": self.reward.state_dict(),
-                           "learners": {learner.name: learner.state_dict() for learner in self.learners},
-                           "objective": self.objective.state_dict(),
-                           "generator": self.generator.get_state(), "run": run_fingerprint(self.cfg)},
-                          self.checkpoint_path)
-        self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
-                                   {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
+        self.checkpointer.save(self.progress)
+        if self.dist.is_main:
+            self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
+                                       {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
 
     def load_checkpoint(self) -> dict | None:
-        """Restore the run from its checkpoint; returns the config it records. A checkpoint that
-        cannot be read, was written by a run with another config, or does not fit this model is a
-        one-line CheckpointError raised before any file is touched; only then are the logs cut back
-        to the checkpoint."""
-        path = self.checkpoint_path
-        state = load_checkpoint(path, map_location=self.device)
-        differs = config_differences(state.get("run"), run_fingerprint(self.cfg))
-        if differs:
-            raise CheckpointError(f"checkpoint {path} was written by a run with another config (differs in "
-                                  f"{', '.join(differs[:5])}); it was left in place: choose another run_dir=...")
-        try:
-            self.progress = Progress.from_state_dict(state["progress"])
-            self.policy.load_state_dict(state["policy"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.lr_schedule.load_state_dict(state["lr_schedule"])
-            self.reward.load_state_dict(state.get("reward", {}))
-            for learner in self.learners:
-                learner.load_state_dict(state["learners"][learner.name])
-            self.objective.load_state_dict(state.get("objective", {}))
-            self.generator.set_state(state["generator"].cpu())
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-            reason = " ".join(str(exc).split())[:160]
-            raise CheckpointError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {reason}); "
-                                  f"it was left in place: choose another run_dir=..., or move the checkpoint "
-                                  f"away to start this run afresh") from None
+        """Restore the run from its checkpoint (rlzoo.runs.checkpointer: checked before any file is
+        touched); only then are the logs cut back to it. Returns the config it records."""
+        self.progress, record = self.checkpointer.load(self.device)
         self.checkpoint_iteration = self.progress.iteration
         for name in ("metrics", "eval") if self.dist.is_main else ():
             aside = truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)
             if aside is not None:
                 print(f"[rlzoo] {name}.jsonl had lines that are not JSON; the file as it was is kept as {aside}")
-        return state.get("run")
+        return record
 
     def write_summary(self, status: str, error: str | None = None) -> dict | None:
         if not self.dist.is_main:

@@ -160,9 +160,10 @@ class UpdateBatch:
     kl: object
     task: object
     micro_batch_size: int
-    generator: object  # rlzoo.rng.Draws over the rollout's rows (or a torch.Generator)
+    draws: object  # rlzoo.rng.Draws over the rollout's rows: the estimator's noise and timesteps
     iteration: int  # iterations done before this one (DMDR's warm-up counts them)
     rows: int | None = None  # the step's rows over all ranks, the loss's denominator (None: the rollout's)
+    objective_draws: object = None  # rlzoo.rng.Draws: what the objective draws itself (DMD's step, noise, t)
 
 
 # The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations
@@ -269,7 +270,10 @@ class LearnerProtocol(Protocol):
 
     def attach(self, policy) -> None: ...
 
-    def update(self, rollout: Rollout) -> Cost: ...
+    def update(self, rollout: Rollout, draws, shard) -> Cost:
+        """Learn from this rank's rows of the iteration's rollout, drawing from `draws` (rlzoo.rng,
+        the run's numbers for these rows); `shard` (rlzoo.distributed.Shard) reduces over ranks.
+        Returns the model evaluations spent."""
 
     def metrics(self) -> dict[str, float]: ...
 

@@ -75,7 +75,7 @@ def toy_setup(steps_per_update=1, seed=0):
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
     critic = build(cfg.critic)
     critic.attach(policy)
-    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"), {"terms": 8, "seed": seed}))
+    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"), {"terms": 8}))
     reward.use_critic(critic)
     ids = torch.arange(256) % len(task.train_prompts())
     cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
@@ -84,7 +84,14 @@ def toy_setup(steps_per_update=1, seed=0):
         noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(seed))
         return EulerSampler(20).sample(policy.velocity_fn("reference"), noise, cond).x0
 
-    return task, critic, reward, cond, teacher_samples
+    draws = {"critic": stream(0), "reward": stream(seed)}  # (each its own stream, as in a run)
+    return task, critic, reward, cond, teacher_samples, draws
+
+
+def stream(seed: int):
+    from rlzoo.rng import StreamDraws
+
+    return StreamDraws(torch.Generator().manual_seed(seed))
 
 
 def critic_loss_on(critic, x0, cond, seed=123):
@@ -101,19 +108,19 @@ def test_the_critic_learns_the_students_samples_and_r_dm_turns_negative():
     learns the teacher's own samples, and is negative on the perturbed student's samples."""
     from types import SimpleNamespace
 
-    task, critic, reward, cond, teacher_samples = toy_setup()
+    task, critic, reward, cond, teacher_samples, draws = toy_setup()
     student = lambda seed: teacher_samples(seed) + 0.6  # noqa: E731
     before = critic_loss_on(critic, student(99), cond)
     for i in range(150):
-        critic.update(SimpleNamespace(x0=student(i), cond=cond))
+        critic.update(SimpleNamespace(x0=student(i), cond=cond), draws["critic"])
     after = critic_loss_on(critic, student(99), cond)
     assert after < 0.8 * before
-    r_student = reward(task, student(98), cond)["reward"].mean()
+    r_student = reward(task, student(98), cond, draws["reward"])["reward"].mean()
 
-    task, critic, same, cond, teacher_samples = toy_setup()
+    task, critic, same, cond, teacher_samples, draws = toy_setup()
     for i in range(150):
-        critic.update(SimpleNamespace(x0=teacher_samples(i), cond=cond))
-    r_teacher = same(task, teacher_samples(98), cond)["reward"].mean()
+        critic.update(SimpleNamespace(x0=teacher_samples(i), cond=cond), draws["critic"])
+    r_teacher = same(task, teacher_samples(98), cond, draws["reward"])["reward"].mean()
     assert r_student < 0 and abs(r_teacher) < 0.25 * abs(r_student)
 
 
@@ -226,17 +233,17 @@ def test_r_dm_draws_shared_within_a_prompt_group():
     group (same ε, t) and different ones when they are in different groups (own draws)."""
     from types import SimpleNamespace
 
-    task, critic, reward, cond, teacher_samples = toy_setup()
+    task, critic, reward, cond, teacher_samples, draws = toy_setup()
     for i in range(20):
-        critic.update(SimpleNamespace(x0=teacher_samples(i) + 0.3, cond=cond))
+        critic.update(SimpleNamespace(x0=teacher_samples(i) + 0.3, cond=cond), draws["critic"])
     x = teacher_samples(50)[:2].repeat_interleave(2, dim=0)  # rows: a, a, b, b
     ids = torch.tensor([0, 0, 1, 1])
     pair = task.conditioning([task.train_prompts()[0]] * 4, ids, torch.tensor([0, 0, 1, 1]))
     reward.shared_in_group = True
-    shared = reward(task, x, pair)["reward"]
+    shared = reward(task, x, pair, draws["reward"])["reward"]
     assert shared[0] == shared[1] and shared[2] == shared[3]
     reward.shared_in_group = False
-    own = reward(task, x, pair)["reward"]
+    own = reward(task, x, pair, draws["reward"])["reward"]
     assert own[0] != own[1] and own[2] != own[3]
 
 
@@ -248,8 +255,8 @@ def test_keyed_r_dm_does_not_depend_on_how_the_batch_is_cut(shared_in_group):
 
     from rlzoo.rng import KeyedDraws
 
-    task, critic, reward, cond, teacher_samples = toy_setup()
-    critic.update(SimpleNamespace(x0=teacher_samples(0) + 0.3, cond=cond))
+    task, critic, reward, cond, teacher_samples, draws = toy_setup()
+    critic.update(SimpleNamespace(x0=teacher_samples(0) + 0.3, cond=cond), draws["critic"])
     reward.shared_in_group = shared_in_group
     x = teacher_samples(1)[:4].repeat_interleave(2, dim=0)  # rows a, a, b, b | c, c, d, d
     ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
@@ -261,5 +268,5 @@ def test_keyed_r_dm_does_not_depend_on_how_the_batch_is_cut(shared_in_group):
     # (the same numbers through the model at another batch size: float32 matmul order)
     assert torch.allclose(whole, halves, rtol=1e-5, atol=1e-6), (whole - halves).abs().max()
     assert torch.isclose(whole[0], whole[1], rtol=1e-5, atol=1e-6) == shared_in_group
-    streamed = torch.cat([reward(task, x[part], batch.select(part))["reward"] for part in (rows[:4], rows[4:])])
+    streamed = torch.cat([reward(task, x[part], batch.select(part), draws["reward"])["reward"] for part in (rows[:4], rows[4:])])
     assert not torch.allclose(streamed, whole, rtol=1e-3)

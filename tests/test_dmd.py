@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from rlzoo.config import ConfigError, build, build_components, compose_config, validate
 from rlzoo.policies import make_policy
+from rlzoo.rng import StreamDraws
 from rlzoo.trainer import Trainer
 from rlzoo.types import UpdateBatch
 
@@ -41,10 +42,13 @@ def test_the_last_step_of_an_ode_sampler_is_the_x0_prediction(sampler):
     assert torch.allclose(x, rollout.x0, atol=1e-6)
 
 
-def pathwise_parts(objective, critic, task, policy, rollout, micro_batch):
-    """objective=dmd's loss parts on `rollout` (DMD has no policy-gradient part to need more)."""
+def pathwise_parts(objective, critic, task, policy, rollout, micro_batch, generator=None):
+    """objective=dmd's loss parts on `rollout` (DMD has no policy-gradient part to need more), its
+    own draws from `generator` (a stream seeded 0 by default)."""
     objective.use_critic(critic)
-    batch = UpdateBatch(policy, rollout, torch.zeros(len(rollout.x0)), None, None, task, micro_batch, None, 0)
+    draws = StreamDraws(torch.Generator().manual_seed(0) if generator is None else generator)
+    batch = UpdateBatch(policy, rollout, torch.zeros(len(rollout.x0)), None, None, task, micro_batch, None, 0,
+                        objective_draws=draws)
     return list(objective.losses(batch))
 
 
@@ -64,16 +68,16 @@ def test_dmd_has_no_gradient_while_the_critic_is_the_teacher():
 def test_dmd_gradient_through_the_students_sample_matches_the_formula():
     """REFERENCE: g = nan_to_num((x̂_fake − x̂_real) / mean_d|x − x̂_real|) at x_t = (1 − t)·x + t·ε,
     and the loss's gradient on x is g/(B·D); through backward simulation x = x_k − σ_k·v_θ(x_k).
-    The oracle re-draws k, t, ε from a copy of the objective's generator and back-propagates
+    The oracle re-draws k, t, ε from a copy of the objective's draws and back-propagates
     <g, x>/(B·D) by autograd."""
     cfg, task, policy, critic, cond, noise = toy_student()
     with torch.no_grad():  # a critic that differs from the teacher
         for p in policy.module("critic").parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-    objective = build(cfg.objective)
-    state = objective.generator.get_state()
+    objective, generator = build(cfg.objective), torch.Generator().manual_seed(5)
+    state = generator.get_state()
     rollout = build(cfg.sampler).sample(policy.velocity_fn("current"), noise, cond, record=True)
-    parts = pathwise_parts(objective, critic, task, policy, rollout, 24)  # 3 micro-batches
+    parts = pathwise_parts(objective, critic, task, policy, rollout, 24, generator)  # 3 micro-batches
     assert len(parts) == 3
     sum(part.loss for part in parts).backward()
     ours = [p.grad.clone() for p in policy.parameters()]
@@ -107,8 +111,8 @@ def test_dmd_gradient_through_the_students_sample_matches_the_formula():
 
 @pytest.mark.integration
 def test_dmd_and_dmdr_resume_like_an_uninterrupted_run(tmp_path):
-    """The critic's weights (a policy view), its optimizer and noise stream, and the objective's
-    own generator are checkpointed: 2 + 2 iterations equal 4."""
+    """The critic's weights (a policy view) and optimizer, and the run's randomness (the critic's
+    and the objective's streams among it) are checkpointed: 2 + 2 iterations equal 4."""
     common = [*TOY, "debug=tiny", "eval.every=2", "checkpoint_every=2", "eval.num_steps=4"]
 
     def run(run_dir, iterations, objective):
@@ -170,7 +174,7 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
         assert torch.equal(policy.velocity(x, sigma, cond, "critic"), policy.velocity(x, sigma, cond, "reference"))
     before = {view: {k: v.clone() for k, v in policy.adapter_state_dict(view).items()}
               for view in ("current", "old", "ema", "critic")}
-    critic.update(Rollout(x0=x, cond=cond, sigmas=torch.tensor([1.0, 0.0]), nfe=1))
+    critic.update(Rollout(x0=x, cond=cond, sigmas=torch.tensor([1.0, 0.0]), nfe=1), StreamDraws(g))
     after = {view: policy.adapter_state_dict(view) for view in before}
     for view in ("current", "old", "ema"):
         assert all(torch.equal(before[view][k], after[view][k]) for k in before[view])

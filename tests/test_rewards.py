@@ -246,7 +246,7 @@ class CountingLearner:
     def attach(self, policy):
         self.attached = policy
 
-    def update(self, rollout):
+    def update(self, rollout, draws, shard):
         from rlzoo.types import Cost
 
         self.updates += 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlzoo.config import available
-from rlzoo.trainer import minibatch_rows
+from rlzoo.distributed import minibatch_rows
 from rlzoo.types import Conditioning, Rollout
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not

@@ -112,7 +112,7 @@ def policy_gradient_losses(objective: Objective, batch: UpdateBatch, weight: flo
     rows = batch.rows or rollout.x0.shape[0]  # over all ranks in a data-parallel run
     need_reference = kl.needs_reference and kl.beta > 0
     for term in batch.estimator.terms(batch.policy, rollout, batch.micro_batch_size,
-                                      need_reference=need_reference, generator=batch.generator):
+                                      need_reference=need_reference, generator=batch.draws):
         per_sample = objective(term, batch.advantage[term.index].to(term.log_lik.dtype))
         stats = {"likelihood_terms": 1}
         if need_reference:

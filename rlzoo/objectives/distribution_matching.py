@@ -27,7 +27,6 @@ from torch import Tensor
 from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
 from rlzoo.objectives import Objective, policy_gradient_losses
 from rlzoo.ops import noised, x0_prediction
-from rlzoo.rng import StreamDraws
 from rlzoo.types import Cost, LikelihoodTerm, LossPart, UpdateBatch
 
 
@@ -36,12 +35,11 @@ class DMD(Objective):
     needs_critic = True
     sampler_needs = frozenset({"differentiable_sample"})  # x_k recorded; the last step predicts x0
 
-    def __init__(self, t_range: list[float] = (0.02, 0.98), teacher_cfg_scale: float = 1.0, seed: int = 0):
+    def __init__(self, t_range: list[float] = (0.02, 0.98), teacher_cfg_scale: float = 1.0):
         self.t_range = check_t_range(t_range, "objective.t_range")
         if not float(teacher_cfg_scale) >= 1.0:
             raise ValueError(f"objective.teacher_cfg_scale must be >= 1 (1 = no guidance), got {teacher_cfg_scale!r}")
         self.teacher_cfg_scale = float(teacher_cfg_scale)
-        self.generator = torch.Generator().manual_seed(int(seed))
         self.critic = None
 
     def use_critic(self, critic) -> None:
@@ -65,9 +63,8 @@ class DMD(Objective):
             raise ValueError("objective=dmd needs the rollout's trajectory (sample with record=True)")
         batch_rows, steps = rollout.x0.shape[0], rollout.trajectory.shape[1] - 1
         total_rows = batch.rows or batch_rows  # over all ranks in a data-parallel run
-        k = int(torch.randint(steps, (), generator=self.generator))  # (every rank draws the same k)
-        # train.rng=keyed: each row's noise and t from its own generator; else this objective's stream
-        draws = batch.generator if getattr(batch.generator, "keyed", False) else StreamDraws(self.generator)
+        draws = batch.objective_draws  # (the run's: this objective's stream, or keyed by row)
+        k = int(torch.randint(steps, (), generator=draws.shared))  # (every rank draws the same k)
         sigma = rollout.sigmas[k]
         for start in range(0, batch_rows, batch.micro_batch_size):
             rows = torch.arange(start, min(start + batch.micro_batch_size, batch_rows))
@@ -86,13 +83,6 @@ class DMD(Objective):
             loss = dmd_loss(x, gradient) * n / total_rows
             yield LossPart(loss, Cost(forward, n * cond.evaluations_per_velocity), {"dmd_loss": float(loss.detach())})
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.generator.set_state(state["generator"])
-
 
 class DMDR(DMD):
     """DMD loss + λ·(an rlzoo objective on the rewards), λ = 0 for the first `warmup_iterations`
@@ -101,10 +91,10 @@ class DMDR(DMD):
 
     def __init__(self, policy_gradient: Objective | None = None, reward_weight: float = 0.05,
                  warmup_iterations: int = 0, t_range: list[float] = (0.02, 0.98),
-                 teacher_cfg_scale: float = 1.0, seed: int = 0):
+                 teacher_cfg_scale: float = 1.0):
         from rlzoo.objectives import EPG
 
-        super().__init__(t_range, teacher_cfg_scale, seed)
+        super().__init__(t_range, teacher_cfg_scale)
         if not float(reward_weight) >= 0:
             raise ValueError(f"objective.reward_weight (λ) must be >= 0, got {reward_weight!r}")
         if not isinstance(warmup_iterations, int) or warmup_iterations < 0:

@@ -20,8 +20,9 @@ class Reward:
 
     scores_images = False  # True: it scores decoded images, `score_images(images, cond, task)` (ImageReward)
     needs_critic = False  # True: it reads DMD's critic (Paper B's R_dm), given by `use_critic`
-    # True: it draws random numbers, and with train.rng=keyed takes them as `draws=` (rlzoo.rng), so
-    # a row's numbers do not depend on how the batch is split over processes
+    # True: it draws random numbers, and takes them from the run as `draws=` (rlzoo.rng: its own
+    # stream, or with train.rng=keyed each row's, so a row's numbers do not depend on how the batch
+    # is split over processes); `score` below calls it so
     takes_draws = False
     # True: when it trains the policy on a task with its own verifier, its mean on held-out samples
     # is the evaluation's headline `reward` (the verifier's beside it as `verifier`); not for the
@@ -51,6 +52,13 @@ class Reward:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def score(reward, task, x0: Tensor, cond: Conditioning, draws) -> dict[str, Tensor]:
+    """`reward`'s scores of `x0`: the run's random numbers for these rows (`draws`) go to a reward
+    that `takes_draws`; any other reward is called as reward(task, x0, cond) (a user's reward
+    needs no base class)."""
+    return reward(task, x0, cond, draws=draws) if getattr(reward, "takes_draws", False) else reward(task, x0, cond)
 
 
 class VerifierReward(Reward):
@@ -168,11 +176,9 @@ class MixReward(Reward):
     def __call__(self, task, x0: Tensor, cond: Conditioning, draws=None) -> dict[str, Tensor]:
         images = task.images(x0) if any(p.scores_images for p in self.parts.values()) else None  # decoded once
 
-        def score(part):
-            if part.scores_images:
-                return part.score_images(images, cond, task)
-            return part(task, x0, cond, draws=draws) if draws is not None and part.takes_draws else part(task, x0, cond)
-        return self._mix({name: score(part)["reward"] for name, part in self.parts.items()}, cond)
+        def scores(part):
+            return part.score_images(images, cond, task) if part.scores_images else score(part, task, x0, cond, draws)
+        return self._mix({name: scores(part)["reward"] for name, part in self.parts.items()}, cond)
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
         return self._mix({name: part.score_images(images, cond, task)["reward"]

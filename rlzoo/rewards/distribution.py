@@ -32,7 +32,7 @@ from rlzoo.distillation import (
 from rlzoo.estimators.elbo import WEIGHTINGS
 from rlzoo.ops import noised, x0_prediction
 from rlzoo.rewards import Reward
-from rlzoo.rng import Draws, StreamDraws
+from rlzoo.rng import Draws
 from rlzoo.types import Conditioning, Cost
 
 FORMS = ("elbo_difference", "dmd_norm")
@@ -40,11 +40,11 @@ FORMS = ("elbo_difference", "dmd_norm")
 
 class DistributionMatchingReward(Reward):
     needs_critic = True  # the run's critic (rlzoo.critic) is handed over by use_critic
-    takes_draws = True  # with train.rng=keyed, the run's keyed draws replace its own generator
+    takes_draws = True  # its (noise, t) come from the run's randomness (rlzoo.rng.Randomness)
     headline = False  # (measured against a critic that moves with the policy)
 
     def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
-                 form: str = "elbo_difference", shared_in_group: bool = False, seed: int = 0):
+                 form: str = "elbo_difference", shared_in_group: bool = False):
         if not isinstance(terms, int) or terms < 1:
             raise ValueError(f"reward.terms must be a positive int, got {terms!r}")
         if form not in FORMS:
@@ -53,20 +53,18 @@ class DistributionMatchingReward(Reward):
             raise ValueError(f"unknown reward.weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         self.form, self.shared_in_group = form, bool(shared_in_group)
         self.terms, self.weighting, self.t_range = terms, weighting, check_t_range(t_range, "reward.t_range")
-        self.generator = torch.Generator().manual_seed(int(seed))
         self.critic = None
 
     def use_critic(self, critic) -> None:
         self.critic = critic
 
     @torch.no_grad()
-    def __call__(self, task, x0: Tensor, cond: Conditioning, draws: Draws | None = None) -> dict[str, Tensor]:
-        """R_dm of each row. `draws` (train.rng=keyed: the rows' own generators) replace the reward's
-        generator, so a row's (ε, t) do not depend on the rows drawn before it; reward.seed then
-        plays no part (the run's seed does)."""
+    def __call__(self, task, x0: Tensor, cond: Conditioning, draws: Draws) -> dict[str, Tensor]:
+        """R_dm of each row, its (ε, t) from `draws` (the run's: its reward stream, or with
+        train.rng=keyed each row's own generator, so a row's draws do not depend on the rows drawn
+        before it)."""
         if self.critic is None:
             raise RuntimeError("reward=dm needs the run's critic (use_critic) before its first call")
-        draws = StreamDraws(self.generator) if draws is None else draws
         cond = unguided(cond)
         reward = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         groups = torch.unique(cond.group_ids.cpu(), return_inverse=True)[1] if self.shared_in_group else None
@@ -97,10 +95,4 @@ class DistributionMatchingReward(Reward):
         training is the critic's cost, as a learner)."""
         return Cost(rows * 2 * self.terms)
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.generator.set_state(state["generator"])
 
