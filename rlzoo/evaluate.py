@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rlzoo.distributed import SINGLE, Dist
 from rlzoo.errors import one_line_errors
+from rlzoo.rewards import score
 from rlzoo.samplers import EulerSampler, Sampler
-from rlzoo.tasks.base import score_reward
 
 # `weights=` names -> policy views; a run's checkpoint holds "ema" and "current", a base model "base"
 WEIGHTS = {"ema": "ema", "current": "current", "base": "reference"}
@@ -35,7 +36,26 @@ def eval_sampler(cfg) -> EulerSampler:
     return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.get("shift", 1.0)))
 
 
-def eval_protocol(cfg, task) -> dict:
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How held-out numbers are measured (`eval.*`): `samples` samples of the held-out prompts from
+    fixed noise (`seed`), `batch_size` at a time, by `sampler` with guidance `cfg_scale`; with
+    `teacher_steps`, the teacher's samples of the same noise too (Paper B's FID vs teacher)."""
+    sampler: Sampler
+    samples: int
+    seed: int
+    batch_size: int
+    cfg_scale: float = 1.0
+    teacher_steps: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "EvalProtocol":
+        e = cfg.eval
+        return cls(eval_sampler(cfg), int(e.samples), int(e.seed), int(e.batch_size), float(e.get("cfg_scale", 1.0)),
+                   e.get("teacher_steps"))
+
+
+def protocol_record(cfg, task) -> dict:
     """What summary.json says about how its numbers were measured."""
     headline = (f"the training reward (reward={cfg.reward.get('name', cfg.reward.get('_target_'))})"
                 if task.headline_reward is not None else "the task's own" if task.has_verifier else "task.eval_rewards.reward")
@@ -46,13 +66,13 @@ def eval_protocol(cfg, task) -> dict:
 
 
 @torch.no_grad()
-def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
-             seed: int, batch_size: int, device: torch.device, cfg_scale: float = 1.0,
-             teacher_steps: int | None = None, teacher_cache: dict | None = None, dist: Dist = SINGLE):
-    """Held-out evaluation with fixed noise: (metrics, (x0, conditioning) of 64 samples spread
-    over the whole evaluation set for a grid). `cfg_scale` > 1 samples with classifier-free guidance.
-    With `teacher_steps`, the teacher (the reference view) also samples the same noise with that
-    many Euler steps, and the task's set metrics compare the samples with the teacher's too
+def evaluate(task, policy, view: str, protocol: EvalProtocol, device: torch.device,
+             teacher_cache: dict | None = None, dist: Dist = SINGLE):
+    """Held-out evaluation of the policy's `view` with fixed noise: (metrics, (x0, conditioning)
+    of 64 samples spread over the whole evaluation set for a grid). `protocol.cfg_scale` > 1
+    samples with classifier-free guidance. With `protocol.teacher_steps`, the teacher (the
+    reference view) also samples the same noise with that many Euler steps, and the task's set
+    metrics compare the samples with the teacher's too
     (Paper B's "FID vs teacher"); the teacher's own distances to the data come as `teacher_<metric>`.
     The teacher never changes within a run: pass a dict as `teacher_cache` and its samples and
     metrics are computed once per protocol.
@@ -61,11 +81,13 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
     draws every batch's noise from the one seeded generator (so batch b has the same noise whoever
     samples it), samples and scores its own batches, and every rank receives all of them, so the
     metrics are those of one process, on every rank."""
+    sampler, seed, batch_size, cfg_scale, teacher_steps = (protocol.sampler, protocol.seed, protocol.batch_size,
+                                                           protocol.cfg_scale, protocol.teacher_steps)
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
-    ids = task.eval_prompt_ids(num_samples)
+    ids = task.eval_prompt_ids(protocol.samples)
     teacher_sampler = EulerSampler(int(teacher_steps), sampler.shift) if teacher_steps else None
-    key = (num_samples, seed, teacher_steps, sampler.shift, cfg_scale)
+    key = (protocol.samples, seed, teacher_steps, sampler.shift, cfg_scale)
     cached = (teacher_cache or {}).get(key)
     if cached is not None:
         teacher_sampler = None
@@ -84,9 +106,9 @@ def evaluate(task, policy, view: str, sampler: Sampler, num_samples: int,
                    if teacher_sampler is not None else None)
         scores = task.score(rollout.x0, cond)
         for name, reward in task.extra_eval_rewards.items():  # task.eval_rewards beside a verifier
-            scores[name] = score_reward(reward, task, rollout.x0, cond)["reward"]
+            scores[name] = score(reward, task, rollout.x0, cond)["reward"]
         if task.headline_reward is not None:  # the run's own training reward (rlzoo.config.build.use_headline)
-            scores[HEADLINE] = score_reward(task.headline_reward, task, rollout.x0, cond)["reward"]
+            scores[HEADLINE] = score(task.headline_reward, task, rollout.x0, cond)["reward"]
         scores = {k: v.cpu() for k, v in scores.items()}
         mine[batch] = (scores, rollout.x0.cpu(), teacher)
     everyone = gather_batches(mine, dist)
@@ -235,9 +257,8 @@ def _evaluate(run_dir: Path | None, options: dict, overrides: list[str]) -> dict
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     start = time.perf_counter()
-    metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], eval_sampler(cfg), cfg.eval.samples,
-                                   cfg.eval.seed, cfg.eval.batch_size, torch.device(cfg.device),
-                                   cfg.eval.get("cfg_scale", 1.0), cfg.eval.get("teacher_steps"))
+    metrics, (x0, cond) = evaluate(task, policy, WEIGHTS[weights], EvalProtocol.from_config(cfg),
+                                   torch.device(cfg.device))
     source = run_dir or cfg.model.get("checkpoint") or cfg.model.get("path") or cfg.model._target_
     print(f"held-out evaluation of {source} ({weights} weights): {cfg.eval.samples} samples, "
           f"{cfg.eval.num_steps}-step Euler, {time.perf_counter() - start:.1f}s")
@@ -247,7 +268,7 @@ def _evaluate(run_dir: Path | None, options: dict, overrides: list[str]) -> dict
     if run_dir is not None:
         out = run_dir / "evaluations"
         atomic_write_json({"weights": weights, "metrics": metrics,
-                           "protocol": {**eval_protocol(cfg, task), "weights": weights}}, out / f"{weights}.json")
+                           "protocol": {**protocol_record(cfg, task), "weights": weights}}, out / f"{weights}.json")
         grid = grid or out / f"{weights}.png"
         print(f"written: {out / f'{weights}.json'}, {grid}")
     if grid:

@@ -87,7 +87,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
                 group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
                 node = {**OmegaConf.to_container(cfg.logger, resolve=True), "group": group}
                 loggers.append(build(node, recursive=False, run_dir=run_dir, name=name, run_config=run_config))
-                trainer.loggers.append(loggers[-1])
+                trainer.record.loggers.append(loggers[-1])
             summary = trainer.fit()
         except BaseException as exc:
             raise RunFailed(exc, *_record_failure(run_dir, trainer, exc, main)) from exc

@@ -23,38 +23,24 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rlzoo import distributed
 from rlzoo.config import run_fingerprint
-from rlzoo.evaluate import WEIGHTS, eval_protocol, eval_sampler, eval_weights, evaluate
+from rlzoo.evaluate import WEIGHTS, EvalProtocol, eval_weights, evaluate, protocol_record
 from rlzoo.old_policy import eval_ema_decay, old_policy_decay
 from rlzoo.policies import make_policy
 from rlzoo.rewards import score
 from rlzoo.rng import Randomness
-from rlzoo.runs import (
-    JsonlLogger,
-    Phase,
-    Progress,
-    ProgressBar,
-    atomic_write_bytes,
-    format_metrics,
-    iteration_record,
-    truncate_jsonl,
-    write_summary,
-)
+from rlzoo.runs import Phase, Progress, ProgressBar, format_metrics, iteration_record
 from rlzoo.runs.checkpointer import Checkpointer, Learners
+from rlzoo.runs.record import RunRecord
 from rlzoo.types import Components, Rollout, UpdateBatch
 from rlzoo.warm_start import warm_start
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss went NaN/inf; the last checkpoint still holds finite weights."""
-
-
-def grid_file_name(record: dict) -> str:
-    """The name of an evaluation's sample grid: its iteration and the compute spent by then."""
-    return f"iter{record['iteration']:06d}_nfe{record['nfe_forward'] + record['nfe_backward']}.png"
 
 
 class Trainer:
@@ -64,7 +50,7 @@ class Trainer:
         c = components
         self.task, self.sampler, self.estimator, self.objective = c.task, c.sampler, c.estimator, c.objective
         self.advantage, self.kl, self.reward, self.learners = c.advantage, c.kl, c.reward, list(c.learners)
-        self.loggers = [JsonlLogger(self.run_dir), *c.loggers] if dist.is_main else []
+        self.record = RunRecord(self.run_dir, c.loggers, writes=dist.is_main)  # (rank 0 owns the run directory)
         with distributed.rank_zero_first(dist):  # (what rank 0 caches on the way, the others read)
             base = self.task.load_base_model(cfg.model)
         self.policy = make_policy(base.to(self.device), cfg.model)
@@ -72,7 +58,7 @@ class Trainer:
             learner.attach(self.policy)
         self.optimizer = c.optimizer(self.policy.parameters())
         self.lr_schedule = c.lr_schedule(self.optimizer)
-        self.eval_sampler = eval_sampler(cfg)
+        self.protocol, self.measured = EvalProtocol.from_config(cfg), WEIGHTS[eval_weights(cfg)]  # (Paper A: an EMA)
         # every random number of the run: the loop's stream, one per consumer that draws apart, or keyed
         self.randomness = Randomness(int(cfg.seed), cfg.train.get("rng", "stream"),
                                      ("reward", "objective", *(learner.name for learner in self.learners)))
@@ -88,57 +74,48 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
     def restore(self) -> None:
-        """A resumed run's state from its checkpoint (everything checked before any file of the run
-        is touched; a missing config.yaml written back from the checkpoint's record); nothing for a
-        new run."""
+        """A resumed run's state from its checkpoint (rlzoo.runs.checkpointer: checked before any
+        file of the run is touched); then the logs are cut back to it and a missing config.yaml is
+        written back from its record. Nothing for a new run."""
         if self.started or not self.checkpointer.path.exists():
             return
-        record = self.load_checkpoint()
+        self.progress, record = self.checkpointer.load(self.device)
+        self.started, self.checkpoint_iteration = True, self.progress.iteration
+        self.record.cut_logs(self.progress.iteration)
+        self.record.config(record or self.cfg, only_if_missing=True)  # (evaluate and export read it)
+        self.record.say(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
+
+    def start(self) -> None:
+        """A new run: its warm start if any, the held-out evaluation of the weights it starts
+        from; only then config.yaml and a first checkpoint claim the run directory."""
         self.started = True
-        if self.dist.is_main:
-            if not (self.run_dir / "config.yaml").exists():  # (evaluate and export read it)
-                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(record or self.cfg, resolve=True).encode(),
-                                   private=True)
-            print(f"[rlzoo] resuming {self.run_dir} from iteration {self.progress.iteration}")
+        if self.cfg.get("init_from") is not None:  # a warm start: the policy begins from another run's weights
+            self.progress.started_from = warm_start(self.policy, Path(str(self.cfg.init_from)).expanduser())
+        self.write_summary("running")
+        self.run_eval("reference" if self.progress.started_from is None else self.measured, moment="before")
+        self.record.config(self.cfg)
+        self.save_checkpoint()
 
     def fit(self) -> dict:
-        main = self.dist.is_main
         self.restore()
         if not self.started:
-            self.started = True
-            if self.cfg.get("init_from") is not None:  # a warm start: the policy begins from another run's weights
-                self.progress.started_from = warm_start(self.policy, Path(str(self.cfg.init_from)).expanduser())
-            self.write_summary("running")
-            # the base model (a warm start: the weights it starts from)
-            self.run_eval("reference" if self.progress.started_from is None else self.eval_view, moment="before")
-            # the run directory is claimed (config.yaml + a checkpoint) only once the run has started
-            if main:
-                atomic_write_bytes(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True).encode(),
-                                   private=True)
-            self.save_checkpoint()
+            self.start()
         self.write_summary("running")
-        bar = ProgressBar(self.cfg.train, self.progress, enabled=self.cfg.progress_bar and main)
-        c = self.progress.compute
-        began = (self.progress.iteration, c.training_seconds, c.nfe)  # the pace is measured from here
+        bar = ProgressBar(self.cfg.train, self.progress, self.cfg.progress_bar and self.record.writes, self.record.writes)
+        began = (self.progress.iteration, self.progress.compute.training_seconds, self.progress.compute.nfe)
         while not self.stopping():
             record = self.train_step()
             bar.update(reward=f"{record['reward/reward']:.3f}", kl=f"{record['kl']:.2e}")
-            if main and self.progress.iteration == began[0] + 1:  # how long the rest takes on this machine
+            if self.progress.iteration == began[0] + 1:  # how long the rest takes on this machine
                 bar.write(f"[rlzoo] estimate: {self.progress.estimate(self.cfg.train, self.cfg.eval, began)}")
             if self.progress.eval_due(self.cfg.eval) and not self.stopping():
-                metrics = self.run_eval(self.eval_view)  # (the final evaluation follows the loop)
-                if main:
-                    bar.write(f"[eval] iteration {self.progress.iteration}: " + format_metrics(metrics))
+                metrics = self.run_eval(self.measured)  # (the final evaluation follows the loop)
+                bar.write(f"[eval] iteration {self.progress.iteration}: " + format_metrics(metrics))
             if self.checkpoint_due():
                 self.save_checkpoint()
         bar.close()
-        if main:
-            print(f"[rlzoo] stopped: {self.progress.describe_stop(self.cfg.train)}")
-            if self.progress.stopped_by_time(self.cfg.train):
-                print(f"[rlzoo] warning: the wall-clock guard train.max_minutes={self.cfg.train.max_minutes} stopped "
-                      f"the run before its budget: how far it got depends on this machine's speed, so its numbers "
-                      f"are not comparable (summary.json: stopped_by_time)")
-        self.run_eval(self.eval_view, moment="after")
+        self.record.say(f"[rlzoo] stopped: {self.progress.describe_stop(self.cfg.train)}")
+        self.run_eval(self.measured, moment="after")
         self.save_checkpoint()
         summary = self.write_summary("completed")
         distributed.barrier(self.dist)  # no rank leaves while rank 0 still writes
@@ -150,7 +127,7 @@ class Trainer:
         every, minutes = self.cfg.checkpoint_every, self.cfg.get("checkpoint_every_minutes")
         due = bool(every) and self.progress.iteration % int(every) == 0
         late = minutes is not None and time.monotonic() - self.checkpoint_time >= float(minutes) * 60
-        return due or distributed.agree(late and self.dist.is_main, self.dist)
+        return due or distributed.agree(late and self.record.writes, self.dist)
 
     def stopping(self) -> bool:
         """Whether training stops now: iterations and compute agree on every rank by construction,
@@ -184,7 +161,7 @@ class Trainer:
         record = iteration_record(self.progress, rewards, advantage, updates, self.optimizer, self.device)
         record.update({f"{learner.name}/{key}": value for learner in self.learners
                        for key, value in learner.metrics().items()})
-        self.log("metrics", record)
+        self.record.log("metrics", record)
         return record
 
     def rollout(self, cond, draws, rows: int) -> Rollout:
@@ -200,29 +177,27 @@ class Trainer:
         """inner_epochs x minibatches optimizer steps on the rollout (whole prompt groups each);
         then the behaviour policy moves, once per rollout."""
         self.policy.train()
-        train = self.cfg.train
+        train, updates = self.cfg.train, []
         draws, objective_draws = shard.draws("update"), shard.draws("objective")
-        updates = [self.update(rollout.select(step.local) if len(step.local) < len(rollout.x0) else rollout,
-                               advantage[step.rows.to(advantage.device)], draws.select(step.local), step.total,
-                               objective_draws.select(step.local), shard)
-                   for step in shard.steps(train.inner_epochs, train.minibatches)]
+        for step in shard.steps(train.inner_epochs, train.minibatches):
+            part = rollout.select(step.local) if len(step.local) < len(rollout.x0) else rollout
+            updates.append(self.update(UpdateBatch(
+                self.policy, part, advantage[step.rows.to(advantage.device)], self.estimator, self.kl, self.task,
+                int(train.micro_batch_size), draws.select(step.local), self.progress.iteration, step.total,
+                objective_draws.select(step.local)), shard))
         self.progress.iteration += 1
         self.policy.update_old(old_policy_decay(int(train.old_policy_schedule), self.progress.optimizer_steps))
         return updates
 
-    def update(self, rollout: Rollout, advantage: torch.Tensor, draws, rows: int, objective_draws,
-               shard) -> dict:
-        """One optimizer step on `rollout` (this rank's rows of a step of `rows` over all ranks):
+    def update(self, batch: UpdateBatch, shard) -> dict:
+        """One optimizer step on `batch` (this rank's rows of a step of `batch.rows` over all ranks):
         the objective's loss is formed and back-propagated part by part (gradient accumulation),
         so memory does not grow with the number of terms; then the gradients are summed over ranks."""
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0, "likelihood_terms": 0}
-        batch = UpdateBatch(self.policy, rollout, advantage, self.estimator, self.kl, self.task,
-                            int(self.cfg.train.micro_batch_size), draws, self.progress.iteration, rows,
-                            objective_draws)
         failure = None
         try:
-            for part in (self.objective.losses(batch) if len(rollout.x0) else ()):
+            for part in (self.objective.losses(batch) if len(batch.rollout.x0) else ()):
                 self.backward(part.loss)
                 self.progress.compute.add(part.cost)  # what the part says it spent
                 stats["loss"] += float(part.loss.detach())
@@ -249,57 +224,27 @@ class Trainer:
         loss.backward()
 
     # ------------------------------------------------------------------------- measurement
-    @property
-    def eval_view(self) -> str:  # the policy view evaluations measure (Paper A: an EMA)
-        return WEIGHTS[eval_weights(self.cfg)]
-
     def run_eval(self, view: str, moment: str | None = None) -> dict:
         """A held-out evaluation of the policy's `view`, logged, with its sample grid written as
         samples/iter<iteration>_nfe<forward + backward evaluations>.png; the first and the last
         (`moment` "before", "after") also as samples/before.png and samples/after.png."""
-        e = self.cfg.eval
         with Phase(self.progress.compute, "eval"):
-            metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.eval_sampler,
-                                           e.samples, e.seed, e.batch_size, self.device, e.cfg_scale,
-                                           e.get("teacher_steps"), self.teacher_cache, self.dist)
+            metrics, (x0, cond) = evaluate(self.task, self.policy, view, self.protocol, self.device,
+                                           self.teacher_cache, self.dist)
         record = self.progress.record_eval(metrics, self.cfg.report.get("threshold"))
-        self.log("eval", record)
-        if self.dist.is_main:
-            path = self.run_dir / "samples" / grid_file_name(record)
-            self.task.save_grid(x0, cond, path)
-            for logger in self.loggers:
-                logger.log_image("heldout", path, record)
-            if moment is not None:
-                atomic_write_bytes(self.run_dir / "samples" / f"{moment}.png", path.read_bytes())
+        self.record.log("eval", record)
+        self.record.samples(self.task, x0, cond, record, moment)
         return metrics
-
-    def log(self, kind: str, record: dict) -> None:
-        for logger in self.loggers:
-            logger.log(kind, record)
 
     # ------------------------------------------------------------------------------- state
     def save_checkpoint(self) -> None:
         self.checkpoint_iteration, self.checkpoint_time = self.progress.iteration, time.monotonic()
         self.checkpointer.save(self.progress)
-        if self.dist.is_main:
-            self.policy.export_adapter(self.eval_view, self.run_dir / "lora",  # LoRA policies: for diffusers
-                                       {"weights": eval_weights(self.cfg), "iteration": self.progress.iteration})
-
-    def load_checkpoint(self) -> dict | None:
-        """Restore the run from its checkpoint (rlzoo.runs.checkpointer: checked before any file is
-        touched); only then are the logs cut back to it. Returns the config it records."""
-        self.progress, record = self.checkpointer.load(self.device)
-        self.checkpoint_iteration = self.progress.iteration
-        for name in ("metrics", "eval") if self.dist.is_main else ():
-            aside = truncate_jsonl(self.run_dir / f"{name}.jsonl", self.progress.iteration)
-            if aside is not None:
-                print(f"[rlzoo] {name}.jsonl had lines that are not JSON; the file as it was is kept as {aside}")
-        return record
+        self.record.adapter(self.policy, self.measured, {"weights": eval_weights(self.cfg),
+                                                          "iteration": self.progress.iteration})
 
     def write_summary(self, status: str, error: str | None = None) -> dict | None:
-        if not self.dist.is_main:
-            return None
-        return write_summary(self.run_dir, status, self.progress, error=error, device=self.device,
-                             threshold=self.cfg.report.get("threshold"),
-                             eval_protocol=eval_protocol(self.cfg, self.task),
-                             stopped_by_time=self.progress.stopped_by_time(self.cfg.train))
+        return self.record.summary(status, self.progress, error=error, device=self.device,
+                                   threshold=self.cfg.report.get("threshold"),
+                                   eval_protocol=protocol_record(self.cfg, self.task),
+                                   stopped_by_time=self.progress.stopped_by_time(self.cfg.train))

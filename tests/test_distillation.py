@@ -200,13 +200,13 @@ def test_toy2d_log_density_is_the_data_mixture():
 
 def test_toy2d_evaluation_reports_distances_to_the_data():
     from rlzoo.config import build, compose_config
-    from rlzoo.evaluate import eval_sampler, evaluate
+    from rlzoo.evaluate import EvalProtocol, eval_sampler, evaluate
     from rlzoo.policies import make_policy
 
     cfg = compose_config(["task=toy2d", "eval.samples=240"])
     task = build(cfg.task)
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-    metrics, _ = evaluate(task, policy, "reference", eval_sampler(cfg), 240, 0, 240, torch.device("cpu"))
+    metrics, _ = evaluate(task, policy, "reference", EvalProtocol(eval_sampler(cfg), 240, 0, 240), torch.device("cpu"))
     assert {"fd_data", "sw_data", "nll"} <= set(metrics)
     assert 0 < metrics["sw_data"] < 1.0 and metrics["fd_data"] > 0
 
@@ -215,16 +215,16 @@ def test_distances_to_the_teachers_samples():
     """eval.teacher_steps: the teacher samples the same noise; the teacher compared with itself at
     the same steps is at distance 0, a 2-step student of it is not."""
     from rlzoo.config import build, compose_config
-    from rlzoo.evaluate import eval_sampler, evaluate
+    from rlzoo.evaluate import EvalProtocol, eval_sampler, evaluate
     from rlzoo.policies import make_policy
 
     cfg = compose_config(["task=toy2d", "eval.num_steps=20"])
     task = build(cfg.task)
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-    same, _ = evaluate(task, policy, "reference", eval_sampler(cfg), 240, 0, 240, torch.device("cpu"), teacher_steps=20)
+    same, _ = evaluate(task, policy, "reference", EvalProtocol(eval_sampler(cfg), 240, 0, 240, teacher_steps=20), torch.device("cpu"))
     assert same["sw_teacher"] < 1e-6 and abs(same["fd_teacher"]) < 1e-6
     cfg2 = compose_config(["task=toy2d", "eval.num_steps=2"])
-    few, _ = evaluate(task, policy, "reference", eval_sampler(cfg2), 240, 0, 240, torch.device("cpu"), teacher_steps=20)
+    few, _ = evaluate(task, policy, "reference", EvalProtocol(eval_sampler(cfg2), 240, 0, 240, teacher_steps=20), torch.device("cpu"))
     assert few["sw_teacher"] > 0.05 and few["fd_teacher"] > 0.01
 
 

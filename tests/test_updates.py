@@ -59,7 +59,7 @@ def test_inner_epochs_start_at_ratio_one_then_move(tmp_path, estimator, sampler)
                            "optimizer.lr=0.05", "train.iterations=1"])
     seen = []
     update = t.update
-    t.update = lambda rollout, advantage, *rest: seen.append(update(rollout, advantage, *rest)) or seen[-1]
+    t.update = lambda batch, shard: seen.append(update(batch, shard)) or seen[-1]
     record = t.train_step()
     assert record["updates"] == 3 and len(seen) == 3
     assert seen[0]["log_ratio_abs_max"] < 1e-5
@@ -75,7 +75,7 @@ def test_minibatches_each_see_a_share_of_the_batch(tmp_path):
     t = trainer(tmp_path, [*TINY_TOY, "train.minibatches=2", "train.iterations=1"])
     sizes = []
     update = t.update
-    t.update = lambda rollout, advantage, *rest: sizes.append(len(advantage)) or update(rollout, advantage, *rest)
+    t.update = lambda batch, shard: sizes.append(len(batch.advantage)) or update(batch, shard)
     record = t.train_step()
     assert sizes == [8, 8] and record["updates"] == 2
 

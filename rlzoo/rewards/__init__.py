@@ -54,10 +54,13 @@ class Reward:
         pass
 
 
-def score(reward, task, x0: Tensor, cond: Conditioning, draws) -> dict[str, Tensor]:
-    """`reward`'s scores of `x0`: the run's random numbers for these rows (`draws`) go to a reward
-    that `takes_draws`; any other reward is called as reward(task, x0, cond) (a user's reward
-    needs no base class)."""
+def score(reward, task, x0: Tensor, cond: Conditioning, draws=None, images: Tensor | None = None) -> dict[str, Tensor]:
+    """`reward`'s scores of the samples `x0`. A reward that `scores_images` scores the decoded
+    `images` (decoded here when not given: several rewards of one batch share one decode); one
+    that `takes_draws` gets the run's random numbers for these rows (`draws`, rlzoo.rng); any other
+    is called as reward(task, x0, cond) (a user's reward needs no base class)."""
+    if getattr(reward, "scores_images", False):
+        return reward.score_images(task.images(x0) if images is None else images, cond, task)
     return reward(task, x0, cond, draws=draws) if getattr(reward, "takes_draws", False) else reward(task, x0, cond)
 
 
@@ -176,9 +179,8 @@ class MixReward(Reward):
     def __call__(self, task, x0: Tensor, cond: Conditioning, draws=None) -> dict[str, Tensor]:
         images = task.images(x0) if any(p.scores_images for p in self.parts.values()) else None  # decoded once
 
-        def scores(part):
-            return part.score_images(images, cond, task) if part.scores_images else score(part, task, x0, cond, draws)
-        return self._mix({name: scores(part)["reward"] for name, part in self.parts.items()}, cond)
+        return self._mix({name: score(part, task, x0, cond, draws, images)["reward"]
+                          for name, part in self.parts.items()}, cond)
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
         return self._mix({name: part.score_images(images, cond, task)["reward"]

@@ -140,9 +140,15 @@ class Progress:
                 f"each: about {total:.0f} min on this machine")
 
     def describe_stop(self, train) -> str:
+        """Why training stopped and where it got; a warning when the wall-clock guard stopped it."""
         c = self.compute
-        return (f"{self.stop_reason(train)} ({self.iteration} iterations, {c.nfe:,} model evaluations, "
+        line = (f"{self.stop_reason(train)} ({self.iteration} iterations, {c.nfe:,} model evaluations, "
                 f"{c.training_seconds / 60:.1f} min of training)")
+        if self.stopped_by_time(train):
+            line += (f"\n[rlzoo] warning: the wall-clock guard train.max_minutes={train.max_minutes} stopped the run "
+                     f"before its budget: how far it got depends on this machine's speed, so its numbers are not "
+                     f"comparable (summary.json: stopped_by_time)")
+        return line
 
     def eval_due(self, eval_cfg) -> bool:
         """Every eval.every iterations, or, with eval.every_nfe, each time the compute spent
@@ -176,10 +182,11 @@ class ProgressBar:
     """tqdm over the budget that decides when the run stops: model evaluations (train.max_nfe),
     else training minutes (train.max_minutes), else iterations; so total and ETA are honest."""
 
-    def __init__(self, train, progress: Progress, enabled: bool):
+    def __init__(self, train, progress: Progress, enabled: bool, writes: bool = True):
+        """`enabled`: the bar is drawn; `writes`: its lines are printed (rank 0's console)."""
         from tqdm import tqdm
 
-        self.progress = progress
+        self.progress, self.writes = progress, writes
         if train.get("max_nfe") is not None:
             self.unit, total = "model evaluations", int(train.max_nfe)
             self._done = lambda: progress.compute.nfe
@@ -200,7 +207,8 @@ class ProgressBar:
         self.bar.set_postfix(**postfix)
 
     def write(self, line: str) -> None:
-        self.bar.write(line)
+        if self.writes:
+            self.bar.write(line)
 
     def close(self) -> None:
         self.bar.close()

@@ -95,14 +95,6 @@ def checked_eval_rewards(rewards: dict | None, own_scores: tuple[str, ...]) -> d
 EVAL_RECORD_KEYS = ("iteration", "nfe_forward", "nfe_backward", "wall_s")
 
 
-def score_reward(reward, task, x0: Tensor, cond: Conditioning, images: Tensor | None = None) -> dict[str, Tensor]:
-    """A reward's scores of samples: on the decoded `images` (decoded here when not given) for a
-    reward that scores images, on the samples otherwise."""
-    if reward.scores_images:
-        return reward.score_images(task.images(x0) if images is None else images, cond, task)
-    return reward(task, x0, cond)
-
-
 def check_lora_targets(lora_cfg, module_names: list[str]) -> None:
     from omegaconf import OmegaConf
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model, score_reward
+from rlzoo.rewards import score
+from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model
 from rlzoo.types import Conditioning
 
 EMPTY = ""  # the negative prompt of classifier-free guidance (SD3's default)
@@ -194,7 +195,7 @@ class T2ITask(Task):
     def _scores(self, x0: Tensor, cond: Conditioning, images: Tensor) -> dict[str, Tensor]:
         out = {}
         for name, reward in self.eval_rewards().items():
-            scores = score_reward(reward, self, x0, cond, images)
+            scores = score(reward, self, x0, cond, images=images)
             out[name] = scores["reward"]
             out.update({f"{name}/{k}": v for k, v in scores.items() if k != "reward"})
         return out
