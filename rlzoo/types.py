@@ -166,6 +166,20 @@ class UpdateBatch:
     objective_draws: object = None  # rlzoo.rng.Draws: what the objective draws itself (DMD's step, noise, t)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """The run a component checks itself against before any model is built: a component with a
+    `check_run(run)` method raises ValueError (one line: the bad value, what would fit) when it
+    cannot take part in this run; rlzoo.config.validate calls every such method. Its fields are the
+    run's other choices that components' rules read."""
+
+    sampler_steps: int  # steps of the rollout sampler's schedule
+    group_size: int  # samples per prompt (train.group_size)
+    world: int = 1  # processes under torchrun (1: one process)
+    task: str = "?"  # the task's name, for messages
+    task_supports_guidance: bool = False  # the task has an empty prompt (classifier-free guidance)
+
+
 # The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations
 # (the validator refuses a declaration outside it, e.g. a misspelt field).
 TERM_FIELDS = frozenset(f.name for f in fields(LikelihoodTerm) if f.default is None)

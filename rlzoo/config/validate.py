@@ -88,10 +88,10 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     check_init_from(cfg)
     built = _validate_construction(cfg)
     _validate_combination(cfg, built)
-    _validate_steps(cfg, built)
     reward = _validate_distillation(cfg, built["objective"])
     _validate_group_size(cfg, built["advantage"], reward)
-    _validate_distributed(cfg, built["objective"], reward)
+    _validate_distributed(cfg)
+    _check_components(cfg, built, reward)
     _validate_images(cfg, reward)
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         try:
@@ -168,18 +168,21 @@ def _validate_lr_schedule(cfg: DictConfig) -> None:
         _in_range(cfg, "lr_schedule.total_iters", 0 if constant else 1, integer=True, note="optimizer steps")
 
 
-def _validate_steps(cfg: DictConfig, built: dict) -> None:
-    """Counts that must fit the sampler's schedule: ELBO terms on its steps, the trajectory
-    estimator's fraction of them."""
-    steps, estimator = int(cfg.sampler.num_steps), built["estimator"]
-    terms = getattr(estimator, "num_terms", None)
-    if terms is not None and getattr(estimator, "timesteps", None) == "sampler" and terms > steps:
-        raise ConfigError(f"estimator.num_terms={terms} is more than the sampler's {steps} steps it draws from "
-                          f"(estimator.timesteps=sampler); use 1..{steps}, or estimator.timesteps=uniform")
-    fraction = getattr(estimator, "timestep_fraction", None)
-    if fraction is not None and int(steps * fraction) < 1:
-        raise ConfigError(f"estimator.timestep_fraction={fraction:g} trains no step of the {steps}-step schedule; "
-                          f"use a fraction >= {1 / steps:g}")
+def _check_components(cfg: DictConfig, built: dict, reward) -> None:
+    """Each component's own rules against the rest of the run (its `check_run(run)`, if it has
+    one: rlzoo.types.RunContext), in one line each."""
+    from rlzoo.distributed import world_from_env
+    from rlzoo.types import RunContext
+
+    task = _component_class(cfg.task)
+    run = RunContext(int(cfg.sampler.num_steps), int(cfg.train.group_size), world_from_env()[1],
+                     str(cfg.task.get("name", "?")), bool(getattr(task, "supports_guidance", False)))
+    for component in (*built.values(), reward):
+        if hasattr(component, "check_run"):
+            try:
+                component.check_run(run)
+            except ValueError as exc:
+                raise ConfigError(" ".join(str(exc).split())) from None
 
 
 def _validate_group_size(cfg: DictConfig, advantage, reward) -> None:
@@ -221,7 +224,7 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
         raise ConfigError(error)
 
 
-def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
+def _validate_distributed(cfg: DictConfig) -> None:
     """train.rng and dist.*; under torchrun (WORLD_SIZE > 1): the keyed random numbers, at least
     one prompt group per process, no more processes on a node than GPUs, and no reward statistics
     taken over the batch inside a process (rlzoo.distributed)."""
@@ -245,11 +248,6 @@ def _validate_distributed(cfg: DictConfig, objective, reward) -> None:
         raise ConfigError(f"train.batch_size={batch} / train.group_size={group} gives {batch // group} prompt groups "
                           f"per iteration, fewer than the {world} processes {launched}; each process needs a group: "
                           f"train.batch_size>={world * group}, or fewer processes")
-    normalize = getattr(reward, "normalize", None)  # reward=mix: how each part is normalised before the mix
-    if normalize in ("batch", "running"):  # statistics of this process's rows, not of the whole batch
-        raise ConfigError(f"reward.normalize={normalize} {launched}: each process would normalise by its own rows' "
-                          f"statistics, not the batch's; use reward.normalize=group (per prompt group, the same "
-                          f"on any number of processes), or one process")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if str(cfg.device).startswith("cuda"):
         import torch
@@ -289,10 +287,6 @@ def _validate_critic(cfg: DictConfig, objective, reward) -> None:
         build(cfg.critic)
     except Exception as exc:
         raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
-    scale = float(getattr(objective, "teacher_cfg_scale", 1.0))
-    if scale != 1.0 and not _component_class(cfg.task).supports_guidance:
-        raise ConfigError(f"objective.teacher_cfg_scale={scale:g} needs classifier-free guidance, which "
-                          f"task={cfg.task.name} does not support; use objective.teacher_cfg_scale=1")
 
 
 def _validate_ratio(cfg: DictConfig) -> None:

@@ -79,6 +79,13 @@ class ELBOEstimator:
                     "no old velocity at the current x_t; use estimator.shared_noise=true")
         return None
 
+    def check_run(self, run) -> None:
+        """num_terms drawn from the sampler's own steps cannot exceed them."""
+        terms, steps = self.num_terms, run.sampler_steps
+        if terms is not None and self.timesteps == "sampler" and terms > steps:
+            raise ValueError(f"estimator.num_terms={terms} is more than the sampler's {steps} steps it draws from "
+                             f"(estimator.timesteps=sampler); use 1..{steps}, or estimator.timesteps=uniform")
+
     def terms_per_sample(self, num_sampler_steps: int) -> int:
         if self.num_terms is not None:
             return int(self.num_terms)

@@ -36,6 +36,13 @@ class TrajectoryEstimator:
         self.timestep_fraction = float(timestep_fraction)
         self.recompute_old = bool(recompute_old)
 
+    def check_run(self, run) -> None:
+        """The fraction of the sampler's steps it trains must hold at least one step."""
+        fraction, steps = self.timestep_fraction, run.sampler_steps
+        if int(steps * fraction) < 1:
+            raise ValueError(f"estimator.timestep_fraction={fraction:g} trains no step of the {steps}-step schedule; "
+                             f"use a fraction >= {1 / steps:g}")
+
     def chosen_steps(self, rollout: Rollout, generator: Draws | torch.Generator | None) -> list[int]:
         """The steps this update trains, shared by every row (the same on every rank)."""
         trained = int(len(rollout.stochastic) * self.timestep_fraction)

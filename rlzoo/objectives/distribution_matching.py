@@ -46,6 +46,12 @@ class DMD(Objective):
         """The run's critic (rlzoo.critic: the fake score beside the frozen teacher)."""
         self.critic = critic
 
+    def check_run(self, run) -> None:
+        """A guided teacher needs a task with an empty prompt."""
+        if self.teacher_cfg_scale != 1.0 and not run.task_supports_guidance:
+            raise ValueError(f"objective.teacher_cfg_scale={self.teacher_cfg_scale:g} needs classifier-free guidance, "
+                             f"which task={run.task} does not support; use objective.teacher_cfg_scale=1")
+
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         raise RuntimeError("objective=dmd has no policy-gradient part")
 

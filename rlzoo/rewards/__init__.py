@@ -151,6 +151,14 @@ class MixReward(Reward):
     def needs_critic(self) -> bool:
         return any(part.needs_critic for part in self.parts.values())
 
+    def check_run(self, run) -> None:
+        """Batch or running statistics under torchrun would be each process's rows, not the batch's."""
+        if self.normalize in ("batch", "running") and run.world > 1:
+            raise ValueError(f"reward.normalize={self.normalize} under torchrun with {run.world} processes "
+                             f"(WORLD_SIZE={run.world}): each process would normalise by its own rows' statistics, "
+                             f"not the batch's; use reward.normalize=group (per prompt group, the same on any number "
+                             f"of processes), or one process")
+
     @property
     def takes_draws(self) -> bool:
         return any(part.takes_draws for part in self.parts.values())
