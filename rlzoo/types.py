@@ -178,6 +178,7 @@ class RunContext:
     world: int = 1  # processes under torchrun (1: one process)
     task: str = "?"  # the task's name, for messages
     task_supports_guidance: bool = False  # the task has an empty prompt (classifier-free guidance)
+    names: dict = field(default_factory=dict)  # config group -> the chosen component's name, for messages
 
 
 # The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations
@@ -246,6 +247,8 @@ class KLProtocol(Protocol):
 class RewardProtocol(Protocol):
     scores_images: bool
     needs_critic: bool
+    takes_draws: bool  # called with draws= (rlzoo.rewards.score)
+    headline: bool  # its held-out mean can head a run's evaluation
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]: ...
 
@@ -262,6 +265,11 @@ class RewardProtocol(Protocol):
 class TaskProtocol(Protocol):
     name: str
     sample_shape: tuple
+    supports_guidance: bool  # it has an empty prompt: classifier-free guidance works
+    makes_images: bool  # images(x0) gives pictures: image rewards apply
+    has_verifier: bool  # its own rule-based score (toy2d, shapes)
+    headline_reward: object  # the run's own training reward, measured held-out (or None)
+    extra_eval_rewards: dict  # task.eval_rewards beside a verifier
 
     def train_prompts(self) -> list[str]: ...
 
@@ -276,6 +284,18 @@ class TaskProtocol(Protocol):
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]: ...
 
     def load_base_model(self, model_cfg): ...
+
+    def conditioning(self, prompts: list[str], prompt_ids: Tensor, group_ids: Tensor) -> Conditioning: ...
+
+    def eval_prompt_ids(self, num_samples: int) -> list[int]: ...
+
+    def summarize(self, scores: dict[str, Tensor], prompt_ids: Tensor) -> dict[str, float]: ...
+
+    def sample_metrics(self, x0: Tensor, prompt_ids: Tensor, teacher: Tensor | None = None) -> dict[str, float]: ...
+
+    def save_grid(self, x0: Tensor, cond: Conditioning, path) -> None: ...
+
+    def images(self, x0: Tensor) -> Tensor: ...
 
 
 @runtime_checkable

@@ -89,7 +89,7 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     built = _validate_construction(cfg)
     _validate_combination(cfg, built)
     reward = _validate_distillation(cfg, built["objective"])
-    _validate_group_size(cfg, built["advantage"], reward)
+    _validate_group_size(cfg, built["advantage"])
     _validate_distributed(cfg)
     _check_components(cfg, built, reward)
     _validate_images(cfg, reward)
@@ -176,7 +176,8 @@ def _check_components(cfg: DictConfig, built: dict, reward) -> None:
 
     task = _component_class(cfg.task)
     run = RunContext(int(cfg.sampler.num_steps), int(cfg.train.group_size), world_from_env()[1],
-                     str(cfg.task.get("name", "?")), bool(getattr(task, "supports_guidance", False)))
+                     str(cfg.task.get("name", "?")), bool(task.supports_guidance),
+                     {group: _name(cfg[group]) for group in BUILT_GROUPS})
     for component in (*built.values(), reward):
         if hasattr(component, "check_run"):
             try:
@@ -185,16 +186,13 @@ def _check_components(cfg: DictConfig, built: dict, reward) -> None:
                 raise ConfigError(" ".join(str(exc).split())) from None
 
 
-def _validate_group_size(cfg: DictConfig, advantage, reward) -> None:
-    """A group advantage (or a reward normalised per group) of a group of one is identically 0."""
-    group = int(cfg.train.group_size)
-    for what, component in ((f"advantage={_name(cfg.advantage)}", advantage),
-                            (f"reward={_name(cfg.reward)} (reward.normalize=group)", reward)):
-        needed = getattr(component, "min_group_size", 1)
-        if group < needed:
-            raise ConfigError(f"train.group_size={group} gives every sample a zero advantage with {what} (a group's "
-                              f"own mean is subtracted); use train.group_size>={needed}"
-                              + (" or advantage=global_std" if component is advantage else ""))
+def _validate_group_size(cfg: DictConfig, advantage) -> None:
+    """A group advantage of a group of one is identically 0."""
+    group, needed = int(cfg.train.group_size), advantage.min_group_size
+    if group < needed:
+        raise ConfigError(f"train.group_size={group} gives every sample a zero advantage with advantage="
+                          f"{_name(cfg.advantage)} (a group's own mean is subtracted); use train.group_size>={needed} "
+                          f"or advantage=global_std")
 
 
 def _rewards(cfg: DictConfig) -> list:

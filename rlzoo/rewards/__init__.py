@@ -152,7 +152,12 @@ class MixReward(Reward):
         return any(part.needs_critic for part in self.parts.values())
 
     def check_run(self, run) -> None:
-        """Batch or running statistics under torchrun would be each process's rows, not the batch's."""
+        """Per-group statistics need groups of two; batch or running statistics under torchrun
+        would be each process's rows, not the batch's."""
+        if run.group_size < self.min_group_size:
+            raise ValueError(f"train.group_size={run.group_size} gives every sample a zero advantage with "
+                             f"reward={run.names.get('reward', 'mix')} (reward.normalize=group) (a group's own mean "
+                             f"is subtracted); use train.group_size>={self.min_group_size}")
         if self.normalize in ("batch", "running") and run.world > 1:
             raise ValueError(f"reward.normalize={self.normalize} under torchrun with {run.world} processes "
                              f"(WORLD_SIZE={run.world}): each process would normalise by its own rows' statistics, "
