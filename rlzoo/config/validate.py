@@ -304,26 +304,13 @@ def _validate_ratio(cfg: DictConfig) -> None:
 
 
 def _validate_policy_settings(model: DictConfig) -> None:
-    """model.precision / lora / gradient_checkpointing / compile / max_batch_size (rlzoo.policies)."""
-    from rlzoo.policies import PRECISIONS, LoraSettings
+    """The policy's own settings (rlzoo.policies.check_settings)."""
+    from rlzoo.policies import check_settings
 
-    precision = model.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown model.precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    for key in ("gradient_checkpointing", "compile"):
-        if not isinstance(model.get(key, False), bool):
-            raise ConfigError(f"model.{key} must be true or false, got {model.get(key)!r}")
-    rows = model.get("max_batch_size")
-    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
-        raise ConfigError(f"model.max_batch_size must be a positive int or null, got {rows!r}")
-    if model.get("lora") is not None:
-        if "target_modules" not in model.lora:
-            raise ConfigError("model.lora.target_modules is missing: name the modules to adapt (matched as "
-                              "name suffixes); the SD3 model files take conf/shared/lora.yaml's list")
-        try:
-            LoraSettings(**OmegaConf.to_container(model.lora, resolve=True))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model.lora: {' '.join(str(exc).split())}") from None
+    try:
+        check_settings(model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_guidance(cfg: DictConfig) -> None:

@@ -29,8 +29,34 @@ from rlzoo.policies.lora import (
 )
 
 __all__ = ["ADAPTERS", "LORA_INITS", "LORA_WEIGHTS", "PRECISIONS", "VIEWS", "LoraPolicy", "LoraSettings", "Policy",
-           "Precision", "check_view", "ema_update", "guided_velocity", "lora_files", "lora_module", "make_policy",
+           "Precision", "check_settings", "check_view", "ema_update", "guided_velocity", "lora_files", "lora_module", "make_policy",
            "save_lora", "trainable_parameters"]
+
+
+def check_settings(model_cfg) -> None:
+    """The policy settings of a model config (model.precision / lora / gradient_checkpointing /
+    compile / max_batch_size), checked before any model is built: ValueError, one line."""
+    get = model_cfg.get
+    precision = get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown model.precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    for key in ("gradient_checkpointing", "compile"):
+        if not isinstance(get(key, False), bool):
+            raise ValueError(f"model.{key} must be true or false, got {get(key)!r}")
+    rows = get("max_batch_size")
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+        raise ValueError(f"model.max_batch_size must be a positive int or null, got {rows!r}")
+    lora = get("lora")
+    if lora is not None:
+        if "target_modules" not in lora:
+            raise ValueError("model.lora.target_modules is missing: name the modules to adapt (matched as "
+                             "name suffixes); the SD3 model files take conf/shared/lora.yaml's list")
+        from omegaconf import OmegaConf
+
+        try:
+            LoraSettings(**(OmegaConf.to_container(lora, resolve=True) if not isinstance(lora, dict) else lora))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model.lora: {' '.join(str(exc).split())}") from None
 
 
 def make_policy(model: nn.Module, model_cfg) -> Policy:
