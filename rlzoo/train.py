@@ -199,15 +199,25 @@ def _launch(argv: list[str], multirun: bool) -> None:
     """Validate, then hand the run (or sweep) to Hydra. The run's directory (a sweep's folder) is
     locked here, before Hydra starts, so a second process can touch nothing of it."""
     from rlzoo.config import ConfigError
-    from rlzoo.config.compose import plain_sweep
+    from rlzoo.config.compose import literal_paths, plain_sweep
     from rlzoo.ranks import nproc_option
-    from rlzoo.runs import run_lock
 
     nproc, argv = nproc_option(plain_sweep(argv))
-    if not multirun:
-        from rlzoo.config.compose import literal_paths
+    argv = argv if multirun else literal_paths(argv)
+    options, overrides = _split_argv(argv)
+    check_overrides(overrides)
+    if set(options) & PRINT_ONLY:
+        return _hydra(argv)
+    if nproc is not None and (multirun or "RANK" in os.environ):
+        raise ConfigError("--nproc_per_node starts the ranks of one run: not for a sweep (hydra/launcher=local_2rank "
+                          "or a SLURM preset runs a sweep's jobs on several ranks) nor under another launcher")
+    return _launch_sweep(argv, overrides) if multirun else _launch_run(argv, overrides, nproc)
 
-        argv = literal_paths(argv)
+
+def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra options, overrides) of a command line; anything else is refused in one line."""
+    from rlzoo.config import ConfigError
+
     options, overrides, expect_value = [], [], False
     for item in argv:
         if expect_value:  # an option's value (--cfg job)
@@ -227,35 +237,40 @@ def _launch(argv: list[str], multirun: bool) -> None:
            for o in argv):
         raise ConfigError("set the run's directory with run_dir=... (and a sweep's with hydra.sweep.dir=...); "
                           "hydra.run.dir, hydra.sweep.subdir and hydra.output_subdir are rlzoo's")
-    check_overrides(overrides)
-    if set(options) & PRINT_ONLY:
+    return options, overrides
+
+
+def _launch_run(argv: list[str], overrides: list[str], nproc: int | None) -> None:
+    """One run: named by what it changes, validated for its ranks, its directory checked and
+    locked; then Hydra runs it (or its ranks, --nproc_per_node)."""
+    from rlzoo.config import check_run_dir, compose_config, override_dict, run_variant, validate
+    from rlzoo.runs import run_lock
+
+    chosen = override_dict(overrides)
+    if "run_dir" not in chosen and "variant" not in chosen:  # runs that differ in any choice: their own directory
+        variant = run_variant(overrides)
+        if variant:  # (quoted: Hydra would read its ',' as a sweep; it holds no quote, see path_component)
+            overrides.append(f"variant='{variant}'")
+            argv.append(f"variant='{variant}'")
+    cfg = compose_config(overrides)
+    with distributed.world_of(nproc):  # (the ranks' geometry, checked as each rank will check it)
+        validate(cfg)
+    if not distributed.is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
         return _hydra(argv)
-    if nproc is not None and (multirun or "RANK" in os.environ):
-        raise ConfigError("--nproc_per_node starts the ranks of one run: not for a sweep (hydra/launcher=local_2rank "
-                          "or a SLURM preset runs a sweep's jobs on several ranks) nor under another launcher")
-    if not multirun:
-        from rlzoo.config import check_run_dir, compose_config, override_dict, run_variant, validate
+    check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
+    with run_lock(Path(cfg.run_dir)):
+        check_run_dir(cfg, Path(cfg.run_dir))
+        if nproc is not None and nproc > 1:
+            from rlzoo.ranks import launch
 
-        chosen = override_dict(overrides)
-        if "run_dir" not in chosen and "variant" not in chosen:  # runs that differ in any choice: their own directory
-            variant = run_variant(overrides)
-            if variant:  # (quoted: Hydra would read its ',' as a sweep; it holds no quote, see path_component)
-                overrides.append(f"variant='{variant}'")
-                argv.append(f"variant='{variant}'")
-        cfg = compose_config(overrides)
-        with distributed.world_of(nproc):  # (the ranks' geometry, checked as each rank will check it)
-            validate(cfg)
-        if not distributed.is_main_process():  # under torchrun rank 0 owns the run directory; the others follow it
-            return _hydra(argv)
-        check_run_dir(cfg, Path(cfg.run_dir))  # refused before the lock file is even created
-        with run_lock(Path(cfg.run_dir)):
-            check_run_dir(cfg, Path(cfg.run_dir))
-            if nproc is not None and nproc > 1:
-                from rlzoo.ranks import launch
+            return launch(nproc, argv, Path(cfg.run_dir))
+        return _hydra(argv)
 
-                return launch(nproc, argv, Path(cfg.run_dir))
-            return _hydra(argv)
+
+def _launch_sweep(argv: list[str], overrides: list[str]) -> None:
+    """A sweep: every job validated and its directory checked first; the sweep's folder locked."""
     from rlzoo.config import compose_config, parse_overrides
+    from rlzoo.runs import run_lock
     from rlzoo.runs.lock import SWEEP_LOCK_NAME
     from rlzoo.sweeps import adhoc_sweep_name, check_launcher, sweep_dir, validate_sweep
 

@@ -47,6 +47,41 @@ def _non_finite(node, prefix: str = ""):
 
 def validate(cfg: DictConfig, check_model: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
+    _validate_numbers(cfg)
+    _validate_lr_schedule(cfg)
+    _validate_ratio(cfg)
+    _validate_guidance(cfg)
+    _validate_policy_settings(cfg.model)
+    _validate_arguments(cfg)
+    _validate_device(cfg)
+    _validate_task(cfg)
+    check_init_from(cfg)
+    built = _validate_construction(cfg)
+    _validate_combination(cfg, built)
+    reward = _validate_distillation(cfg, built["objective"])
+    _validate_group_size(cfg, built["advantage"])
+    _validate_distributed(cfg)
+    _check_components(cfg, built, reward)
+    _validate_images(cfg, reward)
+    if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
+        _validate_files(cfg)
+
+
+def _validate_files(cfg: DictConfig) -> None:
+    """The base model's weights and every reward's files are where the config says (nothing loaded)."""
+    try:
+        _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
+        for reward in _rewards(cfg):
+            reward.check()
+    except Exception as exc:  # hydra wraps a constructor's error; report the constructor's own
+        cause = exc.__cause__ or exc
+        if not isinstance(cause, ValueError):
+            raise
+        raise ConfigError(" ".join(str(cause).split())) from None
+
+
+def _validate_numbers(cfg: DictConfig) -> None:
+    """Finite numbers, positive counts and sizes, seeds torch takes, the batch's divisions."""
     found = _non_finite(OmegaConf.to_container(cfg, resolve=True))
     if found:
         raise ConfigError(f"{found[0]}={found[1]} is not a finite number; no rlzoo key takes nan or inf "
@@ -78,31 +113,6 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     if cfg.train.old_policy_schedule not in OLD_POLICY_SCHEDULES or isinstance(cfg.train.old_policy_schedule, bool):
         raise ConfigError(f"train.old_policy_schedule={cfg.train.old_policy_schedule!r}; "
                           f"valid: {', '.join(map(str, OLD_POLICY_SCHEDULES))}")
-    _validate_lr_schedule(cfg)
-    _validate_ratio(cfg)
-    _validate_guidance(cfg)
-    _validate_policy_settings(cfg.model)
-    _validate_arguments(cfg)
-    _validate_device(cfg)
-    _validate_task(cfg)
-    check_init_from(cfg)
-    built = _validate_construction(cfg)
-    _validate_combination(cfg, built)
-    reward = _validate_distillation(cfg, built["objective"])
-    _validate_group_size(cfg, built["advantage"])
-    _validate_distributed(cfg)
-    _check_components(cfg, built, reward)
-    _validate_images(cfg, reward)
-    if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
-        try:
-            _component_class(cfg.task).check_model(cfg.model, cfg.task.name)
-            for reward in _rewards(cfg):
-                reward.check()
-        except Exception as exc:  # hydra wraps a constructor's error; report the constructor's own
-            cause = exc.__cause__ or exc
-            if not isinstance(cause, ValueError):
-                raise
-            raise ConfigError(" ".join(str(cause).split())) from None
 
 
 def _validate_device(cfg: DictConfig) -> None:

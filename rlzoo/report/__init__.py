@@ -84,16 +84,7 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     if len(roots) > 1 and out_dir is None:
         raise ConfigError(f"several directories ({', '.join(map(str, roots))}) need --out DIR")
-    runs = []
-    for r in roots:
-        found = find_runs(r)
-        if not found:
-            raise ConfigError(f"no run directories under {r}")
-        if len(roots) > 1:
-            for run in found:
-                run.overrides = {"source": r.name, **run.overrides}
-        runs += found
-    root = roots[0]
+    runs, root = _runs_of(roots), roots[0]
     settings = _settings(runs)
     threshold = threshold if threshold is not None else settings.get("threshold")
     baseline = baseline if baseline is not None else settings.get("baseline")
@@ -105,6 +96,38 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
     out = OutputDir(out_dir, overwrite)
     out.claim([*REPORT_FILES, *(f"curves_{m}.png" for m in metrics)])
     markdown = to_markdown(header, cells)
+    notes = _notes(runs, keys, rows, threshold, metrics)
+    out.write_text("table.md", markdown + "\n".join(notes) + "\n")
+    out.write_text("table.csv", to_csv(header, cells))
+    out.write_text("table.tex", to_latex(header, cells))
+    out.write_text("runs.csv", runs_csv(runs))
+    if plots:
+        plot(keys, rows, out)
+        for metric in metrics:
+            plot_metric(keys, rows, metric, out)
+    out.close()
+    if wandb_project:
+        log_to_wandb(header, cells, out_dir, name=root.name, project=wandb_project)
+    return markdown + "\n".join(notes) + "\n"
+
+
+def _runs_of(roots: list[Path]) -> list:
+    """Every run under each root; with several roots, each run's `source` is its root's name."""
+    runs = []
+    for r in roots:
+        found = find_runs(r)
+        if not found:
+            raise ConfigError(f"no run directories under {r}")
+        if len(roots) > 1:
+            for run in found:
+                run.overrides = {"source": r.name, **run.overrides}
+        runs += found
+    return runs
+
+
+def _notes(runs: list, keys: list, rows: list, threshold: float | None, metrics: list[str]) -> list[str]:
+    """The lines under the table: what a cell is, how compute to the threshold is read, every run
+    that did not complete or was stopped by its wall-clock guard, the metric columns."""
     notes = [f"\n{len(runs)} runs in {len(rows)} rows; cells are mean ± 95% t interval over seeds "
              f"(completed runs only); compute = forward + backward model evaluations per sample."]
     if threshold is not None:
@@ -127,18 +150,7 @@ def report(root: Path | list[Path], threshold: float | None = None, baseline: st
         if teacher:
             notes.append("The teacher's own samples (eval.teacher_steps) against the data: " +
                          ", ".join(f"{m} {v:.3f}" for m, v in teacher.items()) + ".")
-    out.write_text("table.md", markdown + "\n".join(notes) + "\n")
-    out.write_text("table.csv", to_csv(header, cells))
-    out.write_text("table.tex", to_latex(header, cells))
-    out.write_text("runs.csv", runs_csv(runs))
-    if plots:
-        plot(keys, rows, out)
-        for metric in metrics:
-            plot_metric(keys, rows, metric, out)
-    out.close()
-    if wandb_project:
-        log_to_wandb(header, cells, out_dir, name=root.name, project=wandb_project)
-    return markdown + "\n".join(notes) + "\n"
+    return notes
 
 
 def log_to_wandb(header: list[str], cells: list[list[str]], out_dir: Path, name: str, project: str) -> None:
