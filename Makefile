@@ -23,7 +23,7 @@ run: $(VENV)
 # The suite in TEST_JOBS processes (pytest-xdist): every test is isolated in its own tmp_path.
 TEST_JOBS ?= 2
 test: lint
-	$(PY) -m pytest -q -x -n $(TEST_JOBS)
+	$(PY) -m pytest -q -x -n $(TEST_JOBS) -m "not slow"
 
 lint: $(VENV)
 	.venv/bin/ruff check rlzoo tests scripts
