@@ -11,6 +11,8 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from rlzoo.rng import Draws
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -153,17 +155,17 @@ class LossPart:
 class UpdateBatch:
     """What an objective's loss for one optimizer step is computed from (`Objective.losses`)."""
 
-    policy: object  # rlzoo.policies.Policy
-    rollout: "Rollout"
+    policy: PolicyProtocol  # rlzoo.policies.Policy or LoraPolicy
+    rollout: Rollout
     advantage: Tensor  # (B,)
-    estimator: object
-    kl: object
-    task: object
+    estimator: EstimatorProtocol
+    kl: KLProtocol
+    task: TaskProtocol
     micro_batch_size: int
-    draws: object  # rlzoo.rng.Draws over the rollout's rows: the estimator's noise and timesteps
+    draws: Draws  # over the rollout's rows: the estimator's noise and timesteps (rlzoo.rng)
     iteration: int  # iterations done before this one (DMDR's warm-up counts them)
     rows: int | None = None  # the step's rows over all ranks, the loss's denominator (None: the rollout's)
-    objective_draws: object = None  # rlzoo.rng.Draws: what the objective draws itself (DMD's step, noise, t)
+    objective_draws: Draws | None = None  # what the objective draws itself (DMD's step, noise, t)
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,37 @@ TERM_FIELDS = frozenset(f.name for f in fields(LikelihoodTerm) if f.default is N
 
 # ---------------------------------------------------------------- what each component family provides
 # The interfaces the trainer relies on, one per config group. A component need not subclass
-# rlzoo's base classes: anything with these members plugs in (tests/test_components.py checks that
+# rlzoo's base classes: anything with these members plugs in (tests/test_configs.py checks that
 # every shipped choice does).
+
+@runtime_checkable
+class PolicyProtocol(Protocol):
+    """The policy the trainer, estimators and objectives use (rlzoo.policies: module copies or LoRA
+    adapters on one base): velocities of its views ("current", "old", "reference", "ema",
+    "critic"), its trainable parameters, the old policy's and the evaluation EMA's updates."""
+
+    def velocity(self, x: Tensor, sigma: Tensor, cond: Conditioning, which: str = "current") -> Tensor: ...
+
+    def velocity_fn(self, which: str) -> Callable[[Tensor, Tensor, Conditioning], Tensor]: ...
+
+    def module(self, which: str) -> torch.nn.Module: ...
+
+    def parameters(self) -> list: ...
+
+    def train(self) -> None: ...
+
+    def update_old(self, decay: float) -> None: ...
+
+    def update_ema(self, decay: float) -> None: ...
+
+    def add_critic(self) -> list: ...
+
+    def export_adapter(self, view: str, out, metadata: dict) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 @runtime_checkable
 class SamplerProtocol(Protocol):

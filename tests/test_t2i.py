@@ -37,6 +37,18 @@ def built(tmp_path_factory):
     return task, policy, cfg
 
 
+def test_both_kinds_of_policy_provide_the_policy_interface(built):
+    """rlzoo.types.PolicyProtocol is what the trainer, estimators and objectives call: module
+    copies (toy2d) and LoRA adapters on one base (t2i) provide all of it."""
+    from rlzoo.config import build, compose_config
+    from rlzoo.types import PolicyProtocol
+
+    cfg = compose_config(["task=toy2d"])
+    full = make_policy(build(cfg.task).load_base_model(cfg.model), cfg.model)
+    assert isinstance(full, PolicyProtocol) and isinstance(built[1], PolicyProtocol)
+    assert not isinstance(object(), PolicyProtocol)
+
+
 def randomize(policy, view, scale=0.3, seed=0):
     """Give one adapter weights large enough that a wrong load or a wrong view would show."""
     g = torch.Generator().manual_seed(seed)
