@@ -83,6 +83,51 @@ def world_of(nproc: int | None):
                 os.environ[key] = value
 
 
+def check_device(device: str) -> None:
+    """`device` names a device this machine has (cpu, cuda, cuda:<index>, mps); ValueError, one line."""
+    import torch
+
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device; valid: cpu, cuda, cuda:<index>, mps") from None
+    if kind.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device={device} but this machine has no CUDA GPU (torch {torch.__version__}); "
+                             f"use device=cpu")
+        if kind.index is not None and kind.index >= count:
+            raise ValueError(f"device={device} but this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device} but MPS is not available here; use device=cpu")
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: rlzoo runs on cpu, cuda or mps")
+
+
+def check_launch(rng: str, batch: int, group_size: int, device: str) -> None:
+    """Under torchrun (WORLD_SIZE > 1, as the launcher exported it): keyed random numbers, at
+    least one prompt group per process, no more processes on a node than GPUs. ValueError, one
+    line; nothing to check in one process."""
+    _, world, _ = world_from_env()
+    if world == 1:
+        return
+    launched = f"under torchrun with {world} processes (WORLD_SIZE={world})"
+    if rng != "keyed":
+        raise ValueError(f"train.rng=stream {launched}: each row's random numbers would depend on how the batch "
+                         f"is split; use train.rng=keyed (the same run on any number of processes)")
+    if batch // group_size < world:
+        raise ValueError(f"train.batch_size={batch} / train.group_size={group_size} gives {batch // group_size} "
+                         f"prompt groups per iteration, fewer than the {world} processes {launched}; each process "
+                         f"needs a group: train.batch_size>={world * group_size}, or fewer processes")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if device.startswith("cuda"):
+        import torch
+
+        if local > torch.cuda.device_count():
+            raise ValueError(f"{local} processes on this node {launched} but {torch.cuda.device_count()} GPUs; "
+                             f"start at most one process per GPU (torchrun --nproc_per_node)")
+
+
 def is_main_process() -> bool:
     """Rank 0 (or no launcher): the process that owns the run directory."""
     return world_from_env()[0] == 0

@@ -11,6 +11,7 @@ The commands import what they need from here.
 from omegaconf import OmegaConf
 
 from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, build_components, needs_critic
+from rlzoo.config.combinations import combination_error, valid_grid
 from rlzoo.config.compose import (
     CONF_DIR,
     GROUPS,
@@ -31,7 +32,7 @@ from rlzoo.config.run_dir import (
     run_variant,
 )
 from rlzoo.config.untrusted import check_untrusted, load_untrusted_config, shipped_targets
-from rlzoo.config.validate import combination_error, valid_grid, validate
+from rlzoo.config.validate import validate
 from rlzoo.errors import ConfigError, one_line_errors
 
 # conf/config.yaml names a sweep's run directories through it (hydra.sweep.subdir): one path component each

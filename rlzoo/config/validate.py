@@ -3,11 +3,10 @@ built and before the run directory is touched, and fails with one line naming th
 the valid choices (README, Validation before compute)."""
 from __future__ import annotations
 
-import os
-
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
+from rlzoo.config.combinations import PIPELINE, ROLLOUT_FIELDS, combination_error
 from rlzoo.config.compose import _load, available
 from rlzoo.config.init_from import check_init_from
 from rlzoo.errors import ConfigError
@@ -116,25 +115,13 @@ def _validate_numbers(cfg: DictConfig) -> None:
 
 
 def _validate_device(cfg: DictConfig) -> None:
-    """`device` names a device this machine has (cpu, cuda, cuda:<index>, mps)."""
-    import torch
+    """`device` names a device this machine has (rlzoo.distributed.check_device)."""
+    from rlzoo.distributed import check_device
 
-    device = str(cfg.device)
     try:
-        kind = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device={device!r} is not a device; valid: cpu, cuda, cuda:<index>, mps") from None
-    if kind.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ConfigError(f"device={device} but this machine has no CUDA GPU (torch {torch.__version__}); "
-                              f"use device=cpu")
-        if kind.index is not None and kind.index >= count:
-            raise ConfigError(f"device={device} but this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
-    elif kind.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device} but MPS is not available here; use device=cpu")
-    elif kind.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device={device!r}: rlzoo runs on cpu, cuda or mps")
+        check_device(str(cfg.device))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_images(cfg: DictConfig, reward) -> None:
@@ -233,10 +220,8 @@ def _validate_combination(cfg: DictConfig, built: dict) -> None:
 
 
 def _validate_distributed(cfg: DictConfig) -> None:
-    """train.rng and dist.*; under torchrun (WORLD_SIZE > 1): the keyed random numbers, at least
-    one prompt group per process, no more processes on a node than GPUs, and no reward statistics
-    taken over the batch inside a process (rlzoo.distributed)."""
-    from rlzoo.distributed import world_from_env
+    """train.rng and dist.*, and the ranks' geometry under torchrun (rlzoo.distributed.check_launch)."""
+    from rlzoo.distributed import check_launch
     from rlzoo.rng import RNG_MODES
 
     mode = cfg.train.get("rng", "stream")
@@ -244,25 +229,10 @@ def _validate_distributed(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown train.rng {mode!r}; valid: {', '.join(RNG_MODES)}")
     if OmegaConf.select(cfg, "dist.timeout_s") is not None:
         _positive(cfg, "dist.timeout_s", float)
-    _, world, _ = world_from_env()
-    if world == 1:
-        return
-    launched = f"under torchrun with {world} processes (WORLD_SIZE={world})"
-    if mode != "keyed":
-        raise ConfigError(f"train.rng=stream {launched}: each row's random numbers would depend on how the batch "
-                          f"is split; use train.rng=keyed (the same run on any number of processes)")
-    batch, group = int(cfg.train.batch_size), int(cfg.train.group_size)
-    if batch // group < world:
-        raise ConfigError(f"train.batch_size={batch} / train.group_size={group} gives {batch // group} prompt groups "
-                          f"per iteration, fewer than the {world} processes {launched}; each process needs a group: "
-                          f"train.batch_size>={world * group}, or fewer processes")
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if str(cfg.device).startswith("cuda"):
-        import torch
-
-        if local > torch.cuda.device_count():
-            raise ConfigError(f"{local} processes on this node {launched} but {torch.cuda.device_count()} GPUs; "
-                              f"start at most one process per GPU (torchrun --nproc_per_node)")
+    try:
+        check_launch(mode, int(cfg.train.batch_size), int(cfg.train.group_size), str(cfg.device))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_distillation(cfg: DictConfig, objective):
@@ -383,61 +353,3 @@ def _validate_construction(cfg: DictConfig) -> dict:
 
 def _name(node: DictConfig) -> str:
     return node.get("name", node.get("_target_", "?"))
-
-
-# Who provides what to whom: a sampler's Rollout feeds the estimator, whose LikelihoodTerm feeds
-# the objective and the KL. Each component declares `needs` and `provides` (sets of field names:
-# rlzoo.types.TERM_FIELDS, and ROLLOUT_FIELDS for what a sampler's rollout can carry).
-ROLLOUT_FIELDS = frozenset({"trajectory", "differentiable_sample"})
-
-
-PIPELINE = ("sampler", "estimator", "objective", "kl")
-
-
-PROVIDER = {"estimator": "sampler", "objective": "estimator", "kl": "estimator"}
-
-
-# (consumer, provider, the consumer's attribute listing what it needs from that provider)
-LINKS = (*((c, p, "needs") for c, p in PROVIDER.items()), ("objective", "sampler", "sampler_needs"))
-
-
-def combination_error(components: dict, names: dict) -> str | None:
-    """Why these components cannot run together, or None: some component `needs` a field its
-    provider does not `provide`. The message names both, the provider's own reason when it has
-    one, and the choices of either group that would fit (with their YAML defaults)."""
-    for consumer, provider, attribute in LINKS:
-        needs = getattr(components[consumer], attribute, frozenset())
-        missing = sorted(needs - components[provider].provides)
-        if not missing:
-            continue
-        fields = ", ".join(missing)
-        reason = getattr(components[provider], "missing_reason", lambda f: None)(missing[0])
-        message = (f"{consumer}={names[consumer]} needs {fields} from {provider}={names[provider]}, "
-                   f"which does not provide {'it' if len(missing) == 1 else 'them'}")
-        if reason:
-            return f"{message}: {reason}"
-        providers = [n for n in available(provider) if not needs - _declared(provider, n, "provides")]
-        consumers = [n for n in available(consumer)
-                     if not _declared(consumer, n, attribute) - components[provider].provides]
-        options = [f"{provider}={n}" for n in providers] + [f"{consumer}={n}" for n in consumers]
-        if not options:
-            return f"{message}; no installed choice of either group fits"
-        return f"{message}; use {', '.join(options[:-1])}{' or ' if len(options) > 1 else ''}{options[-1]}"
-    return None
-
-
-def _declared(group: str, name: str, what: str) -> frozenset:
-    """A choice's `needs` / `provides` as its class declares them (its YAML defaults)."""
-    return getattr(_component_class(_load(group, name)), what, frozenset())
-
-
-def valid_grid() -> list[tuple[str, str, str]]:
-    """Every (objective, estimator, sampler) whose declared needs are provided (kl=none)."""
-    objectives = {o: (_declared("objective", o, "needs"), _declared("objective", o, "sampler_needs"))
-                  for o in available("objective")}
-    estimators = {e: (_declared("estimator", e, "needs"), _declared("estimator", e, "provides"))
-                  for e in available("estimator")}
-    samplers = {s: _declared("sampler", s, "provides") for s in available("sampler")}
-    return [(o, e, s) for o, (needs, o_sampler) in objectives.items()
-            for e, (e_needs, e_provides) in estimators.items() for s, s_provides in samplers.items()
-            if not (needs - e_provides or e_needs - s_provides or o_sampler - s_provides)]
