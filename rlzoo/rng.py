@@ -5,9 +5,11 @@ is the rows of a batch (`randn`, `rand`), a view of some of those rows (`select`
 and one generator for what all rows share (`shared`: the window of a mixed sampler, the steps a
 trajectory estimator trains, the minibatch shuffle).
 
-- `stream` (the default): everything comes from the run's one generator, in the order the code
-  asks, as it always has; committed results reproduce bit for bit. A row's numbers depend on which
-  rows were drawn before it, so they change with the batch's split across processes.
+- `stream` (the default): the loop's numbers come from the run's generator, in the order the code
+  asks, and those of each consumer that draws apart (R_dm, the critic, DMD) from a stream of its
+  own that starts at the run's seed (`Randomness`), as they always have; committed results
+  reproduce bit for bit. A row's numbers depend on which rows were drawn before it, so they
+  change with the batch's split across processes.
 - `keyed`: each row has its own generator, seeded by (seed, iteration, purpose, row), and the
   shared draws by (seed, iteration, purpose). A row gets the same numbers however the batch is cut
   into micro-batches or spread over ranks, so a data-parallel run equals a single-process one up
@@ -138,8 +140,12 @@ class Randomness:
         return {name: generator.get_state() for name, generator in self.streams.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """The streams' states (a stream the state lacks never drew: it stays at the run's seed)."""
+        if "run" not in state:
+            raise KeyError("rng.run")
         for name, generator in self.streams.items():
-            generator.set_state(state[name].cpu())
+            if name in state:
+                generator.set_state(state[name].cpu())
 
 
 def as_draws(draws: Draws | torch.Generator | None) -> Draws:

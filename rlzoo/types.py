@@ -165,7 +165,7 @@ class UpdateBatch:
     draws: Draws  # over the rollout's rows: the estimator's noise and timesteps (rlzoo.rng)
     iteration: int  # iterations done before this one (DMDR's warm-up counts them)
     rows: int | None = None  # the step's rows over all ranks, the loss's denominator (None: the rollout's)
-    objective_draws: Draws | None = None  # what the objective draws itself (DMD's step, noise, t)
+    objective_draws: Draws | None = None  # what the objective draws itself (DMD's step, noise, t; the trainer passes it)
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ class SamplerProtocol(Protocol):
     provides: frozenset  # "trajectory", "differentiable_sample"
 
     def sample(self, velocity_fn: Callable, noise: Tensor, cond: Conditioning, record: bool = False,
-               generator: torch.Generator | None = None) -> Rollout: ...
+               generator: Draws | torch.Generator | None = None) -> Rollout: ...
 
 
 @runtime_checkable
@@ -240,7 +240,7 @@ class EstimatorProtocol(Protocol):
     provides: frozenset  # LikelihoodTerm fields
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, need_reference: bool = False,
-              generator: torch.Generator | None = None) -> Iterator[LikelihoodTerm]: ...
+              generator: Draws | torch.Generator | None = None) -> Iterator[LikelihoodTerm]: ...
 
 
 @runtime_checkable

@@ -338,3 +338,32 @@ def test_a_device_this_machine_lacks_is_one_line(capsys, run_dir, device, messag
 def test_an_optional_key_is_checked_like_the_others(capsys, run_dir):
     err = fails(capsys, run_dir, "+eval.shift=-1")
     assert "eval.shift must be a finite number > 0, got -1" in err
+
+
+def test_a_run_recorded_with_component_seeds_resumes_when_they_followed_its_seed():
+    """Runs recorded before the run's randomness was one object name critic.seed, reward.seed and
+    objective.seed (all ${seed}): equal to the run's seed they are not a difference; set apart,
+    the run drew otherwise and is refused."""
+    from rlzoo.config import compose_config, config_differences, run_fingerprint
+
+    new = run_fingerprint(compose_config(["task=toy2d", "experiment=gndmr"]))
+    old = {**new, "critic": {**new["critic"], "seed": 0}, "objective": {**new["objective"], "seed": 0},
+           "reward": {**new["reward"], "rewards": {**new["reward"]["rewards"],
+                                                   "dm": {**new["reward"]["rewards"]["dm"], "seed": 0}}}}
+    assert config_differences(old, new) == []
+    assert config_differences({**old, "critic": {**old["critic"], "seed": 3}}, new) == ["critic.seed"]
+
+
+def test_an_old_checkpoints_streams_are_read_into_the_runs_randomness():
+    import torch
+
+    from rlzoo.runs.checkpointer import upgrade
+
+    g = {name: torch.Generator().manual_seed(i).get_state() for i, name in enumerate(("run", "dm", "dmd", "critic"))}
+    old = {"generator": g["run"], "reward": {"parts": {"dm": {"generator": g["dm"]}, "verifier": {}}},
+           "objective": {"generator": g["dmd"]}, "learners": {"critic": {"optimizer": {}, "generator": g["critic"]}}}
+    rng = upgrade(old)["rng"]
+    assert set(rng) == {"run", "reward", "objective", "critic"}
+    assert all(torch.equal(rng[a], g[b]) for a, b in (("run", "run"), ("reward", "dm"), ("objective", "dmd"),
+                                                      ("critic", "critic")))
+    assert upgrade({"rng": {}, "generator": g["run"]}) == {"rng": {}, "generator": g["run"]}  # (today's: as it is)

@@ -87,6 +87,7 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
     (RESUMABLE_KEYS); none when `old` is unknown (a checkpoint from before fingerprints)."""
     if not isinstance(old, dict):
         return []
+    old = {k: _without_followed_seeds(v, old.get("seed")) if k in SEEDED_GROUPS else v for k, v in old.items()}
     old = {**{k: v for k, v in ADDED_LATER.items() if not isinstance(v, dict)}, **old,
            **{k: {**v, **old.get(k, {})} for k, v in ADDED_LATER.items() if isinstance(v, dict)}}
     return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
@@ -94,6 +95,19 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
 
 # Keys added after runs were recorded, with the value those runs had without naming it.
 ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None}
+
+
+# Groups whose components once seeded streams of their own (`seed: ${seed}`: the critic, R_dm,
+# DMD); the run's randomness (rlzoo.rng.Randomness) now starts those streams from the run's seed.
+# A run recorded with such a seed equal to its own resumes; one set apart drew otherwise.
+SEEDED_GROUPS = ("reward", "critic", "objective")
+
+
+def _without_followed_seeds(node, seed):
+    """`node` without the `seed` keys (at any depth: a mix's parts) that equal the run's seed."""
+    if isinstance(node, dict):
+        return {k: _without_followed_seeds(v, seed) for k, v in node.items() if not (k == "seed" and v == seed)}
+    return node
 
 
 # Keys that may change when a run is resumed: they do not change what is trained (sweep_name only

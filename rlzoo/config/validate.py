@@ -237,7 +237,7 @@ def _validate_distributed(cfg: DictConfig) -> None:
 
 def _validate_distillation(cfg: DictConfig, objective):
     """Paper B's components: a critic needs a teacher (a pretrained base model) and valid critic
-    settings; a guided DMD teacher needs a task with an empty prompt; R_dm cannot be an evaluation
+    settings (a guided DMD teacher is DMD's own check_run); R_dm cannot be an evaluation
     reward (its critic lives in the training run)."""
     try:
         reward = build(cfg.reward)
@@ -254,7 +254,7 @@ def _validate_distillation(cfg: DictConfig, objective):
 
 
 def _validate_critic(cfg: DictConfig, objective, reward) -> None:
-    """The critic's settings, a teacher with pretrained weights, a guidable task for a guided teacher."""
+    """The critic's settings and a teacher with pretrained weights."""
     users = [f"objective={_name(cfg.objective)}"] if getattr(objective, "needs_critic", False) else []
     users += [f"reward={_name(cfg.reward)}"] if needs_critic(None, reward) else []
     if cfg.model.get("teacher", True) is False:

@@ -91,7 +91,8 @@ class Objective:
         yield from policy_gradient_losses(self, batch)
 
     def state_dict(self) -> dict:
-        """An objective with its own noise stream (DMD's t and step k) checkpoints it here."""
+        """What a resumed run needs to continue the objective as it was (its random numbers are the
+        run's: UpdateBatch.objective_draws)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

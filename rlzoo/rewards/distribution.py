@@ -94,5 +94,3 @@ class DistributionMatchingReward(Reward):
         """A call's model evaluations: teacher + critic per term and row (the critic's own
         training is the critic's cost, as a learner)."""
         return Cost(rows * 2 * self.terms)
-
-

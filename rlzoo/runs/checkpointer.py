@@ -24,6 +24,25 @@ class Learners:
             learner.load_state_dict(state[learner.name])
 
 
+def upgrade(state: dict) -> dict:
+    """A checkpoint written before the run's randomness was one object (rlzoo.rng.Randomness),
+    read into today's places: its streams were the run's `generator` and the reward's (or a mix
+    part's), DMD's and each learner's own `generator`; a part it did not save starts empty."""
+    if "rng" in state or "generator" not in state:
+        return state
+    reward, objective = state.get("reward") or {}, state.get("objective") or {}
+    streams = {"run": state["generator"]}
+    for part in [reward, *(reward.get("parts") or {}).values()]:
+        if isinstance(part, dict) and "generator" in part:
+            streams.setdefault("reward", part["generator"])
+    if "generator" in objective:
+        streams["objective"] = objective["generator"]
+    for name, learner in (state.get("learners") or {}).items():
+        if isinstance(learner, dict) and "generator" in learner:
+            streams[name] = learner["generator"]
+    return {**state, "rng": streams, "reward": reward, "objective": objective}
+
+
 class Checkpointer:
     """Saves and restores `parts` ({name: an object with state_dict / load_state_dict}: the policy,
     optimizer, schedule, reward, learners, objective, randomness) with the run's progress and the
@@ -45,11 +64,12 @@ class Checkpointer:
     def load(self, device) -> tuple[Progress, dict | None]:
         """Every part restored from the checkpoint; the progress and the config it records. A
         checkpoint that cannot be read, was written by a run with another config, or does not fit
-        this model is a one-line CheckpointError raised before any part has changed."""
+        this model is a one-line CheckpointError (a part that does not fit is found as it loads:
+        the run is then not started, and nothing of it is written)."""
         from rlzoo.config import config_differences
 
         path = self.path
-        state = load_checkpoint(path, map_location=device)
+        state = upgrade(load_checkpoint(path, map_location=device))
         differs = config_differences(state.get("run"), self.fingerprint)
         if differs:
             raise CheckpointError(f"checkpoint {path} was written by a run with another config (differs in "
