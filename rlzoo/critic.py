@@ -71,7 +71,7 @@ class Critic:
             (loss if share == 1.0 else loss * share).backward()
             shard.sum_gradients(parameters)
             self.optimizer.step()
-        self.last_loss = shard.reduce({"loss": float(loss.detach()) * share})["loss"]
+        self.last_loss = shard.sum({"loss": float(loss.detach()) * share})["loss"]
         rows = x0.shape[0] * self.steps_per_update
         return Cost(rows, rows)
 

@@ -334,6 +334,10 @@ class Shard:
         """Each parameter's gradient summed over ranks."""
         sync_grads(parameters, self.dist)
 
+    def sum(self, values: dict) -> dict:
+        """Each number summed over ranks (every rank holds the same keys)."""
+        return reduce_numbers(values, self.dist)
+
     def reduce(self, stats: dict, maximum: tuple = ()) -> dict:
         """Each statistic summed over ranks (`maximum`: the largest), every rank reducing the keys
         any rank has (a rank without rows in a step has fewer)."""
