@@ -59,7 +59,7 @@ results: $(VENV)
 
 # Estimator benchmark: time and peak memory per iteration, elbo vs trajectory, 10/20/40 steps.
 bench: $(VENV)
-	$(PY) -m rlzoo.bench threads=2 $(ARGS)
+	$(PY) -m rlzoo.commands.bench threads=2 $(ARGS)
 
 # Rebuild the committed base checkpoints (deterministic on CPU, see README).
 pretrain: $(VENV)

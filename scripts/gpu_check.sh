@@ -5,8 +5,8 @@
 #      bf16 t2i run), so a tensor left on the wrong device fails;
 #   2. the default recipe on toy2d (its 200 iterations) and on shapes exactly as `make run` runs it
 #      (its budget of 2 M model evaluations), with held-out evaluation;
-#   3. `make bench` (python -m rlzoo.bench) on the GPU;
-#   4. `python -m rlzoo.bench --gpu`: Paper A's recipe on SD3.5-Medium's transformer (random
+#   3. `make bench` (python -m rlzoo.commands.bench) on the GPU;
+#   4. `python -m rlzoo.commands.bench --gpu`: Paper A's recipe on SD3.5-Medium's transformer (random
 #      weights, model=sd35m_random), per phase, images/s, peak memory, model FLOP utilisation,
 #      eager and compiled (ONLY=4 runs this step alone).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (torch with CUDA, hydra-core, omegaconf and diffusers
@@ -29,7 +29,7 @@ check() {  # task choice [overrides...]: 2 iterations, then ok or FAIL with the 
   shift 2
   local dir="$RUNS/$task/${choice//[=+]/_}"
   mkdir -p "$RUNS/$task"
-  if $PY -m rlzoo.train device=$DEVICE task=$task "$choice" "$@" threads=2 train.iterations=2 train.max_minutes=null \
+  if $PY -m rlzoo.commands.train device=$DEVICE task=$task "$choice" "$@" threads=2 train.iterations=2 train.max_minutes=null \
       $FAST run_dir="$dir" > "$dir.log" 2>&1; then echo "ok    $task $choice $*"
   else echo "FAIL  $task $choice $*: $(grep -v '^$' "$dir.log" | tail -2 | tr '\n' ' ')"; fi
 }
@@ -55,22 +55,22 @@ cat "$RUNS"/*.result | tee -a "$OUT/components.txt"
 
 echo "== 2. default recipe, held-out evaluation" | tee "$OUT/training.txt"
 SECONDS=0
-$PY -m rlzoo.train device=$DEVICE task=toy2d progress_bar=false \
+$PY -m rlzoo.commands.train device=$DEVICE task=toy2d progress_bar=false \
   run_dir="$RUNS/default_toy2d" 2>&1 | tail -8 | tee -a "$OUT/training.txt"
 echo "toy2d: $SECONDS s in all (start-up and evaluations included)" | tee -a "$OUT/training.txt"
 SECONDS=0
-$PY -m rlzoo.train device=$DEVICE task=shapes progress_bar=false \
+$PY -m rlzoo.commands.train device=$DEVICE task=shapes progress_bar=false \
   train.max_minutes=null run_dir="$RUNS/default_shapes" 2>&1 | tail -14 | tee -a "$OUT/training.txt"
 echo "shapes: $SECONDS s in all (start-up and evaluations included)" | tee -a "$OUT/training.txt"
 cp "$RUNS/default_shapes/summary.json" "$OUT/shapes_summary.json"
 
 echo "== 3. bench" | tee "$OUT/bench.txt"
-$PY -m rlzoo.bench device=$DEVICE --out "$RUNS/bench" 2>&1 | tee -a "$OUT/bench.txt"
+$PY -m rlzoo.commands.bench device=$DEVICE --out "$RUNS/bench" 2>&1 | tee -a "$OUT/bench.txt"
 cp "$RUNS/bench/estimators.json" "$OUT/bench.json"
 fi
 
 echo "== 4. SD3.5-Medium's transformer (random weights, LoRA r 32, 512², bf16), eager and compiled" | tee "$OUT/bench_sd35m.txt"
 # ONLY=4 scripts/gpu_check.sh runs this step alone (it fits one 10-minute call on an H100)
-$PY -m rlzoo.bench --gpu --iterations 3 device=$DEVICE task.embedding_cache="$RUNS/emb_sd35m" \
+$PY -m rlzoo.commands.bench --gpu --iterations 3 device=$DEVICE task.embedding_cache="$RUNS/emb_sd35m" \
   --out "$RUNS/bench_sd35m" 2>&1 | tee -a "$OUT/bench_sd35m.txt"
 cp "$RUNS/bench_sd35m/gpu.json" "$OUT/bench_sd35m.json" 2>/dev/null

@@ -62,7 +62,7 @@ def rlzoo_train_here(*argv: str) -> subprocess.CompletedProcess:
     """`rlzoo-train argv...` through its `main` in this process (no new interpreter's seconds of
     imports), as `rlzoo_train` gives it. For a run that needs no process of its own (a signal, a
     kill or a race does: rlzoo_train)."""
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     if str(HELPERS) not in sys.path:  # (importable, as ENV makes them for a subprocess)
         sys.path.insert(0, str(HELPERS))
@@ -106,7 +106,7 @@ def train(run_dir, *overrides, wait=True, **kwargs):
 
 def train_here(capsys, *argv) -> subprocess.CompletedProcess:
     """`rlzoo-train argv...` in this process (from the current directory), read through capsys."""
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     return run_main(main, argv, capsys)
 
@@ -119,7 +119,7 @@ def one_line(stderr: str) -> str:
 
 def cli(capsys, *argv) -> tuple[int, str]:
     """`rlzoo <argv>` in this process: (exit code, its one stderr line or '')."""
-    from rlzoo.cli import main
+    from rlzoo.commands.cli import main
 
     out = run_main(main, argv, capsys)
     return out.returncode, (one_line(out.stderr) if out.returncode else out.stderr)

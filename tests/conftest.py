@@ -46,7 +46,7 @@ def here(capsys, monkeypatch):
 
     from common import HELPERS, TINY
 
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     monkeypatch.syspath_prepend(str(HELPERS))
 

@@ -1,7 +1,7 @@
 """The benchmark's machinery (its numbers are measured by `make bench`, never asserted here)."""
 import pytest
 
-from rlzoo.bench import measure, table
+from rlzoo.commands.bench import measure, table
 
 TINY = ["task=toy2d", "train.batch_size=16", "train.group_size=4", "train.micro_batch_size=8",
         "eval.samples=16", "eval.num_steps=2"]
@@ -23,9 +23,9 @@ def test_a_bench_cell_measures_one_estimator():
 @pytest.mark.integration
 @pytest.mark.parametrize("recipe", ["paper_a", "flowgrpo"])
 def test_the_bare_loop_makes_the_same_model_passes_as_rlzoo(recipe):
-    """rlzoo.bare_loop (plain torch) against the trainer on the same recipe: the same rows through
+    """rlzoo.commands.bare_loop (plain torch) against the trainer on the same recipe: the same rows through
     the network with and without gradients in an iteration, so the bench compares like with like."""
-    from rlzoo.bench import bare_table, compare_with_bare_loop
+    from rlzoo.commands.bench import bare_table, compare_with_bare_loop
 
     row = compare_with_bare_loop(recipe, 1, ["train.batch_size=16", "train.group_size=8", "sampler.num_steps=4",
                                              "threads=1"])
@@ -65,9 +65,9 @@ def test_sd35m_random_is_sd35_mediums_transformer():
 @pytest.mark.slow  # (its parts run in make test: the bare-loop and bench tests above)
 @pytest.mark.integration
 def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path):
-    """`python -m rlzoo.bench --gpu`'s measurement, on the CPU with sd3_tiny: the code path a lent
+    """`python -m rlzoo.commands.bench --gpu`'s measurement, on the CPU with sd3_tiny: the code path a lent
     GPU runs, with its FLOP count."""
-    from rlzoo.bench import gpu_measure, gpu_table
+    from rlzoo.commands.bench import gpu_measure, gpu_table
 
     row = gpu_measure(False, 1, ["model=sd3_tiny", "device=cpu", f"task.embedding_cache={tmp_path}"])
     assert row["s_per_iteration"] > 0 and row["images_per_s"] > 0 and row["flops_per_iteration"] > 0

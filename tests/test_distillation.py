@@ -4,7 +4,12 @@ critic's flow-matching loss, and the inferred R_dm estimator."""
 import pytest
 import torch
 
-from rlzoo.distillation import distribution_matching_reward, dmd_gradient, dmd_loss, flow_matching_loss
+from rlzoo.distribution_matching.distillation import (
+    distribution_matching_reward,
+    dmd_gradient,
+    dmd_loss,
+    flow_matching_loss,
+)
 
 TOL = 1e-6
 D = torch.float64
@@ -133,7 +138,7 @@ def test_dm_reward_runs_in_a_toy2d_run_and_bad_settings_fail_before_any_model(tm
 
     from rlzoo.config import ConfigError, compose_config, validate
 
-    result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=toy2d", "debug=tiny", "reward=dm",
+    result = subprocess.run([sys.executable, "-m", "rlzoo.commands.train", "task=toy2d", "debug=tiny", "reward=dm",
                              f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for override, message in [("critic.steps_per_update=0", "the critic ratio) must be an int >= 1, got 0"),

@@ -73,12 +73,12 @@ def test_a_launch_is_validated_before_any_model(monkeypatch, overrides, message)
 
 # ------------------------------------------------------------------------------- torchrun
 def launch(run_dir, *overrides, ranks: int = 1, fails: bool = False, timeout: float = 240):
-    """`rlzoo.train` in one process, or under torchrun with `ranks` gloo processes; it must succeed
+    """`rlzoo.commands.train` in one process, or under torchrun with `ranks` gloo processes; it must succeed
     (or, with `fails`, must not)."""
     if ranks == 1:
-        command = [str(BIN / "python"), "-m", "rlzoo.train"]
+        command = [str(BIN / "python"), "-m", "rlzoo.commands.train"]
     else:
-        command = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "rlzoo.train"]
+        command = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "rlzoo.commands.train"]
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     result = subprocess.run([*command, *overrides, f"run_dir={run_dir}", "progress_bar=false", "threads=1",
                              "dist.timeout_s=60"], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
@@ -179,7 +179,7 @@ def test_rank_zero_alone_owns_the_run_directory(tmp_path):
     """A second launch into a running run's directory is refused by rank 0's lock, and a stream
     run under torchrun is refused in one line before any model."""
     env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
-    result = subprocess.run([str(BIN / "python"), "-m", "rlzoo.train", "task=toy2d", f"run_dir={tmp_path / 'r'}"],
+    result = subprocess.run([str(BIN / "python"), "-m", "rlzoo.commands.train", "task=toy2d", f"run_dir={tmp_path / 'r'}"],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert result.returncode == 2 and "train.rng=keyed" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "r").exists()
@@ -245,7 +245,7 @@ def test_a_killed_rank_ends_the_run_and_it_resumes(tmp_path, restarts):
             "eval.samples=64", "checkpoint_every=1", "progress_bar=false", "threads=1", "dist.timeout_s=60"]
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", f"--max_restarts={restarts}",
-               "-m", "rlzoo.train", *args, f"run_dir={tmp_path / 'killed'}"]
+               "-m", "rlzoo.commands.train", *args, f"run_dir={tmp_path / 'killed'}"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kill_a_rank_when(tmp_path / "killed", 3, process)
     killed_at = time.monotonic()
@@ -291,7 +291,7 @@ def sbatch_text(preset: str, tmp_path) -> tuple[str, dict]:
                                          slurm_max_num_timeout=params.pop("max_num_timeout"))
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-        return executor._executor._make_submission_file_text("python -m rlzoo.train", "0"), {
+        return executor._executor._make_submission_file_text("python -m rlzoo.commands.train", "0"), {
             "max_num_timeout": executor._executor.max_num_timeout}
     finally:
         os.environ["PATH"] = old_path

@@ -131,7 +131,7 @@ def test_dmd_and_dmdr_resume_like_an_uninterrupted_run(tmp_path):
         assert straight["final"] == resumed["final"]
         assert straight["compute"]["nfe_forward"] == resumed["compute"]["nfe_forward"]
     # `rlzoo evaluate` reloads the student alone (the critic's saved weights are not needed)
-    from rlzoo.evaluate import main as evaluate_main
+    from rlzoo.commands.evaluate import main as evaluate_main
 
     metrics = evaluate_main([f"run_dir={tmp_path / 'dmd_straight'}", "eval.samples=24"])
     assert "sw_data" in metrics
@@ -153,7 +153,7 @@ def test_critic_as_a_lora_adapter_on_t2i(tmp_path):
     """On a LoRA policy the critic is a fourth adapter: it starts equal to the teacher, its
     training moves only its own adapter, the current adapter keeps its gradient, and it is saved
     and loaded with the policy."""
-    from rlzoo.critic import Critic
+    from rlzoo.distribution_matching.critic import Critic
     from rlzoo.prompts import GenEvalPrompts
     from rlzoo.rewards.images import CLIPReward
     from rlzoo.tasks.t2i import T2ITask

@@ -292,8 +292,8 @@ def test_evaluate_validates_the_values_it_is_given(capsys, run):
 
 
 def test_an_exported_config_json_is_checked_before_it_builds(run, tmp_path, capsys):
+    from rlzoo.commands.export import load_model
     from rlzoo.config import ConfigError
-    from rlzoo.export import load_model
 
     out = tmp_path / "exported"
     assert cli(capsys, "export", f"run_dir={run}", "--out", str(out))[0] == 0
@@ -918,7 +918,7 @@ def test_the_server_command_names_a_taken_port():
     (["reward=dm", "critic.weight_decay=-1"], "critic.weight_decay must be a finite number >= 0"),
 ])
 def test_a_number_outside_its_meaning_is_refused_before_compute(capsys, tmp_path, overrides, message):
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:

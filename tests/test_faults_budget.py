@@ -31,7 +31,7 @@ def test_the_estimate_counts_iterations_to_the_budget_and_the_evaluations_due():
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A sweep-like folder: one run its wall-clock guard stopped, one that ran its iterations."""
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     root = tmp_path_factory.mktemp("budget")
     for seed, extra in ((0, ["train.max_minutes=0.0001", "train.iterations=1000"]), (1, ["train.iterations=2"])):

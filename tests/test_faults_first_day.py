@@ -13,7 +13,7 @@ OWN = ["task=shapes", "reward=pickscore", "reward.tiny=true", "eval.samples=24",
 
 @pytest.fixture(scope="module")
 def own_reward_run(tmp_path_factory):
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     run = tmp_path_factory.mktemp("own") / "run"
     main(["debug=tiny", "threads=1", *OWN, f"run_dir={run}"])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from common import TINY, cli, one_line, snapshot, train_here
 
+from rlzoo.commands.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
 from rlzoo.config import ConfigError, compose_config, path_component, run_variant
-from rlzoo.sweeps import adhoc_sweep_name, sweep_dir, validate_sweep
 
 pytestmark = pytest.mark.faults
 
@@ -106,7 +106,7 @@ def test_a_run_directory_names_every_choice_that_differs_from_the_defaults(overr
 def test_rlzoo_train_writes_where_the_name_says_and_an_explicit_run_dir_wins(here, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from rlzoo.train import main
+    from rlzoo.commands.train import main
 
     monkeypatch.chdir(tmp_path)
     main([*TINY, "kl=none"])

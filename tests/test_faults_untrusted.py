@@ -136,8 +136,8 @@ def test_a_crafted_parent_of_init_from_is_one_line(trained, tmp_path, kind, mess
 @pytest.mark.parametrize("text, message", [("[" * 100 + "]" * 100, "nests deeper than 64 levels"),
                                            ('{"model": {"_target_": ', "is not JSON")])
 def test_a_crafted_export_config_json_is_one_line(tmp_path, text, message):
+    from rlzoo.commands.export import load_model
     from rlzoo.config import ConfigError
-    from rlzoo.export import load_model
 
     (tmp_path / "config.json").write_text(text)
     with within(20), pytest.raises(ConfigError, match=message):

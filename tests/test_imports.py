@@ -7,9 +7,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The math layer: pure functions of tensors and schedules, and the components made of them.
 MATH = ("rlzoo.samplers", "rlzoo.estimators", "rlzoo.objectives", "rlzoo.advantages", "rlzoo.kl",
-        "rlzoo.distillation", "rlzoo.distances", "rlzoo.old_policy", "rlzoo.ops", "rlzoo.types", "rlzoo.ranges", "rlzoo.rng")
+        "rlzoo.distribution_matching.distillation", "rlzoo.distribution_matching.objectives", "rlzoo.distances",
+        "rlzoo.old_policy", "rlzoo.ops", "rlzoo.types", "rlzoo.ranges", "rlzoo.rng")
 # Components: what a config group builds (the math layer, rewards, tasks, policies, the critic, prompts).
-COMPONENTS = (*MATH, "rlzoo.rewards", "rlzoo.tasks", "rlzoo.policies", "rlzoo.critic", "rlzoo.prompts")
+COMPONENTS = (*MATH, "rlzoo.rewards", "rlzoo.tasks", "rlzoo.policies", "rlzoo.distribution_matching", "rlzoo.prompts")
 
 
 def modules() -> dict[str, Path]:
@@ -79,3 +80,11 @@ def test_the_trainer_knows_no_paper_b_noun():
     loss, a learnt reward) enters through the objective's loss parts and the learners."""
     text = (REPO / "rlzoo" / "trainer.py").read_text()
     assert [word for word in ("critic", "dm_weight", "observe", "dmd", "distribution_matching") if word in text] == []
+
+
+def test_only_entry_points_import_entry_points():
+    """rlzoo/commands/ is the top layer: the library below it never imports a command."""
+    known = modules()
+    offenders = {m: sorted(d for d in imports(p, known) if within(d, ("rlzoo.commands",)))
+                 for m, p in known.items() if not within(m, ("rlzoo.commands",))}
+    assert {m: d for m, d in offenders.items() if d} == {}

@@ -83,8 +83,8 @@ def default_run_dir(overrides: list[str]) -> str | None:
 
 def default_sweep_dir(overrides: list[str]) -> str:
     """The folder a sweep with these overrides writes (as rlzoo-train names an ad-hoc one)."""
+    from rlzoo.commands.sweeps import adhoc_sweep_name, sweep_dir
     from rlzoo.config import compose_config, parse_overrides
-    from rlzoo.sweeps import adhoc_sweep_name, sweep_dir
 
     overrides = [o for o in overrides if "=" in o]
     fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
@@ -116,7 +116,7 @@ def how(command: str, comment: str) -> tuple[str, list[str]]:
     tag = next((t for t in TAGS if t in comment), None)
     argv = shlex.split(command)
     rlzoo = argv[0] in (".venv/bin/rlzoo-train", ".venv/bin/rlzoo") or argv[:3] == [".venv/bin/python", "-m",
-                                                                                    "rlzoo.train"]
+                                                                                    "rlzoo.commands.train"]
     if tag == "[needs":
         return ("refused", argv) if rlzoo else ("not run", argv)
     if tag == "[dry run]":
@@ -131,7 +131,7 @@ def how(command: str, comment: str) -> tuple[str, list[str]]:
                      else f"{p} ARGS='debug=tiny hydra.sweep.dir=multirun/{p.split('NAME=')[1].split()[0]}'"
                      if p.startswith("make sweep") else p for p in parts]
             return "run", ["bash", "-c", " && ".join(parts)]
-        trains = argv[0] == ".venv/bin/rlzoo-train" or argv[:3] == [".venv/bin/python", "-m", "rlzoo.train"]
+        trains = argv[0] == ".venv/bin/rlzoo-train" or argv[:3] == [".venv/bin/python", "-m", "rlzoo.commands.train"]
         overrides = argv[1:] if argv[0] != ".venv/bin/python" else argv[3:]
         if trains and "-m" in overrides:  # (a sweep's folder, as the command would name it)
             return "run", [*argv, "debug=tiny", f"hydra.sweep.dir='{default_sweep_dir(overrides)}'"]
@@ -163,10 +163,10 @@ RUNNABLE = [(line, cmds) for line, cmds in BLOCKS if any(how(c, t)[0] != "not ru
 def entry_point(argv: list[str]):
     """The `main` that `.venv/bin/rlzoo-train` or `.venv/bin/rlzoo` calls, or None for any other program."""
     if argv[0] == ".venv/bin/rlzoo-train":
-        from rlzoo.train import main
+        from rlzoo.commands.train import main
         return main
     if argv[0] == ".venv/bin/rlzoo":
-        from rlzoo.cli import main
+        from rlzoo.commands.cli import main
         return main
     return None
 
@@ -176,7 +176,7 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys, line, cmd
     """Each block in a fresh clone, its commands in order. An `rlzoo-train` or `rlzoo` command runs
     its entry point's `main` with the command's arguments in this process (what the installed
     script does, without a new interpreter's seconds of imports; test_install runs the scripts
-    themselves); `python -m rlzoo.train`, make and everything else run as new processes."""
+    themselves); `python -m rlzoo.commands.train`, make and everything else run as new processes."""
     clone = fresh_clone(tmp_path)
     monkeypatch.chdir(clone)
     env = {**ENV, "OMP_NUM_THREADS": "1"}

@@ -351,7 +351,7 @@ def test_shapes_trains_on_an_image_reward_and_evaluates_it(tmp_path):
     evaluation beside the verifier."""
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "rlzoo.train", "task=shapes", "reward=pickscore", "reward.tiny=true", "debug=tiny",
+        [sys.executable, "-m", "rlzoo.commands.train", "task=shapes", "reward=pickscore", "reward.tiny=true", "debug=tiny",
          "+task.eval_rewards.training=${reward}", f"run_dir={run_dir}", "threads=1"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

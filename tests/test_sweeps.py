@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from common import BIN, ENV, REPO, rlzoo_train_here
 
+from rlzoo.commands.sweeps import sweep_jobs
 from rlzoo.config import ConfigError, check_overrides
 from rlzoo.stats import mean_ci, ratio_ci, t_quantile_975
-from rlzoo.sweeps import sweep_jobs
 
 pytestmark = pytest.mark.integration  # end-to-end: make test runs it, make test-fast does not
 
@@ -124,8 +124,8 @@ def test_parallel_and_cluster_launchers(tmp_path, launcher):
 
 
 def test_wandb_identity_groups_a_sweep_by_its_name():
+    from rlzoo.commands.train import logger_identity
     from rlzoo.config import compose_config
-    from rlzoo.train import logger_identity
 
     cfg = compose_config(["+sweep=smoke", "logger=wandb", "objective=pepg", "seed=1"])
     group, name, config = logger_identity(cfg, True, ["objective=pepg", "seed=1", "+sweep=smoke"])
@@ -264,8 +264,8 @@ def test_difference_ci_and_the_difference_columns():
 
 def test_a_sweep_that_matches_nothing_is_refused():
     """(a glob that matched no component used to run 0 jobs and exit 0)"""
+    from rlzoo.commands.sweeps import validate_sweep
     from rlzoo.config import ConfigError
-    from rlzoo.sweeps import validate_sweep
 
     with pytest.raises(ConfigError, match="the sweep has no jobs"):
         validate_sweep(["task=toy2d", "objective=glob(zzz*)"])

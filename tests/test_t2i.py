@@ -322,7 +322,7 @@ def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path)
     def sweep(recipes, *extra):
         out = tmp_path / "sweep"
         result = subprocess.run(
-            [sys.executable, "-m", "rlzoo.train", "-m", f"experiment={','.join(recipes)}", "task=t2i",
+            [sys.executable, "-m", "rlzoo.commands.train", "-m", f"experiment={','.join(recipes)}", "task=t2i",
              "model=sd3_tiny", "debug=tiny", "sampler.num_steps=6",  # Flow-GRPO-Fast's window needs 6
              "model.teacher=true",  # Paper B's recipes distil from sd3_tiny's random weights: plumbing only
              f"task.embedding_cache={tmp_path / 'embeddings'}", f"hydra.sweep.dir={out}", *extra],
@@ -392,8 +392,8 @@ def test_export_and_evaluate_a_lora_run(tmp_path):
 
     from safetensors.torch import load_file
 
-    from rlzoo.evaluate import main as evaluate_main
-    from rlzoo.export import main as export_main
+    from rlzoo.commands.evaluate import main as evaluate_main
+    from rlzoo.commands.export import main as export_main
     from rlzoo.runs import load_checkpoint
 
     run_dir = tmp_path / "run"
@@ -420,7 +420,7 @@ def test_lora_on_shapes_trains_only_adapters(tmp_path):
 
     targets = ",".join(lora_targets())
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "rlzoo.train", "task=shapes", "debug=tiny", f"run_dir={run_dir}",
+    result = subprocess.run([sys.executable, "-m", "rlzoo.commands.train", "task=shapes", "debug=tiny", f"run_dir={run_dir}",
                              f"+model.lora={{rank:4,alpha:8,init:gaussian,target_modules:[{targets}]}}"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

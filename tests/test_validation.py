@@ -8,7 +8,7 @@ import pytest
 from common import REPO, snapshot
 from omegaconf import OmegaConf
 
-from rlzoo.train import main
+from rlzoo.commands.train import main
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_console_script_reports_the_same_error(run_dir):
 
 
 def test_help_lists_choices_without_heavy_imports():
-    code = ("import sys; from rlzoo.train import main; main(['--help']); "
+    code = ("import sys; from rlzoo.commands.train import main; main(['--help']); "
             "heavy = [m for m in ('torch', 'diffusers', 'wandb', 'hydra') if m in sys.modules]; "
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -367,3 +367,22 @@ def test_an_old_checkpoints_streams_are_read_into_the_runs_randomness():
     assert all(torch.equal(rng[a], g[b]) for a, b in (("run", "run"), ("reward", "dm"), ("objective", "dmd"),
                                                       ("critic", "critic")))
     assert upgrade({"rng": {}, "generator": g["run"]}) == {"rng": {}, "generator": g["run"]}  # (today's: as it is)
+
+
+def test_a_run_recorded_before_paper_b_moved_names_its_components_where_they_are_now():
+    """Paper B's components moved into rlzoo.distribution_matching; a run recorded before names
+    them by their old paths (the committed paper_b_toy2d runs do) and still resumes and evaluates."""
+    from common import REPO
+
+    from rlzoo.config import compose_config, config_differences, load_untrusted_config, run_fingerprint
+
+    new = run_fingerprint(compose_config(["task=toy2d", "experiment=gndmr"]))
+    old = {**new, "critic": {**new["critic"], "_target_": "rlzoo.critic.Critic"},
+           "reward": {**new["reward"], "rewards": {**new["reward"]["rewards"], "dm": {
+               **new["reward"]["rewards"]["dm"], "_target_": "rlzoo.rewards.distribution.DistributionMatchingReward"}}}}
+    assert config_differences(old, new) == []
+    recorded = REPO / "experiments/results/paper_b_toy2d/experiment=gndmr,seed=0/config.yaml"
+    assert "rlzoo.critic.Critic" in recorded.read_text()
+    cfg = load_untrusted_config(recorded)
+    assert cfg.critic._target_ == "rlzoo.distribution_matching.critic.Critic"
+    assert cfg.reward.rewards.dm._target_ == "rlzoo.distribution_matching.reward.DistributionMatchingReward"

@@ -42,7 +42,7 @@ def test_a_lora_run_starts_from_its_lora_or_its_run_directory(tmp_path, kind):
 @pytest.mark.slow  # (make test: the LoRA warm start, and warm starts in tests/test_faults_first_day.py)
 @pytest.mark.integration
 def test_a_full_fine_tuning_run_starts_from_a_run_directory_and_an_export(tmp_path):
-    from rlzoo.export import export
+    from rlzoo.commands.export import export
 
     train(tmp_path / "parent", *SHAPES)
     export(tmp_path / "parent", tmp_path / "exported")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlzoo.config.untrusted import with_moved_targets
 from rlzoo.errors import ConfigError
 
 
@@ -87,7 +88,8 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
     (RESUMABLE_KEYS); none when `old` is unknown (a checkpoint from before fingerprints)."""
     if not isinstance(old, dict):
         return []
-    old = {k: _without_followed_seeds(v, old.get("seed")) if k in SEEDED_GROUPS else v for k, v in old.items()}
+    old = {k: _without_followed_seeds(v, old.get("seed")) if k in SEEDED_GROUPS else v
+           for k, v in with_moved_targets(old).items()}
     old = {**{k: v for k, v in ADDED_LATER.items() if not isinstance(v, dict)}, **old,
            **{k: {**v, **old.get(k, {})} for k, v in ADDED_LATER.items() if isinstance(v, dict)}}
     return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]

@@ -22,6 +22,26 @@ def shipped_targets() -> frozenset[str]:
     return frozenset(targets)
 
 
+# Components that moved since runs were recorded, by their recorded path: an older run's config
+# reads as naming them where they are now, so it still resumes, evaluates and reports.
+MOVED_TARGETS = {
+    "rlzoo.critic.Critic": "rlzoo.distribution_matching.critic.Critic",
+    "rlzoo.objectives.distribution_matching.DMD": "rlzoo.distribution_matching.objectives.DMD",
+    "rlzoo.objectives.distribution_matching.DMDR": "rlzoo.distribution_matching.objectives.DMDR",
+    "rlzoo.rewards.distribution.DistributionMatchingReward": "rlzoo.distribution_matching.reward.DistributionMatchingReward",
+}
+
+
+def with_moved_targets(node):
+    """A plain config with every `_target_` of MOVED_TARGETS replaced by the component's path now."""
+    if isinstance(node, dict):
+        return {k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else with_moved_targets(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [with_moved_targets(v) for v in node]
+    return node
+
+
 def _collect_targets(node, out: set) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
@@ -76,6 +96,7 @@ def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
 
     path = Path(path)
     container = OmegaConf.to_container(load_config(path), resolve=False)  # bounded: no hang, no bomb
+    container = with_moved_targets(container)
     pairs = [str(o).split("=", 1) for o in overrides]
     for pair in pairs:
         if len(pair) != 2 or pair[0].startswith(("+", "~")) or not pair[0]:

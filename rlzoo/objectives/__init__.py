@@ -80,7 +80,7 @@ class Objective:
     uses_ratio = True
     needs = frozenset()
     sampler_needs = frozenset()  # what it needs the rollout sampler to provide
-    needs_critic = False  # DMD's fake score (rlzoo.critic), handed over by `use_critic`
+    needs_critic = False  # DMD's fake score (rlzoo.distribution_matching.critic), handed over by `use_critic`
     clip_range: float | None = None  # PPO's clip (grpo, awm): the update reports its clip fraction
     loss_fn = staticmethod(epg_loss)
 

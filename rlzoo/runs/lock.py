@@ -24,7 +24,7 @@ from rlzoo.errors import RunLocked, redact
 
 LOCK_NAME = ".rlzoo.lock"
 SWEEP_LOCK_NAME = ".rlzoo-sweep.lock"
-# "<pid>:<run directory>", set by `rlzoo-train --nproc_per_node=N` (rlzoo.ranks) for its ranks: that
+# "<pid>:<run directory>", set by `rlzoo-train --nproc_per_node=N` (rlzoo.commands.ranks) for its ranks: that
 # launcher holds the directory's lock, and its rank 0 (its child) writes the run for it
 LOCK_HELD = "RLZOO_RUN_LOCK_HELD"
 _HELD: dict[tuple[Path, str], dict] = {}  # what this process holds (the lock is re-entrant within it)

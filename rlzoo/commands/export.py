@@ -11,7 +11,7 @@ Writes <out>/model.safetensors (the velocity model's state dict: the EMA weights
 evaluated EMA weights, unless `weights=` says otherwise) and <out>/config.json (the model's config
 with its `_target_`, the task and the run it came from), so
 
-    from rlzoo.export import load_model
+    from rlzoo.commands.export import load_model
     model = load_model("exported/")      # checks config.json's _target_ is one of rlzoo's models
 
 rebuilds it. `--out` must be new, empty, or a directory an earlier export wrote (its manifest,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlzoo.distillation import flow_matching_loss, noise_and_t
 from rlzoo.distributed import SINGLE, Shard
+from rlzoo.distribution_matching.distillation import flow_matching_loss, noise_and_t
 from rlzoo.ops import noised
 from rlzoo.ranges import check
 from rlzoo.rng import Draws

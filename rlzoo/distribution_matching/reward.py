@@ -5,8 +5,8 @@ Paper B's equations were not available to us; this is rlzoo's **inferred** readi
     R_dm(x) = mean_j [ ELBO_teacher(x; ε_j, t_j) − ELBO_critic(x; ε_j, t_j) ]
 
 a Monte-Carlo estimate of log p_teacher(x) − log p_student(x) with shared noise and timesteps
-(rlzoo.distillation.distribution_matching_reward). The teacher is the policy's reference view (the
-frozen base model). The critic ("fake score", DMD's; rlzoo.critic, configured by the top-level
+(rlzoo.distribution_matching.distillation.distribution_matching_reward). The teacher is the policy's reference view (the
+frozen base model). The critic ("fake score", DMD's; rlzoo.distribution_matching.critic, configured by the top-level
 `critic` node and shared with objective=dmd) starts as a copy of the teacher and learns the
 student's distribution online, once per iteration, on the rollout's detached samples.
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlzoo.critic import unguided
-from rlzoo.distillation import (
+from rlzoo.distribution_matching.critic import unguided
+from rlzoo.distribution_matching.distillation import (
     check_t_range,
     distribution_matching_reward,
     dmd_gradient_norm_reward,
@@ -39,7 +39,7 @@ FORMS = ("elbo_difference", "dmd_norm")
 
 
 class DistributionMatchingReward(Reward):
-    needs_critic = True  # the run's critic (rlzoo.critic) is handed over by use_critic
+    needs_critic = True  # the run's critic (rlzoo.distribution_matching.critic) is handed over by use_critic
     takes_draws = True  # its (noise, t) come from the run's randomness (rlzoo.rng.Randomness)
     headline = False  # (measured against a critic that moves with the policy)
 

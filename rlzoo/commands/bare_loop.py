@@ -1,5 +1,5 @@
 """The `paper_a` and `flowgrpo` recipes as bare loops in plain torch, for `make bench` to measure
-what rlzoo's structure costs (rlzoo.bench compares them iteration by iteration).
+what rlzoo's structure costs (rlzoo.commands.bench compares them iteration by iteration).
 
 Nothing here imports rlzoo. The caller hands over what is not training code: the network (a
 velocity model `model(x, sigma, cond)`), the conditioning of the iteration's prompts and the

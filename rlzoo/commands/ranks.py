@@ -6,7 +6,7 @@ it, can only say they were sent SIGTERM. This launcher holds the run directory (
 for it), keeps every rank's output in <run_dir>/ranks/ (rank 0's is also shown), and when a rank
 dies says in one line which rank, how (its signal or exit code) and where its output is; the run's
 summary.json records the same under `failed_rank`. The ranks themselves are the ones plain torchrun
-starts (`torchrun --standalone --nproc_per_node=N -m rlzoo.train ...` works too).
+starts (`torchrun --standalone --nproc_per_node=N -m rlzoo.commands.train ...` works too).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ RANK_LOGS = "ranks"
 
 
 def launch(nproc: int, argv: list[str], run_dir: Path) -> None:
-    """Run `rlzoo.train argv` on `nproc` ranks of this machine (the caller validated the config
+    """Run `rlzoo.commands.train argv` on `nproc` ranks of this machine (the caller validated the config
     and holds the run directory's lock); a dead rank ends it with one line and exit code 1."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -41,7 +41,7 @@ def launch(nproc: int, argv: list[str], run_dir: Path) -> None:
     # (every rank's stderr only to its file: the one line that ends a failed run is the launcher's)
     args = parse_args(["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", f"--rdzv-id={run_id}",
                        f"--nproc_per_node={nproc}", "--log-dir", str(logs), "--redirects", "3", "--tee", "1",
-                       "--local-ranks-filter", "0", "-m", "rlzoo.train", *argv])
+                       "--local-ranks-filter", "0", "-m", "rlzoo.commands.train", *argv])
     try:
         run(args)
     except ChildFailedError as exc:

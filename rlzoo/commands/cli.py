@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"report": "rlzoo.report", "bench": "rlzoo.bench", "train": "rlzoo.train",
-            "evaluate": "rlzoo.evaluate", "export": "rlzoo.export",
-            "prompts": "rlzoo.prompts"}
+COMMANDS = {"report": "rlzoo.report", "bench": "rlzoo.commands.bench", "train": "rlzoo.commands.train",
+            "evaluate": "rlzoo.commands.evaluate", "export": "rlzoo.commands.export",
+            "prompts": "rlzoo.commands.prompts"}
 
 
 def main(argv: list[str] | None = None) -> None:

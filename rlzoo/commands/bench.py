@@ -1,7 +1,7 @@
 """`make bench`: time and peak memory per training iteration of the two likelihood estimators as
 the number of sampler steps grows (a benchmark, not a test: these numbers are machine-dependent).
 
-    python -m rlzoo.bench [--steps 10 20 40] [--iterations 2] [--out runs/bench] [overrides ...]
+    python -m rlzoo.commands.bench [--steps 10 20 40] [--iterations 2] [--out runs/bench] [overrides ...]
 
 Each (estimator, steps) cell runs in its own process, so the peak memory of one cell cannot leak
 into the next: elbo with the DPM-Solver++(2M) ODE sampler (its default partner) and trajectory
@@ -12,7 +12,7 @@ set size (ru_maxrss), reported with its growth over the set-up (model, optimizer
 before the first iteration) so that what training adds is visible.
 
 Then rlzoo against a bare loop: the `paper_a` and `flowgrpo` recipes on shapes through rlzoo's
-trainer and through rlzoo.bare_loop (the same model passes in plain torch), iterations
+trainer and through rlzoo.commands.bare_loop (the same model passes in plain torch), iterations
 interleaved in one process, seconds per phase (rollout, reward, train) and their ratio.
 `--only estimators|bare` runs one of the two.
 """
@@ -78,14 +78,14 @@ PHASES = ("rollout", "reward", "train")
 
 
 def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -> dict:
-    """rlzoo's trainer and the bare loop (rlzoo.bare_loop) on the same recipe, task, model and
+    """rlzoo's trainer and the bare loop (rlzoo.commands.bare_loop) on the same recipe, task, model and
     batch, in this process, iterations interleaved (one rlzoo, one bare) after a warm-up of each,
     so that both see the same machine load: mean seconds per phase."""
     import tempfile
 
     import torch
 
-    from rlzoo.bare_loop import BareLoop
+    from rlzoo.commands.bare_loop import BareLoop
     from rlzoo.config import build_components, compose_config, validate
     from rlzoo.trainer import Trainer
 
@@ -231,9 +231,9 @@ def table(rows: list[dict]) -> str:
 
 
 def in_own_process(argv: list[str], what: str) -> dict:
-    """`python -m rlzoo.bench argv...` in a new process (its own peak memory, threads and compile
+    """`python -m rlzoo.commands.bench argv...` in a new process (its own peak memory, threads and compile
     cache): the JSON record it prints last, or RuntimeError '<what> failed: <its last error line>'."""
-    out = subprocess.run([sys.executable, "-m", "rlzoo.bench", *argv], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "rlzoo.commands.bench", *argv], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{what} failed: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -241,7 +241,7 @@ def in_own_process(argv: list[str], what: str) -> dict:
 
 @one_line_errors("rlzoo bench")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rlzoo.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlzoo.commands.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--out", default="runs/bench")

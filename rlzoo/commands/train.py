@@ -1,4 +1,4 @@
-"""`rlzoo-train` / `python -m rlzoo.train`: one RL run (or a Hydra multirun sweep with -m).
+"""`rlzoo-train` / `python -m rlzoo.commands.train`: one RL run (or a Hydra multirun sweep with -m).
 
     rlzoo-train                                   # default recipe (Paper A) on shapes
     rlzoo-train task=toy2d objective=pepg sampler=euler
@@ -198,9 +198,9 @@ PRINT_ONLY = {"-c", "--cfg", "-i", "--info", "--help"}  # they print and run no 
 def _launch(argv: list[str], multirun: bool) -> None:
     """Validate, then hand the run (or sweep) to Hydra. The run's directory (a sweep's folder) is
     locked here, before Hydra starts, so a second process can touch nothing of it."""
+    from rlzoo.commands.ranks import nproc_option
     from rlzoo.config import ConfigError
     from rlzoo.config.compose import literal_paths, plain_sweep
-    from rlzoo.ranks import nproc_option
 
     nproc, argv = nproc_option(plain_sweep(argv))
     argv = argv if multirun else literal_paths(argv)
@@ -261,7 +261,7 @@ def _launch_run(argv: list[str], overrides: list[str], nproc: int | None) -> Non
     with run_lock(Path(cfg.run_dir)):
         check_run_dir(cfg, Path(cfg.run_dir))
         if nproc is not None and nproc > 1:
-            from rlzoo.ranks import launch
+            from rlzoo.commands.ranks import launch
 
             return launch(nproc, argv, Path(cfg.run_dir))
         return _hydra(argv)
@@ -269,10 +269,10 @@ def _launch_run(argv: list[str], overrides: list[str], nproc: int | None) -> Non
 
 def _launch_sweep(argv: list[str], overrides: list[str]) -> None:
     """A sweep: every job validated and its directory checked first; the sweep's folder locked."""
+    from rlzoo.commands.sweeps import adhoc_sweep_name, check_launcher, sweep_dir, validate_sweep
     from rlzoo.config import compose_config, parse_overrides
     from rlzoo.runs import run_lock
     from rlzoo.runs.lock import SWEEP_LOCK_NAME
-    from rlzoo.sweeps import adhoc_sweep_name, check_launcher, sweep_dir, validate_sweep
 
     check_launcher(overrides)
     fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]

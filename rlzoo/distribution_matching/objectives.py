@@ -10,7 +10,7 @@ backward simulation): one step k of the K-step schedule is drawn per batch, the 
     g = nan_to_num((x̂_fake − x̂_real) / mean_d|x − x̂_real|),   L = ½·mean((x − sg(x − g))²)
 
 x̂_real from the frozen teacher (guided with `teacher_cfg_scale`, DMD2: only when > 1), x̂_fake
-from the critic (rlzoo.critic, no guidance). DMD2's generator re-noises its x0-prediction with
+from the critic (rlzoo.distribution_matching.critic, no guidance). DMD2's generator re-noises its x0-prediction with
 fresh noise between steps; rlzoo's student is the task's deterministic ODE sampler, so x_k is the
 ODE state at step k (the last step of every rlzoo ODE sampler is an x0-prediction).
 
@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from rlzoo.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
+from rlzoo.distribution_matching.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
 from rlzoo.objectives import Objective, policy_gradient_losses
 from rlzoo.ops import noised, x0_prediction
 from rlzoo.types import Cost, LikelihoodTerm, LossPart, UpdateBatch
@@ -43,7 +43,7 @@ class DMD(Objective):
         self.critic = None
 
     def use_critic(self, critic) -> None:
-        """The run's critic (rlzoo.critic: the fake score beside the frozen teacher)."""
+        """The run's critic (rlzoo.distribution_matching.critic: the fake score beside the frozen teacher)."""
         self.critic = critic
 
     def check_run(self, run) -> None:
