@@ -60,6 +60,13 @@ def nft_mapping(advantage: Tensor, adv_clip: float = 5.0) -> Tensor:
 class Advantage:
     min_group_size = 1  # the smallest train.group_size for which the advantage is not identically 0
 
+    def check_run(self, run) -> None:
+        """A group advantage of a group of one is identically 0."""
+        if run.group_size < self.min_group_size:
+            raise ValueError(f"train.group_size={run.group_size} gives every sample a zero advantage with advantage="
+                             f"{run.names.get('advantage', '?')} (a group's own mean is subtracted); use "
+                             f"train.group_size>={self.min_group_size} or advantage=global_std")
+
     def __call__(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         raise NotImplementedError
 

@@ -40,3 +40,15 @@ def describe(low, high, integer: bool = False, low_open: bool = False, high_open
 
 def _text(bound) -> str | None:
     return None if bound is None else str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def first_non_finite(node, prefix: str = ""):
+    """(key, value) of the first NaN or infinite number anywhere in a plain container, or None."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{prefix}{key}", value
+        found = first_non_finite(value, f"{prefix}{key}.")
+        if found:
+            return found
+    return None

@@ -181,6 +181,11 @@ class RunContext:
     task: str = "?"  # the task's name, for messages
     task_supports_guidance: bool = False  # the task has an empty prompt (classifier-free guidance)
     names: dict = field(default_factory=dict)  # config group -> the chosen component's name, for messages
+    choices: dict = field(default_factory=dict)  # config group -> the names it offers, for messages
+    old_policy_schedule: float = 1  # train.old_policy_schedule (0: the old policy is the current one)
+    updates_per_rollout: int = 1  # train.inner_epochs × train.minibatches
+    pretrained_teacher: bool = True  # model.teacher: the base model has trained weights to distil from
+    model: str = "?"  # the model's class, for messages
 
 
 # The optional fields of a LikelihoodTerm: the vocabulary of `needs` / `provides` declarations
@@ -192,6 +197,13 @@ TERM_FIELDS = frozenset(f.name for f in fields(LikelihoodTerm) if f.default is N
 # The interfaces the trainer relies on, one per config group. A component need not subclass
 # rlzoo's base classes: anything with these members plugs in (tests/test_configs.py checks that
 # every shipped choice does).
+
+@runtime_checkable
+class SelfChecking(Protocol):
+    """A component with rules against the rest of the run (rlzoo.config.validate calls each)."""
+
+    def check_run(self, run: RunContext) -> None: ...
+
 
 @runtime_checkable
 class PolicyProtocol(Protocol):
@@ -277,6 +289,7 @@ class KLProtocol(Protocol):
 @runtime_checkable
 class RewardProtocol(Protocol):
     scores_images: bool
+    needs_images: bool  # it, or a part of it, scores pictures
     needs_critic: bool
     takes_draws: bool  # called with draws= (rlzoo.rewards.score)
     headline: bool  # its held-out mean can head a run's evaluation

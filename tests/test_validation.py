@@ -152,6 +152,13 @@ def test_ratio_objectives_need_an_old_policy_or_several_updates(capsys, run_dir,
         assert f"objective={objective}_noratio" in err
 
 
+def test_dmdr_with_a_ratio_objective_follows_the_same_rule(capsys, run_dir):
+    """The rule is the objective's own (check_run), so DMDR's policy-gradient part answers to it."""
+    err = fails(capsys, run_dir, "experiment=dmdr", "train.minibatches=1",
+                "objective.policy_gradient._target_=rlzoo.objectives.EPG")
+    assert "objective=dmdr uses the ratio to the old policy" in err and "always 1" in err
+
+
 @pytest.mark.parametrize("overrides", [
     ["objective=epg_noratio", "train.old_policy_schedule=0"],
     ["objective=epg", "train.old_policy_schedule=0", "train.inner_epochs=2"],
@@ -299,11 +306,12 @@ def test_combination_error_reads_the_declarations():
     from rlzoo.config import combination_error
 
     names = {"sampler": "s", "estimator": "e", "objective": "o", "kl": "k"}
-    fine = {"sampler": C(provides={"trajectory"}), "estimator": C(needs={"trajectory"}, provides={"mean", "x0"}),
-            "objective": C(needs={"x0"}), "kl": C(needs={"mean"})}
+    fine = {"sampler": C(needs=set(), provides={"trajectory"}),
+            "estimator": C(needs={"trajectory"}, provides={"mean", "x0"}),
+            "objective": C(needs={"x0"}, sampler_needs=set()), "kl": C(needs={"mean"})}
     assert combination_error(fine, names) is None
-    for consumer, broken in (("estimator", {**fine, "sampler": C(provides=set())}),
-                             ("objective", {**fine, "objective": C(needs={"x0", "velocity"})}),
+    for consumer, broken in (("estimator", {**fine, "sampler": C(needs=set(), provides=set())}),
+                             ("objective", {**fine, "objective": C(needs={"x0", "velocity"}, sampler_needs=set())}),
                              ("kl", {**fine, "kl": C(needs={"mean_ref"})})):
         error = combination_error(broken, names)
         assert error.startswith(f"{consumer}={names[consumer]} needs "), error

@@ -22,12 +22,35 @@ PROVIDER = {"estimator": "sampler", "objective": "estimator", "kl": "estimator"}
 LINKS = (*((c, p, "needs") for c, p in PROVIDER.items()), ("objective", "sampler", "sampler_needs"))
 
 
+# What each group's components declare (rlzoo.types: the protocols' members)
+DECLARATIONS = {"sampler": ("needs", "provides"), "estimator": ("needs", "provides"),
+                "objective": ("needs", "sampler_needs"), "kl": ("needs",)}
+
+
+def declaration_error(components: dict, names: dict) -> str | None:
+    """A declaration outside the vocabulary of rollout and likelihood-term fields (a misspelt one
+    would otherwise read as "never provided"), or None."""
+    from rlzoo.types import TERM_FIELDS
+
+    vocabulary = TERM_FIELDS | ROLLOUT_FIELDS
+    for group, attributes in DECLARATIONS.items():
+        for attribute in attributes:
+            unknown = sorted(set(getattr(components[group], attribute)) - vocabulary)
+            if unknown:
+                return (f"{group}={names[group]} declares {attribute} {unknown}, which are not fields of a rollout "
+                        f"or a likelihood term; valid: {', '.join(sorted(vocabulary))}")
+    return None
+
+
 def combination_error(components: dict, names: dict) -> str | None:
     """Why these components cannot run together, or None: some component `needs` a field its
     provider does not `provide`. The message names both, the provider's own reason when it has
     one, and the choices of either group that would fit (with their YAML defaults)."""
+    declared = declaration_error(components, names)
+    if declared:
+        return declared
     for consumer, provider, attribute in LINKS:
-        needs = getattr(components[consumer], attribute, frozenset())
+        needs = frozenset(getattr(components[consumer], attribute))
         missing = sorted(needs - components[provider].provides)
         if not missing:
             continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, needs_critic
-from rlzoo.config.combinations import PIPELINE, ROLLOUT_FIELDS, combination_error
+from rlzoo.config.combinations import PIPELINE, combination_error
 from rlzoo.config.compose import _load, available
 from rlzoo.config.init_from import check_init_from
 from rlzoo.errors import ConfigError
@@ -30,25 +30,10 @@ def _in_range(cfg: DictConfig, key: str, low=None, high=None, **kwargs) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def _non_finite(node, prefix: str = ""):
-    """(key, value) of the first NaN or infinite number anywhere in a plain container, or None."""
-    import math
-
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{prefix}{key}", value
-        found = _non_finite(value, f"{prefix}{key}.")
-        if found:
-            return found
-    return None
-
-
 def validate(cfg: DictConfig, check_model: bool = True) -> None:
     """All checks that need no model. Raises ConfigError."""
     _validate_numbers(cfg)
     _validate_lr_schedule(cfg)
-    _validate_ratio(cfg)
     _validate_guidance(cfg)
     _validate_policy_settings(cfg.model)
     _validate_arguments(cfg)
@@ -57,11 +42,10 @@ def validate(cfg: DictConfig, check_model: bool = True) -> None:
     check_init_from(cfg)
     built = _validate_construction(cfg)
     _validate_combination(cfg, built)
-    reward = _validate_distillation(cfg, built["objective"])
-    _validate_group_size(cfg, built["advantage"])
     _validate_distributed(cfg)
-    _check_components(cfg, built, reward)
-    _validate_images(cfg, reward)
+    _check_components(cfg, built)
+    _validate_critic(cfg, built)
+    _validate_images(cfg, built["reward"])
     if check_model:  # the weights are where the config says, and LoRA targets exist (nothing loaded)
         _validate_files(cfg)
 
@@ -81,7 +65,9 @@ def _validate_files(cfg: DictConfig) -> None:
 
 def _validate_numbers(cfg: DictConfig) -> None:
     """Finite numbers, positive counts and sizes, seeds torch takes, the batch's divisions."""
-    found = _non_finite(OmegaConf.to_container(cfg, resolve=True))
+    from rlzoo.ranges import first_non_finite
+
+    found = first_non_finite(OmegaConf.to_container(cfg, resolve=True))
     if found:
         raise ConfigError(f"{found[0]}={found[1]} is not a finite number; no rlzoo key takes nan or inf "
                           f"(budgets and optional keys take null)")
@@ -133,8 +119,7 @@ def _validate_images(cfg: DictConfig, reward) -> None:
     rewards = {f"reward={_name(cfg.reward)}": reward,
                **{f"task.eval_rewards.{k}": build(v) for k, v in (cfg.task.get("eval_rewards") or {}).items()}}
     for what, built in rewards.items():
-        parts = getattr(built, "parts", {"": built})
-        if any(part.scores_images for part in parts.values()):
+        if built.needs_images:
             raise ConfigError(f"{what} scores images, and task={cfg.task.get('name', '?')} makes none (its samples "
                               f"are not pictures); image rewards work on task=shapes and task=t2i")
 
@@ -165,31 +150,24 @@ def _validate_lr_schedule(cfg: DictConfig) -> None:
         _in_range(cfg, "lr_schedule.total_iters", 0 if constant else 1, integer=True, note="optimizer steps")
 
 
-def _check_components(cfg: DictConfig, built: dict, reward) -> None:
+def _check_components(cfg: DictConfig, built: dict) -> None:
     """Each component's own rules against the rest of the run (its `check_run(run)`, if it has
-    one: rlzoo.types.RunContext), in one line each."""
+    one: rlzoo.types.SelfChecking), in one line each."""
     from rlzoo.distributed import world_from_env
-    from rlzoo.types import RunContext
+    from rlzoo.types import RunContext, SelfChecking
 
-    task = _component_class(cfg.task)
-    run = RunContext(int(cfg.sampler.num_steps), int(cfg.train.group_size), world_from_env()[1],
-                     str(cfg.task.get("name", "?")), bool(task.supports_guidance),
-                     {group: _name(cfg[group]) for group in BUILT_GROUPS})
-    for component in (*built.values(), reward):
-        if hasattr(component, "check_run"):
+    task, t = _component_class(cfg.task), cfg.train
+    run = RunContext(int(cfg.sampler.num_steps), int(t.group_size), world_from_env()[1], str(cfg.task.get("name", "?")),
+                     bool(task.supports_guidance), {group: _name(cfg[group]) for group in BUILT_GROUPS},
+                     {"objective": tuple(available("objective"))}, float(t.old_policy_schedule),
+                     int(t.inner_epochs) * int(t.minibatches), cfg.model.get("teacher", True) is not False,
+                     cfg.model._target_.rsplit(".", 1)[-1])
+    for component in built.values():
+        if isinstance(component, SelfChecking):
             try:
                 component.check_run(run)
             except ValueError as exc:
                 raise ConfigError(" ".join(str(exc).split())) from None
-
-
-def _validate_group_size(cfg: DictConfig, advantage) -> None:
-    """A group advantage of a group of one is identically 0."""
-    group, needed = int(cfg.train.group_size), advantage.min_group_size
-    if group < needed:
-        raise ConfigError(f"train.group_size={group} gives every sample a zero advantage with advantage="
-                          f"{_name(cfg.advantage)} (a group's own mean is subtracted); use train.group_size>={needed} "
-                          f"or advantage=global_std")
 
 
 def _rewards(cfg: DictConfig) -> list:
@@ -205,15 +183,6 @@ def _component_class(node: DictConfig):
 
 
 def _validate_combination(cfg: DictConfig, built: dict) -> None:
-    from rlzoo.types import TERM_FIELDS
-
-    vocabulary = TERM_FIELDS | ROLLOUT_FIELDS
-    for group in PIPELINE:  # a misspelt declaration would otherwise read as "never provided"
-        for attribute in ("needs", "provides", "sampler_needs"):
-            unknown = sorted(set(getattr(built[group], attribute, frozenset())) - vocabulary)
-            if unknown:
-                raise ConfigError(f"{group}={_name(cfg[group])} declares {attribute} {unknown}, which are not fields "
-                                  f"of a rollout or a likelihood term; valid: {', '.join(sorted(vocabulary))}")
     error = combination_error(built, {g: _name(cfg[g]) for g in PIPELINE})
     if error:
         raise ConfigError(error)
@@ -235,52 +204,20 @@ def _validate_distributed(cfg: DictConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def _validate_distillation(cfg: DictConfig, objective):
-    """Paper B's components: a critic needs a teacher (a pretrained base model) and valid critic
-    settings (a guided DMD teacher is DMD's own check_run); R_dm cannot be an evaluation
-    reward (its critic lives in the training run)."""
-    try:
-        reward = build(cfg.reward)
-    except Exception as exc:  # hydra wraps the constructor's error; report the constructor's own
-        raise ConfigError(f"reward={_name(cfg.reward)}: {' '.join(str(exc.__cause__ or exc).split())}") from None
-    if needs_critic(objective, reward):
-        _validate_critic(cfg, objective, reward)
+def _validate_critic(cfg: DictConfig, built: dict) -> None:
+    """Paper B: DMD's critic is built from valid settings when the objective or the reward needs it
+    (its teacher is their own check_run), and R_dm is no evaluation reward (its critic lives in
+    the training run)."""
+    if needs_critic(built["objective"], built["reward"]):
+        try:
+            build(cfg.critic)
+        except Exception as exc:
+            raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
     for name, node in (cfg.task.get("eval_rewards") or {}).items():
         if needs_critic(None, build(node)):
             raise ConfigError(f"task.eval_rewards.{name} uses R_dm, which needs the training run's critic; "
                               f"evaluate with another reward, e.g. task.eval_rewards.{name}="
                               f"'{{_target_: rlzoo.rewards.images.CLIPReward, path: DIR}}' (PickScore)")
-    return reward
-
-
-def _validate_critic(cfg: DictConfig, objective, reward) -> None:
-    """The critic's settings and a teacher with pretrained weights."""
-    users = [f"objective={_name(cfg.objective)}"] if getattr(objective, "needs_critic", False) else []
-    users += [f"reward={_name(cfg.reward)}"] if needs_critic(None, reward) else []
-    if cfg.model.get("teacher", True) is False:
-        raise ConfigError(f"{' and '.join(users)} distils from the base model as teacher, but model.teacher="
-                          f"false ({cfg.model._target_.rsplit('.', 1)[-1]} has random weights); use a pretrained model "
-                          f"(task=toy2d, task=shapes, model=sd35m) or model.teacher=true for a plumbing test")
-    try:
-        build(cfg.critic)
-    except Exception as exc:
-        raise ConfigError(" ".join(str(exc.__cause__ or exc).split())) from None
-
-
-def _validate_ratio(cfg: DictConfig) -> None:
-    """A ratio to the old policy is identically 1 when the old policy is the current one
-    (schedule 0) and each rollout gets a single update: the objective silently becomes its
-    no-ratio version, which is almost certainly not what the user meant."""
-    t = cfg.train
-    if (getattr(_component_class(cfg.objective), "uses_ratio", False)
-            and int(t.old_policy_schedule) == 0 and int(t.inner_epochs) * int(t.minibatches) == 1):
-        alternative = (f"objective={cfg.objective.name}_noratio, " if
-                       f"{cfg.objective.name}_noratio" in available("objective") else "")
-        raise ConfigError(
-            f"objective={cfg.objective.name} uses the ratio to the old policy, but with "
-            f"train.old_policy_schedule=0 and one update per rollout (train.inner_epochs=1, "
-            f"train.minibatches=1) that ratio is always 1; use {alternative}"
-            f"train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / train.minibatches>1")
 
 
 def _validate_policy_settings(model: DictConfig) -> None:
@@ -300,9 +237,8 @@ def _validate_guidance(cfg: DictConfig) -> None:
         scale = OmegaConf.select(cfg, key, default=1.0)
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale >= 1:
             raise ConfigError(f"{key} must be a number >= 1 (1 = no guidance), got {scale!r}")
-        if scale != 1 and not getattr(task, "supports_guidance", False):
-            guided = [n for n in available("task") if getattr(_component_class(_load("task", n).task),
-                                                                 "supports_guidance", False)]
+        if scale != 1 and not task.supports_guidance:
+            guided = [n for n in available("task") if _component_class(_load("task", n).task).supports_guidance]
             raise ConfigError(f"{key}={scale} needs an unconditional (empty-prompt) input, which task "
                               f"{cfg.task.name!r} does not have; use {key}=1 or task={'|'.join(guided) or '?'}")
 
@@ -328,7 +264,7 @@ def _validate_arguments(cfg: DictConfig) -> None:
 # Components cheap to build from their config alone (no model, no weights): validation builds
 # them, so their own argument checks (an unknown weighting, a window outside the schedule, a
 # negative learning rate) fail before the run directory is touched.
-LIGHT_GROUPS = ("sampler", "estimator", "objective", "kl", "advantage", "optimizer", "lr_schedule")
+LIGHT_GROUPS = ("sampler", "estimator", "objective", "kl", "advantage", "optimizer", "lr_schedule", "reward")
 
 
 def _validate_construction(cfg: DictConfig) -> dict:

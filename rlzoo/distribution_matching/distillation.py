@@ -51,6 +51,14 @@ def distribution_matching_reward(x0: Tensor, noise: Tensor, t: Tensor, velocity_
     return elbo_term(x0, noise, t, velocity_teacher, weighting) - elbo_term(x0, noise, t, velocity_critic, weighting)
 
 
+def check_teacher(run, user: str) -> None:
+    """Distillation needs a teacher with trained weights (rlzoo.types.RunContext.pretrained_teacher)."""
+    if not run.pretrained_teacher:
+        raise ValueError(f"{user} distils from the base model as teacher, but model.teacher=false ({run.model} has "
+                         f"random weights); use a pretrained model (task=toy2d, task=shapes, model=sd35m) or "
+                         f"model.teacher=true for a plumbing test")
+
+
 def check_t_range(t_range, key: str) -> tuple[float, float]:
     lo, hi = (float(v) for v in t_range)
     if not 0 < lo < hi < 1:

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from rlzoo.distribution_matching.distillation import check_t_range, dmd_gradient, dmd_loss, noise_and_t
+from rlzoo.distribution_matching.distillation import check_t_range, check_teacher, dmd_gradient, dmd_loss, noise_and_t
 from rlzoo.objectives import Objective, policy_gradient_losses
 from rlzoo.ops import noised, x0_prediction
 from rlzoo.types import Cost, LikelihoodTerm, LossPart, UpdateBatch
@@ -47,7 +47,9 @@ class DMD(Objective):
         self.critic = critic
 
     def check_run(self, run) -> None:
-        """A guided teacher needs a task with an empty prompt."""
+        """A teacher with trained weights; a guided one needs a task with an empty prompt."""
+        super().check_run(run)
+        check_teacher(run, f"objective={run.names.get('objective', '?')}")
         if self.teacher_cfg_scale != 1.0 and not run.task_supports_guidance:
             raise ValueError(f"objective.teacher_cfg_scale={self.teacher_cfg_scale:g} needs classifier-free guidance, "
                              f"which task={run.task} does not support; use objective.teacher_cfg_scale=1")

@@ -25,6 +25,7 @@ from torch import Tensor
 from rlzoo.distribution_matching.critic import unguided
 from rlzoo.distribution_matching.distillation import (
     check_t_range,
+    check_teacher,
     distribution_matching_reward,
     dmd_gradient_norm_reward,
     noise_and_t,
@@ -57,6 +58,9 @@ class DistributionMatchingReward(Reward):
 
     def use_critic(self, critic) -> None:
         self.critic = critic
+
+    def check_run(self, run) -> None:
+        check_teacher(run, f"reward={run.names.get('reward', '?')}")
 
     @torch.no_grad()
     def __call__(self, task, x0: Tensor, cond: Conditioning, draws: Draws) -> dict[str, Tensor]:

@@ -84,6 +84,18 @@ class Objective:
     clip_range: float | None = None  # PPO's clip (grpo, awm): the update reports its clip fraction
     loss_fn = staticmethod(epg_loss)
 
+    def check_run(self, run) -> None:
+        """A ratio to the old policy is identically 1 when the old policy is the current one
+        (schedule 0) and each rollout gets a single update: the objective would silently become its
+        no-ratio version, which is almost certainly not what the user meant."""
+        if self.uses_ratio and run.old_policy_schedule == 0 and run.updates_per_rollout == 1:
+            name = run.names.get("objective", "?")
+            twin = f"objective={name}_noratio, " if f"{name}_noratio" in run.choices.get("objective", ()) else ""
+            raise ValueError(f"objective={name} uses the ratio to the old policy, but with train.old_policy_schedule=0 "
+                             f"and one update per rollout (train.inner_epochs=1, train.minibatches=1) that ratio is "
+                             f"always 1; use {twin}train.old_policy_schedule=1 or 2, or train.inner_epochs>1 / "
+                             f"train.minibatches>1")
+
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         return self.loss_fn(term.log_lik, term.log_lik_old, advantage)
 

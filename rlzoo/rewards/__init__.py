@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rlzoo.ranges import check
-from rlzoo.types import Conditioning, Cost
+from rlzoo.types import Conditioning, Cost, SelfChecking
 
 
 class Reward:
@@ -32,6 +32,11 @@ class Reward:
 
     def __call__(self, task, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    @property
+    def needs_images(self) -> bool:
+        """It (or a part of it) scores pictures: the task must make images."""
+        return self.scores_images
 
     def check(self) -> None:
         """Raise ValueError (one line) when a file the reward needs is missing; loads nothing."""
@@ -151,9 +156,16 @@ class MixReward(Reward):
     def needs_critic(self) -> bool:
         return any(part.needs_critic for part in self.parts.values())
 
+    @property
+    def needs_images(self) -> bool:
+        return any(part.needs_images for part in self.parts.values())
+
     def check_run(self, run) -> None:
-        """Per-group statistics need groups of two; batch or running statistics under torchrun
-        would be each process's rows, not the batch's."""
+        """Its parts' own rules; per-group statistics need groups of two; batch or running
+        statistics under torchrun would be each process's rows, not the batch's."""
+        for part in self.parts.values():
+            if isinstance(part, SelfChecking):
+                part.check_run(run)
         if run.group_size < self.min_group_size:
             raise ValueError(f"train.group_size={run.group_size} gives every sample a zero advantage with "
                              f"reward={run.names.get('reward', 'mix')} (reward.normalize=group) (a group's own mean "
