@@ -23,21 +23,21 @@ run: $(VENV)
 # The suite in TEST_JOBS processes (pytest-xdist): every test is isolated in its own tmp_path.
 TEST_JOBS ?= 2
 test: lint
-	$(PY) -m pytest -q -x -n $(TEST_JOBS) -m "not slow"
+	$(PY) -m pytest -q -x -n $(TEST_JOBS) -m "not slow" tests
 
 lint: $(VENV)
 	.venv/bin/ruff check rlzoo tests scripts
 
-# The unit tier: math, components, validation, no end-to-end run (integration) or fault case.
+# The unit tier (tests/unit): math, components, validation, no end-to-end run or fault case.
 test-fast: $(VENV)
-	$(PY) -m pytest -q -m "not slow and not integration and not faults" -n $(TEST_JOBS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) tests/unit
 
 # The fault suite alone (README, Reliability): bad input and faults, nothing lost.
 test-faults: $(VENV)
-	$(PY) -m pytest -q -m faults -n $(TEST_JOBS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS) tests/faults
 
 test-all: $(VENV)
-	$(PY) -m pytest -q -m "slow or not slow" -n $(TEST_JOBS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) tests
 
 # A named sweep from conf/sweep/<NAME>.yaml; JOBS > 1 runs jobs in parallel (joblib), each with
 # an equal share of the cores. Rerunning the same command skips finished runs, resumes the rest.

@@ -195,7 +195,7 @@ TERM_FIELDS = frozenset(f.name for f in fields(LikelihoodTerm) if f.default is N
 
 # ---------------------------------------------------------------- what each component family provides
 # The interfaces the trainer relies on, one per config group. A component need not subclass
-# rlzoo's base classes: anything with these members plugs in (tests/test_configs.py checks that
+# rlzoo's base classes: anything with these members plugs in (tests/integration/test_configs_end_to_end.py checks that
 # every shipped choice does).
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """Write (or check) the resolved config of every recipe and every row on every task they run on:
 tests/snapshots/resolved_configs.json. A refactor of conf/ that must not change what runs (a shared
-block, an interpolation) is checked against it by tests/test_configs.py; a change that should
+block, an interpolation) is checked against it by tests/integration/test_configs_end_to_end.py; a change that should
 change values is made by rerunning this script and reviewing the diff.
 
     python scripts/resolved_configs.py            # rewrite the snapshot

@@ -90,8 +90,17 @@ def records(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-# ------------------------------------------------------------------ the fault suite's tools (test_faults*.py)
-TINY = ["task=toy2d", "debug=tiny", "threads=1", "progress_bar=false"]
+def tiny(*overrides: str, task: str = "toy2d") -> list[str]:
+    """The one tiny config the tests start from: debug=tiny on `task` (2 iterations of 8 samples in
+    groups of 4, 3-step rollouts, a 12-sample evaluation, no periodic checkpoint), one thread, no
+    bar, with `overrides` on top. (The `cfg_tiny` and `tiny_trainer` fixtures build on it.)"""
+    return [f"task={task}", "debug=tiny", "threads=1", "progress_bar=false", *overrides]
+
+
+TINY = tiny()
+
+
+# ------------------------------------------------------------------ the fault suite's tools (tests/faults/)
 
 
 def kept(before: dict, after: dict, allow: tuple = ()) -> bool:
@@ -144,3 +153,19 @@ def hold_lock(run_dir: Path, name: str = ".rlzoo.lock"):
     finally:
         proc.kill()
         proc.wait()
+
+
+def kill_a_rank_when(run_dir, iterations: int, process):
+    """SIGKILL one of torchrun's workers once the run has logged `iterations` iterations."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = run_dir / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= iterations:
+            break
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)

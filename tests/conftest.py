@@ -14,6 +14,32 @@ def _threads():
 
 
 @pytest.fixture
+def cfg_tiny(tmp_path):
+    """The tiny toy2d config (common.tiny) composed and validated, its run directory under
+    tmp_path (lightning-hydra-template's `cfg_train`)."""
+    from common import tiny
+
+    from rlzoo.config import compose_config, validate
+
+    cfg = compose_config([*tiny(), f"run_dir={tmp_path / 'run'}"])
+    validate(cfg)
+    return cfg
+
+
+@pytest.fixture
+def tiny_trainer(tmp_path):
+    """A Trainer on common.tiny(*overrides, task=...) (validated), writing to `run_dir`
+    (default tmp_path/run)."""
+    from common import tiny, trainer
+
+    def make(*overrides, task="toy2d", run_dir=None):
+        run_dir = run_dir or tmp_path / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return trainer(run_dir, *tiny(*overrides, task=task))
+    return make
+
+
+@pytest.fixture
 def server():
     """Start a reward server on 127.0.0.1 (a free port) with the given stdlib handler class, or
     rlzoo's reference server with the given scorer; its URL. Stopped afterwards."""
@@ -37,7 +63,7 @@ def server():
         srv.server_close()
 
 
-# ------------------------------------------------------------------ the fault suite's fixtures (test_faults*.py)
+# ------------------------------------------------------------------ the fault suite's fixtures (tests/faults/)
 @pytest.fixture
 def here(capsys, monkeypatch):
     """`rlzoo-train` in this process, as `common.train` runs it in another (Hydra runs again
@@ -65,15 +91,10 @@ def here(capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished toy2d run (3 iterations), trained once for the module; tests copy it."""
-    from common import TINY
-
-    from rlzoo.config import build_components, compose_config, validate
-    from rlzoo.trainer import Trainer
+    from common import tiny, trainer
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_config([*TINY, "train.iterations=3", f"run_dir={run}"])
-    validate(cfg)
-    Trainer(cfg, run, build_components(cfg)).fit()
+    trainer(run, *tiny("train.iterations=3", f"run_dir={run}")).fit()
     return run
 
 

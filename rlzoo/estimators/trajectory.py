@@ -21,7 +21,7 @@ class TrajectoryEstimator:
     rollout's last update, so the log-probs recorded while sampling *are* the old log-probs
     (FlowGRPO reuses them) and cost no model evaluation. `recompute_old=true` recomputes them
     with the old weights instead (one forward per term; the two agree to 1e-5 in float32,
-    tests/test_consistency.py); it is also what happens when a rollout carries no log-probs.
+    tests/unit/test_consistency.py); it is also what happens when a rollout carries no log-probs.
     """
 
     needs = frozenset({"trajectory"})  # the recorded x_k, log-probs and the sampler's transition

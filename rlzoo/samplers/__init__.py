@@ -90,7 +90,7 @@ class DPM2Sampler(ODESampler):
     evaluation per step (K per rollout); first order on the first step and on the final step
     (`dpm_solver_2m_step`). Equal to diffusers' DPMSolverMultistepScheduler(solver_order=2,
     algorithm_type="dpmsolver++", prediction_type="flow_prediction", lower_order_final=True,
-    final_sigmas_type="zero") on the flow schedule (tests/test_samplers.py)."""
+    final_sigmas_type="zero") on the flow schedule (tests/unit/test_samplers.py)."""
 
     def step(self, velocity_fn, x, sigmas, k, cond, memory):
         sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
