@@ -25,8 +25,10 @@ TEST_JOBS ?= 2
 test: lint
 	$(PY) -m pytest -q -x -n $(TEST_JOBS) -m "not slow" tests
 
+# ruff (pyflakes, import order, complexity) over everything; pyright's basic checks over rlzoo/
 lint: $(VENV)
 	.venv/bin/ruff check rlzoo tests scripts
+	.venv/bin/basedpyright
 
 # The unit tier (tests/unit): math, components, validation, no end-to-end run or fault case.
 test-fast: $(VENV)

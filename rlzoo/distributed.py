@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:  # (torch is imported where it is used: `rlzoo-train --help` needs none of it)
     from torch import Tensor
@@ -230,7 +230,7 @@ def all_keys(values: dict, d: Dist) -> list:
         return sorted(values)
     import torch.distributed as dist
 
-    every = [None] * d.world
+    every: list = [None] * d.world
     dist.all_gather_object(every, sorted(values))
     return sorted(set().union(*every))
 
@@ -300,6 +300,8 @@ class Shard:
 
     def draws(self, purpose: str):
         """This iteration's random numbers of `purpose` for this rank's rows (rlzoo.rng)."""
+        if self.randomness is None:
+            raise RuntimeError("this Shard was made without the run's randomness")
         return self.randomness.draws(purpose, self.iteration, self.rows)
 
     def mine(self, batch_rows):
@@ -362,7 +364,10 @@ class RankFailed(RuntimeError):
     """Another rank failed: this one stops too, with that rank's one-line error."""
 
 
-def on_every_rank(fn, d: Dist):
+T = TypeVar("T")
+
+
+def on_every_rank(fn: Callable[[], T], d: Dist) -> T:
     """fn() on every rank; if it raises on any rank, every rank raises: its own exception where it
     failed, elsewhere RankFailed with the first failed rank's error (no rank is left waiting in
     the next collective)."""
@@ -370,18 +375,20 @@ def on_every_rank(fn, d: Dist):
         return fn()
     import torch.distributed as dist
 
+    result: T | None = None
+    error: Exception | None = None
     try:
-        result, error = fn(), None
+        result = fn()
     except Exception as exc:
-        result, error = None, exc
-    messages = [None] * d.world
+        error = exc
+    messages: list = [None] * d.world
     dist.all_gather_object(messages, None if error is None else " ".join(f"{type(error).__name__}: {error}".split()))
     failed = [(rank, message) for rank, message in enumerate(messages) if message]
     if error is not None:
         raise error
     if failed:
         raise RankFailed(f"rank {failed[0][0]} failed: {failed[0][1]}")
-    return result
+    return result  # pyright: ignore[reportReturnType] (fn returned on this rank)
 
 
 def barrier(d: Dist) -> None:

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class BadInput(ValueError):

@@ -2,6 +2,7 @@
 after it (`rlzoo evaluate`, rlzoo.commands.evaluate); a run's weights opened from its directory."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,12 +132,12 @@ def gather_batches(mine: dict, dist: Dist) -> dict:
         return mine
     import torch.distributed
 
-    every = [None] * dist.world
+    every: list = [None] * dist.world
     torch.distributed.all_gather_object(every, mine)
     return {batch: results for part in every for batch, results in part.items()}
 
 
-def open_run(run_dir: Path, overrides: list[str] = ()):
+def open_run(run_dir: Path, overrides: Sequence[str] = ()):
     """(config with `overrides` applied, checkpoint path) of a trained run. The run's config.yaml
     is untrusted input (run directories are shared and downloaded): it is read as data, every
     `_target_` in it must be a shipped component (or one the user names in `overrides`), and it
@@ -163,7 +164,7 @@ def open_run(run_dir: Path, overrides: list[str] = ()):
     return cfg, checkpoint
 
 
-def load_run(run_dir: Path, overrides: list[str] = ()):
+def load_run(run_dir: Path, overrides: Sequence[str] = ()):
     """(config, task, policy) of a trained run, its weights from the last checkpoint."""
     from rlzoo.config import build
     from rlzoo.config.build import use_headline

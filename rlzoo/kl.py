@@ -45,7 +45,7 @@ class VelocityKL(KL):
     needs_reference, needs = True, frozenset({"velocity", "velocity_ref"})
 
     def __call__(self, term: LikelihoodTerm) -> Tensor:
-        return velocity_kl(term.velocity, term.velocity_ref)
+        return velocity_kl(*term.needed("velocity", "velocity_ref"))
 
 
 class SDEMeanKL(KL):
@@ -65,5 +65,4 @@ class SDEMeanKL(KL):
         self.needs = frozenset({"mean", "mean_ref", "std" if normalizer == "step" else "kernel_std"})
 
     def __call__(self, term: LikelihoodTerm) -> Tensor:
-        std = term.std if self.normalizer == "step" else term.kernel_std
-        return sde_mean_kl(term.mean, term.mean_ref, std)
+        return sde_mean_kl(*term.needed("mean", "mean_ref", "std" if self.normalizer == "step" else "kernel_std"))

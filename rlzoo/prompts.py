@@ -211,7 +211,7 @@ class FilePrompts(PromptSet):
             self._test = list(self._train)
 
     @staticmethod
-    def read(path: str) -> list[Prompt]:
+    def read(path: str | Path) -> list[Prompt]:
         """Every prompt of the file, each record checked before any is used (a prompt file is
         untrusted input: read as a bounded stream, rlzoo.runs.reading), with a one-line warning
         per kind of doubtful prompt (`prompt_warnings`)."""

@@ -4,22 +4,24 @@ with one line naming the key, the valid range and the value, before any compute.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
-def check(name: str, value, low: float | None = None, high: float | None = None, *, integer: bool = False,
-          low_open: bool = False, high_open: bool = False, optional: bool = False, note: str = ""):
+def check(name: str, value: Any, low: float | None = None, high: float | None = None, *, integer: bool = False,
+          low_open: bool = False, high_open: bool = False, optional: bool = False, note: str = "") -> Any:
     """`value` if it is a finite number (an int with `integer`) within [low, high] (open ends as
     flagged; None = unbounded), None if `optional` and None; else ValueError:
     "kl.beta must be a finite number >= 0 (0 turns the KL off), got -0.1"."""
     if value is None and optional:
         return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    # an int key takes an int: 12.0 or 1e3 would pass here and break a range() or a seed later
-    fits = number and (isinstance(value, int) if integer else math.isfinite(value))
-    if fits and low is not None:
-        fits = value > low if low_open else value >= low
-    if fits and high is not None:
-        fits = value < high if high_open else value <= high
+    fits = False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # an int key takes an int: 12.0 or 1e3 would pass here and break a range() or a seed later
+        fits = isinstance(value, int) if integer else math.isfinite(value)
+        if fits and low is not None:
+            fits = value > low if low_open else value >= low
+        if fits and high is not None:
+            fits = value < high if high_open else value <= high
     if not fits:
         raise ValueError(f"{name} must be {describe(low, high, integer, low_open, high_open)}"
                          f"{' or null' if optional else ''}{f' ({note})' if note else ''}, got {value!r}")

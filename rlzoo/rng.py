@@ -31,6 +31,8 @@ RNG_MODES = ("stream", "keyed")
 
 @runtime_checkable
 class Draws(Protocol):
+    keyed: bool  # each row draws from its own generator (train.rng=keyed)
+
     def randn(self, shape, dtype: torch.dtype | None = None) -> Tensor: ...
 
     def rand(self, shape, dtype: torch.dtype | None = None) -> Tensor: ...

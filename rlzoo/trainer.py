@@ -96,7 +96,7 @@ class Trainer:
         self.record.config(self.cfg)
         self.save_checkpoint()
 
-    def fit(self) -> dict:
+    def fit(self) -> dict | None:
         self.restore()
         if not self.started:
             self.start()

@@ -6,7 +6,7 @@ Shapes: B = batch, K = sampler steps, `...` = the task's sample shape ((2,) for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -105,6 +105,15 @@ class Rollout:
                        trajectory=None if self.trajectory is None else self.trajectory[rows],
                        log_probs=None if self.log_probs is None else self.log_probs[rows])
 
+    def needed(self, *names: str) -> tuple[Any, ...]:
+        """The optional fields `names`, which the caller declared in `needs` (the validator checked
+        that its provider fills them): a None among them is a provider that broke its declaration."""
+        values = tuple(getattr(self, name) for name in names)
+        missing = [name for name, value in zip(names, values) if value is None]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__} has no {', '.join(missing)}, which its provider declares")
+        return values
+
 
 @dataclass
 class LikelihoodTerm:
@@ -139,6 +148,15 @@ class LikelihoodTerm:
     @property
     def cost(self) -> Cost:
         return Cost(self.nfe_forward, self.nfe_backward)
+
+    def needed(self, *names: str) -> tuple[Any, ...]:
+        """The optional fields `names`, which the caller declared in `needs` (the validator checked
+        that its provider fills them): a None among them is a provider that broke its declaration."""
+        values = tuple(getattr(self, name) for name in names)
+        missing = [name for name, value in zip(names, values) if value is None]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__} has no {', '.join(missing)}, which its provider declares")
+        return values
 
 
 @dataclass
@@ -327,7 +345,7 @@ class TaskProtocol(Protocol):
 
     def score(self, x0: Tensor, cond: Conditioning) -> dict[str, Tensor]: ...
 
-    def load_base_model(self, model_cfg): ...
+    def load_base_model(self, model_cfg) -> torch.nn.Module: ...
 
     def conditioning(self, prompts: list[str], prompt_ids: Tensor, group_ids: Tensor) -> Conditioning: ...
 
@@ -352,6 +370,7 @@ class LearnerProtocol(Protocol):
         """Learn from this rank's rows of the iteration's rollout, drawing from `draws` (rlzoo.rng,
         the run's numbers for these rows); `shard` (rlzoo.distributed.Shard) reduces over ranks.
         Returns the model evaluations spent."""
+        ...
 
     def metrics(self) -> dict[str, float]: ...
 

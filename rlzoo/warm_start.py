@@ -22,6 +22,7 @@ always: `init_from` only decides where a new run starts. summary.json records th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rlzoo.config.init_from import DIFFUSERS_LORA, EXPORTED, LORA_PREFIXES, PEFT_LORA, kind_of
 
@@ -31,7 +32,7 @@ def load_weights(path: Path) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     kind = kind_of(path)
-    record = {"path": str(Path(path).resolve()), "kind": kind}
+    record: dict[str, Any] = {"path": str(Path(path).resolve()), "kind": kind}
     if kind == "run":
         from rlzoo.config.init_from import parent_config
         from rlzoo.errors import CheckpointError

@@ -241,7 +241,7 @@ def in_own_process(argv: list[str], what: str) -> dict:
 
 @one_line_errors("rlzoo bench")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rlzoo.commands.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlzoo.commands.bench", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--out", default="runs/bench")

@@ -20,7 +20,7 @@ COMMANDS = {"report": "rlzoo.report", "bench": "rlzoo.commands.bench", "train": 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print((__doc__ or "").strip())
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

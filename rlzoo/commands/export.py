@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rlzoo.errors import OutputRefused, one_line_errors
@@ -34,14 +35,13 @@ USAGE = "usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current] [ke
 
 
 def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool = False,
-           overrides: list[str] = ()) -> Path:
+           overrides: Sequence[str] = ()) -> Path:
     """Write a run's weights into `out` (README, Runs). `out` may be new, empty, or a directory an
     earlier export wrote; any other non-empty directory needs `overwrite`, and even then only the
     files written here are replaced. A run directory is never an output."""
-    from omegaconf import OmegaConf
     from safetensors.torch import save
 
-    from rlzoo.config import ConfigError
+    from rlzoo.config import ConfigError, plain
     from rlzoo.runs import load_checkpoint
     from rlzoo.runs.outputs import OutputDir
 
@@ -64,11 +64,11 @@ def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool
     if cfg.model.get("lora") is not None:  # a LoRA run: the adapter, as diffusers loads it
         from rlzoo.policies import LoraSettings
 
-        settings = LoraSettings(**OmegaConf.to_container(cfg.model.lora, resolve=True))
+        settings = LoraSettings.from_config(cfg.model.lora)
         files = lora_files(state, settings, {"weights": weights, "run_dir": str(run_dir),
                                              "iterations": _iterations(run_dir)})
     else:
-        model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "checkpoint"}
+        model = {k: v for k, v in plain(cfg.model).items() if k != "checkpoint"}
         _check_fits(cfg, state, checkpoint)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
         files = {"model.safetensors": save(tensors, metadata={"rlzoo_weights": weights, "run_dir": str(run_dir)}),

@@ -48,9 +48,8 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
     """The body of one Hydra job: validate, own the run directory, build components, train, report."""
     import torch
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
-    from rlzoo.config import build, build_components, check_run_dir, validate
+    from rlzoo.config import build, build_components, check_run_dir, plain, validate
     from rlzoo.runs import is_finished, print_report, read_summary, run_lock
     from rlzoo.runs.directory import remove_temporary_files, set_aside_failed_start, write_hydra_record
     from rlzoo.runs.files import checkpoint_path
@@ -85,7 +84,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
                 write_hydra_record(run_dir, cfg)
             if cfg.logger.get("_target_") and main:
                 group, name, run_config = logger_identity(cfg, in_sweep, list(HydraConfig.get().overrides.task))
-                node = {**OmegaConf.to_container(cfg.logger, resolve=True), "group": group}
+                node = {**plain(cfg.logger), "group": group}
                 loggers.append(build(node, recursive=False, run_dir=run_dir, name=name, run_config=run_config))
                 trainer.record.loggers.append(loggers[-1])
             summary = trainer.fit()
@@ -95,7 +94,7 @@ def _run_job(cfg, in_sweep: bool = False) -> None:
             for logger in loggers:
                 logger.finish()
             distributed.shutdown(dist)
-    if main:
+    if main and summary is not None:
         print_report(summary)
 
 
@@ -117,33 +116,33 @@ def _record_failure(run_dir: Path, trainer, exc: BaseException, main: bool = Tru
     from rlzoo.errors import BadInput, one_line, save_traceback, signal_number
     from rlzoo.runs import write_summary
 
-    started = trainer is not None and trainer.started
+    started = trainer if trainer is not None and trainer.started else None  # (its state loaded or begun)
     number = signal_number(exc)
     if not main:  # rank 0 records the run's end; the others only say it
         return one_line(exc), None
     if isinstance(exc, SystemExit):  # submitit requeues a preempted or timed-out job this way
         what = "stopped to be requeued (a cluster's preemption or time limit); the requeued job resumes"
-        if started:
-            trainer.write_summary("interrupted", error=what)
+        if started is not None:
+            started.write_summary("interrupted", error=what)
         return what, None
     if number is not None:
         import signal
 
-        done = trainer.progress.iteration if started else 0
-        resume = (f"; the checkpoint holds iteration {trainer.checkpoint_iteration}: rerun the same command to resume"
-                  if started and trainer.checkpoint_iteration is not None else "")
+        done = started.progress.iteration if started is not None else 0
+        resume = (f"; the checkpoint holds iteration {started.checkpoint_iteration}: rerun the same command to resume"
+                  if started is not None and started.checkpoint_iteration is not None else "")
         what = f"interrupted by {signal.Signals(number).name} after {done} iterations{resume}"
         if number == signal.SIGTERM and "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun stops the others when one dies
             what += " (torchrun stops every rank when one fails: its report names the rank)"
-        if started:
-            trainer.write_summary("interrupted", error=what)
+        if started is not None:
+            started.write_summary("interrupted", error=what)
         return what, None
     what = one_line(exc)
     if isinstance(exc, BadInput):
         return what, None
     log = save_traceback("rlzoo-train", exc, run_dir / "error.txt")
-    if started:
-        trainer.write_summary("failed", error=what)
+    if started is not None:
+        started.write_summary("failed", error=what)
     elif not (run_dir / "summary.json").exists():  # failed before the trainer could say so
         write_summary(run_dir, "failed", error=what)
     return what, log
@@ -153,14 +152,13 @@ def logger_identity(cfg, in_sweep: bool, overrides: list[str]) -> tuple[str, str
     """(group, run name, config) for an external logger: inside a sweep every run shares the
     sweep's name as its group and is named by its overrides, which also become config columns
     under `sweep.overrides`; a single run is grouped by its recipe name."""
-    from omegaconf import OmegaConf
 
-    from rlzoo.config import override_dict
+    from rlzoo.config import override_dict, plain
 
     chosen = override_dict(overrides)
     group = cfg.logger.get("group") or (cfg.sweep_name if in_sweep else cfg.name)
     name = ",".join(overrides) if in_sweep and overrides else f"{cfg.name}/seed{cfg.seed}"
-    config = {**OmegaConf.to_container(cfg, resolve=True),
+    config = {**plain(cfg),
               "sweep": {"name": cfg.sweep_name if in_sweep else None, "overrides": chosen}}
     return group, name, config
 

@@ -10,7 +10,7 @@ The commands import what they need from here.
 """
 from omegaconf import OmegaConf
 
-from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, build_components, needs_critic
+from rlzoo.config.build import BUILT_GROUPS, PARTIAL_GROUPS, build, build_components, needs_critic, plain
 from rlzoo.config.combinations import combination_error, valid_grid
 from rlzoo.config.compose import (
     CONF_DIR,
@@ -41,6 +41,6 @@ OmegaConf.register_new_resolver("rlzoo.path_component", path_component, replace=
 __all__ = ["BUILT_GROUPS", "CONF_DIR", "GROUPS", "PARTIAL_GROUPS", "RESUMABLE_KEYS", "ConfigError", "available",
            "build", "build_components", "check_overrides", "check_run_dir", "check_sweep_name", "check_untrusted", "combination_error",
            "compose_config", "config_differences", "load_untrusted_config", "needs_critic", "one_line_errors",
-           "override_dict", "override_values", "parse_overrides", "path_component", "run_fingerprint", "run_variant",
+           "override_dict", "plain", "override_values", "parse_overrides", "path_component", "run_fingerprint", "run_variant",
            "shipped_targets",
            "valid_grid", "validate"]

@@ -1,6 +1,8 @@
 """Building components from a composed config (Hydra instantiation, recursive)."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 from omegaconf import DictConfig, OmegaConf
 
 # Groups instantiated from their YAML by `build` (the model is built by its task); the
@@ -24,6 +26,11 @@ def build(node: DictConfig | dict, recursive: bool = True, **kwargs):
         node = OmegaConf.create(node)
     params = _without_names(OmegaConf.to_container(node, resolve=True))
     return instantiate(params, _recursive_=recursive, _convert_="all", **kwargs)
+
+
+def plain(node) -> dict[str, Any]:
+    """A config node as plain, resolved Python values (a dict: every node rlzoo reads whole is one)."""
+    return cast(dict, OmegaConf.to_container(node, resolve=True))
 
 
 def _without_names(node):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,8 +64,9 @@ def available(group: str) -> list[str]:
 
 def _load(group: str, name: str) -> DictConfig:
     """An option's YAML: the shipped one, else the first user directory's (Hydra's order)."""
-    return OmegaConf.load(next((d / group / f"{name}.yaml" for d in _search_dirs
-                                if (d / group / f"{name}.yaml").is_file()), CONF_DIR / group / f"{name}.yaml"))
+    path = next((d / group / f"{name}.yaml" for d in _search_dirs if (d / group / f"{name}.yaml").is_file()),
+                CONF_DIR / group / f"{name}.yaml")
+    return cast(DictConfig, OmegaConf.load(path))  # (a group's option is a mapping)
 
 
 def plain_sweep(overrides: list[str]) -> list[str]:
@@ -252,7 +254,7 @@ def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
     base = base_keys(overrides) if any(o.startswith("++") for o in items) else None
     for override in parse_overrides(items):
         key = override.key_or_group
-        if override.input_line.startswith("++") and OmegaConf.select(base, key) is not None:
+        if override.input_line.startswith("++") and base is not None and OmegaConf.select(base, key) is not None:
             continue  # (++ on a key the config has: a plain override)
         if key.startswith("hydra") or "/" in key or any((d / key).is_dir() for d in _search_dirs):  # a group
             continue

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlzoo.config.build import plain
 from rlzoo.config.untrusted import with_moved_targets
 from rlzoo.errors import ConfigError
 
@@ -80,7 +81,7 @@ def _same_path(a, b) -> bool:
 
 def run_fingerprint(cfg: DictConfig) -> dict:
     """The resolved config as plain values: what a checkpoint and config.yaml record of a run."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    return plain(cfg)
 
 
 def config_differences(old: dict | None, new: dict) -> list[str]:

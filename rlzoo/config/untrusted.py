@@ -3,7 +3,9 @@ must be a shipped component (or one the user names), and it is validated like a 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +34,7 @@ MOVED_TARGETS = {
 }
 
 
-def with_moved_targets(node):
+def with_moved_targets(node: Any) -> Any:
     """A plain config with every `_target_` of MOVED_TARGETS replaced by the component's path now."""
     if isinstance(node, dict):
         return {k: MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else with_moved_targets(v)
@@ -87,7 +89,7 @@ def check_untrusted(container: dict, source: str, trusted: frozenset[str] = froz
                               f"config resolved, so this file was not written by rlzoo-train")
 
 
-def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
+def load_untrusted_config(path: Path, overrides: Sequence[str] = ()) -> DictConfig:
     """A run directory's config.yaml as data: read with a safe YAML loader, every `_target_`
     checked (`check_untrusted`), then `key=value` overrides applied to keys it already has (an
     unknown key is refused as rlzoo-train refuses one). Targets named in `overrides` are the
@@ -115,7 +117,7 @@ def load_untrusted_config(path: Path, overrides: list[str] = ()) -> DictConfig:
             OmegaConf.update(cfg, key, _parse_value(value), merge=False)
         except Exception as exc:
             raise ConfigError(f"{key}={value!r}: {' '.join(str(exc).split())[:160]}") from None
-    return cfg
+    return cast(DictConfig, cfg)
 
 
 def _parse_value(text: str):

@@ -10,6 +10,8 @@ fourth LoRA adapter on t2i) and are checkpointed with it; the optimizer state he
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -34,8 +36,10 @@ class Critic:
         self.weight_decay = float(check("critic.weight_decay", weight_decay, 0))
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ValueError(f"critic.betas must be two numbers in [0, 1), got {betas!r}")
-        self.betas = tuple(float(check("critic.betas", b, 0, 1, high_open=True)) for b in betas)
-        self.policy = self.optimizer = None
+        beta1, beta2 = (float(check("critic.betas", b, 0, 1, high_open=True)) for b in betas)
+        self.betas = (beta1, beta2)
+        self.policy: Any = None  # (attach: the run's policy, with its critic view)
+        self.optimizer: Any = None
         self.last_loss = float("nan")
 
     def attach(self, policy) -> None:

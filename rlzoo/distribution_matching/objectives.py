@@ -19,6 +19,7 @@ the iteration's rewards, λ = 0 during a DMD-only warm-up.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Iterator
 
 import torch
@@ -35,7 +36,7 @@ class DMD(Objective):
     needs_critic = True
     sampler_needs = frozenset({"differentiable_sample"})  # x_k recorded; the last step predicts x0
 
-    def __init__(self, t_range: list[float] = (0.02, 0.98), teacher_cfg_scale: float = 1.0):
+    def __init__(self, t_range: Sequence[float] = (0.02, 0.98), teacher_cfg_scale: float = 1.0):
         self.t_range = check_t_range(t_range, "objective.t_range")
         if not float(teacher_cfg_scale) >= 1.0:
             raise ValueError(f"objective.teacher_cfg_scale must be >= 1 (1 = no guidance), got {teacher_cfg_scale!r}")
@@ -72,12 +73,15 @@ class DMD(Objective):
         batch_rows, steps = rollout.x0.shape[0], rollout.trajectory.shape[1] - 1
         total_rows = batch.rows or batch_rows  # over all ranks in a data-parallel run
         draws = batch.objective_draws  # (the run's: this objective's stream, or keyed by row)
+        if draws is None:
+            raise RuntimeError("objective=dmd draws from the run's randomness (UpdateBatch.objective_draws)")
         k = int(torch.randint(steps, (), generator=draws.shared))  # (every rank draws the same k)
         sigma = rollout.sigmas[k]
         for start in range(0, batch_rows, batch.micro_batch_size):
             rows = torch.arange(start, min(start + batch.micro_batch_size, batch_rows))
             part = rollout.select(rows)
-            x_k, cond = part.trajectory[:, k], part.cond
+            (trajectory,) = part.needed("trajectory")
+            x_k, cond = trajectory[:, k], part.cond
             x = x0_prediction(x_k, policy.velocity(x_k, sigma.to(x_k).expand(len(rows)), cond), sigma.to(x_k))
             noise, t = noise_and_t(x, self.t_range, draws.select(rows))
             with torch.no_grad():
@@ -98,7 +102,7 @@ class DMDR(DMD):
     EPG, by Hydra's recursive instantiation)."""
 
     def __init__(self, policy_gradient: Objective | None = None, reward_weight: float = 0.05,
-                 warmup_iterations: int = 0, t_range: list[float] = (0.02, 0.98),
+                 warmup_iterations: int = 0, t_range: Sequence[float] = (0.02, 0.98),
                  teacher_cfg_scale: float = 1.0):
         from rlzoo.objectives import EPG
 

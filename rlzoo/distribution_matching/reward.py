@@ -19,6 +19,8 @@ gradient g at the same (ε, t) draws (0 where teacher and critic agree on x).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -44,7 +46,7 @@ class DistributionMatchingReward(Reward):
     takes_draws = True  # its (noise, t) come from the run's randomness (rlzoo.rng.Randomness)
     headline = False  # (measured against a critic that moves with the policy)
 
-    def __init__(self, terms: int = 4, weighting: str = "exact", t_range: list[float] = (0.02, 0.98),
+    def __init__(self, terms: int = 4, weighting: str = "exact", t_range: Sequence[float] = (0.02, 0.98),
                  form: str = "elbo_difference", shared_in_group: bool = False):
         if not isinstance(terms, int) or terms < 1:
             raise ValueError(f"reward.terms must be a positive int, got {terms!r}")

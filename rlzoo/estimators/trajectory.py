@@ -45,39 +45,41 @@ class TrajectoryEstimator:
 
     def chosen_steps(self, rollout: Rollout, generator: Draws | torch.Generator | None) -> list[int]:
         """The steps this update trains, shared by every row (the same on every rank)."""
-        trained = int(len(rollout.stochastic) * self.timestep_fraction)
-        steps = [k for k in torch.nonzero(rollout.stochastic).flatten().tolist() if k < trained]
+        (stochastic,) = rollout.needed("stochastic")
+        trained = int(len(stochastic) * self.timestep_fraction)
+        steps = [k for k in torch.nonzero(stochastic).flatten().tolist() if k < trained]
         if not steps:  # e.g. a window on the last step only: train the stochastic steps there are
-            steps = torch.nonzero(rollout.stochastic).flatten().tolist()
-        if self.steps != "all" and self.steps < len(steps):
+            steps = torch.nonzero(stochastic).flatten().tolist()
+        if isinstance(self.steps, int) and self.steps < len(steps):  # (else "all")
             order = torch.randperm(len(steps), generator=as_draws(generator).shared)[: self.steps]
             steps = sorted(steps[i] for i in order.tolist())
         return steps
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
               generator: Draws | torch.Generator | None = None) -> Iterator[LikelihoodTerm]:
-        if rollout.trajectory is None:
+        if rollout.trajectory is None or rollout.transition is None:
             raise ValueError("the trajectory estimator needs a rollout recorded by a stochastic sampler")
+        trajectory, transition, log_probs = rollout.trajectory, rollout.transition, rollout.log_probs
         steps = self.chosen_steps(rollout, generator)
         batch = rollout.x0.shape[0]
-        recompute = self.recompute_old or rollout.log_probs is None
+        recompute = self.recompute_old or log_probs is None
         forwards = 1 + int(need_reference) + int(recompute)
         for start in range(0, batch, micro_batch_size):
             index = torch.arange(start, min(start + micro_batch_size, batch))
             cond = rollout.cond.select(index)
             for k in steps:
-                x, x_next = rollout.trajectory[index, k], rollout.trajectory[index, k + 1]
+                x, x_next = trajectory[index, k], trajectory[index, k + 1]
                 t = torch.full((len(index),), float(rollout.sigmas[k]), dtype=x.dtype, device=x.device)
 
                 def step(v):
-                    return rollout.transition(x, v, k, x_next=x_next)
+                    return transition(x, v, k, x_next=x_next)
 
                 with torch.no_grad():
                     v_ref = policy.velocity(x, t, cond, which="reference") if need_reference else None
-                    if recompute:
+                    if recompute or log_probs is None:
                         log_lik_old = step(policy.velocity(x, t, cond, which="old")).log_prob
                     else:
-                        log_lik_old = rollout.log_probs[index.to(rollout.log_probs.device), k]
+                        log_lik_old = log_probs[index.to(log_probs.device), k]
                 v = policy.velocity(x, t, cond, which="current")
                 current = step(v)
                 yield LikelihoodTerm(index=index, log_lik=current.log_prob, log_lik_old=log_lik_old,

@@ -127,9 +127,9 @@ def policy_gradient_losses(objective: Objective, batch: UpdateBatch, weight: flo
     for term in batch.estimator.terms(batch.policy, rollout, batch.micro_batch_size,
                                       need_reference=need_reference, generator=batch.draws):
         per_sample = objective(term, batch.advantage[term.index].to(term.log_lik.dtype))
-        stats = {"likelihood_terms": 1}
-        if need_reference:
-            divergence = kl(term)
+        stats: dict[str, float] = {"likelihood_terms": 1}
+        divergence = kl(term) if need_reference else None
+        if divergence is not None:
             per_sample = per_sample + kl.beta * divergence
             stats["kl"] = float(divergence.detach().sum()) * term.weight / rows
         log_ratio = term.log_lik.detach() - term.log_lik_old
@@ -171,6 +171,8 @@ class Reinforce(Objective):
 
 
 class GRPO(Objective):
+    clip_range: float
+
     def __init__(self, clip_range: float = 1e-3, adv_clip: float = 5.0):
         self.clip_range = float(check("objective.clip_range", clip_range, 0, low_open=True))
         self.adv_clip = float(check("objective.adv_clip", adv_clip, 0, low_open=True))
@@ -219,8 +221,9 @@ class NFT(Objective):
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
         from rlzoo.advantages import nft_mapping
 
-        return nft_loss(term.velocity, term.velocity_old, term.x_t, term.x0, term.t,
-                        nft_mapping(advantage, self.adv_clip), self.gamma, scale=self.adv_clip)
+        velocity, velocity_old, x_t, x0, t = term.needed("velocity", "velocity_old", "x_t", "x0", "t")
+        return nft_loss(velocity, velocity_old, x_t, x0, t, nft_mapping(advantage, self.adv_clip), self.gamma,
+                        scale=self.adv_clip)
 
 
 class AWM(Objective):
@@ -229,6 +232,7 @@ class AWM(Objective):
     keeps the clipped advantage)."""
 
     needs = frozenset({"velocity", "velocity_old", "noise", "x0", "t"})
+    clip_range: float
 
     def __init__(self, clip_range: float = 1.0, power: float = 0.25, adv_clip: float = 5.0,
                  advantage_max: float | None = 1.0):
@@ -239,8 +243,9 @@ class AWM(Objective):
             check("objective.advantage_max", advantage_max, 0, low_open=True))
 
     def __call__(self, term: LikelihoodTerm, advantage: Tensor) -> Tensor:
-        log_prob = awm_log_prob(term.velocity, term.noise, term.x0, term.t, self.power)
-        log_prob_old = awm_log_prob(term.velocity_old, term.noise, term.x0, term.t, self.power)
+        velocity, velocity_old, noise, x0, t = term.needed("velocity", "velocity_old", "noise", "x0", "t")
+        log_prob = awm_log_prob(velocity, noise, x0, t, self.power)
+        log_prob_old = awm_log_prob(velocity_old, noise, x0, t, self.power)
         advantage = advantage.clamp(-self.adv_clip, self.adv_clip)
         if self.advantage_max is not None:
             advantage = advantage / self.adv_clip * self.advantage_max

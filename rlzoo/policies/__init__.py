@@ -13,6 +13,8 @@ same guided velocity: v = v_u + s·(v_c − v_u) when the conditioning carries s
 """
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from rlzoo.policies.full import PRECISIONS, VIEWS, Policy, Precision, check_view, ema_update, trainable_parameters
@@ -51,10 +53,8 @@ def check_settings(model_cfg) -> None:
         if "target_modules" not in lora:
             raise ValueError("model.lora.target_modules is missing: name the modules to adapt (matched as "
                              "name suffixes); the SD3 model files take conf/shared/lora.yaml's list")
-        from omegaconf import OmegaConf
-
         try:
-            LoraSettings(**(OmegaConf.to_container(lora, resolve=True) if not isinstance(lora, dict) else lora))
+            LoraSettings.from_config(lora)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model.lora: {' '.join(str(exc).split())}") from None
 
@@ -64,7 +64,7 @@ def make_policy(model: nn.Module, model_cfg) -> Policy:
     `model.precision`, `model.gradient_checkpointing` and `model.compile`."""
     get = model_cfg.get if hasattr(model_cfg, "get") else (lambda k, d=None: d)
     if get("gradient_checkpointing", False):
-        target = lora_module(model)
+        target: Any = lora_module(model)
         if not hasattr(target, "enable_gradient_checkpointing"):
             raise ValueError(f"model.gradient_checkpointing: {type(target).__name__} does not support it")
         target.enable_gradient_checkpointing()
@@ -73,10 +73,7 @@ def make_policy(model: nn.Module, model_cfg) -> Policy:
     if lora is None:
         policy = Policy(model, precision=precision)
     else:
-        from omegaconf import OmegaConf
-
-        settings = OmegaConf.to_container(lora, resolve=True) if not isinstance(lora, dict) else dict(lora)
-        policy = LoraPolicy(model, LoraSettings(**settings), precision=precision)
+        policy = LoraPolicy(model, LoraSettings.from_config(lora), precision=precision)
     policy.max_batch_size = get("max_batch_size", None)
     if get("compile", False):  # each distinct module once (under LoRA all views share one); the
         # critic, made later by add_critic(), is a copy of the compiled reference (or its adapter)

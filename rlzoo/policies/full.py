@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ def check_view(which: str) -> str:
     return which
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+def trainable_parameters(model: Any) -> list[nn.Parameter]:
     if hasattr(model, "trainable_parameters"):
         return list(model.trainable_parameters())
     return [p for p in model.parameters() if p.requires_grad]

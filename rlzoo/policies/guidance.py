@@ -15,8 +15,9 @@ def guided_velocity(model: Callable, x: Tensor, sigma: Tensor, cond: Conditionin
     v = v_u + s·(v_c − v_u), both halves in one batched forward of 2B rows."""
     if not cond.guided:
         return model(x, sigma, cond)
+    negative = cond.negative if cond.negative is not None else {}  # (guided: the empty prompt's inputs)
     both = Conditioning(prompts=[""] * len(cond) + list(cond.prompts),
-                        inputs={k: torch.cat([cond.negative[k], v]) for k, v in cond.inputs.items()},
+                        inputs={k: torch.cat([negative[k], v]) for k, v in cond.inputs.items()},
                         prompt_ids=torch.cat([cond.prompt_ids, cond.prompt_ids]),
                         group_ids=torch.cat([cond.group_ids, cond.group_ids]))
     sigma = sigma.expand(x.shape[0])

@@ -6,6 +6,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,14 @@ class LoraSettings:
     alpha: float = 64.0
     init: str = "gaussian"
 
+    @classmethod
+    def from_config(cls, node) -> LoraSettings:
+        """The settings of `model.lora` (a config node or a dict)."""
+        from omegaconf import DictConfig, OmegaConf
+
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        return cls(**cast(dict, values))
+
     def __post_init__(self):
         check("model.lora.rank", self.rank, 1, integer=True)
         check("model.lora.alpha", self.alpha, 0, low_open=True, note="the LoRA scale is alpha / rank")
@@ -48,7 +57,8 @@ class LoraSettings:
         from peft import LoraConfig
 
         init = {"gaussian": "gaussian", "default": True}[self.init]
-        return LoraConfig(r=int(self.rank), lora_alpha=float(self.alpha), init_lora_weights=init,
+        alpha: Any = float(self.alpha)  # (peft annotates an int and scales by alpha / rank as a float)
+        return LoraConfig(r=int(self.rank), lora_alpha=alpha, init_lora_weights=init,
                           target_modules=list(self.target_modules))
 
     def check_targets(self, module_names: list[str]) -> None:
@@ -97,7 +107,7 @@ def save_lora(lora_state: dict, settings, out: Path, metadata: dict | None = Non
     return Path(out) / LORA_WEIGHTS
 
 
-def lora_module(model: nn.Module) -> nn.Module:
+def lora_module(model: Any) -> nn.Module:
     """The part of a velocity model that LoRA adapts (its transformer), or the model itself."""
     return model.lora_module() if hasattr(model, "lora_module") else model
 
@@ -127,7 +137,7 @@ class LoraPolicy(Policy):
         for view, params in self.adapter_params.items():
             for p in params.values():
                 p.data = p.data.float()
-        self._tuner_layers = [m for m in target.modules() if _is_tuner_layer(m)]
+        self._tuner_layers: list[Any] = [m for m in target.modules() if _is_tuner_layer(m)]
         self._active = None
         self._activate("current")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 from rlzoo.config import ConfigError
 from rlzoo.errors import one_line_errors
@@ -160,16 +161,18 @@ def log_to_wandb(header: list[str], cells: list[list[str]], out_dir: Path, name:
 
     import wandb
 
-    run = wandb.init(project=project, name=f"{name}/report", group=name, job_type="report",
-                     mode=os.environ.get("WANDB_MODE", "offline"), dir=str(out_dir), reinit="finish_previous")
-    run.log({"report/table": wandb.Table(columns=header, data=cells),
+    mode: Any = os.environ.get("WANDB_MODE", "offline")  # (wandb annotates its modes as literals)
+    run = wandb.init(project=project, name=f"{name}/report", group=name, job_type="report", mode=mode,
+                     dir=str(out_dir), reinit="finish_previous")
+    columns: Any = header
+    run.log({"report/table": wandb.Table(columns=columns, data=cells),
              **{f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}})
     run.finish()
 
 
 @one_line_errors("rlzoo report")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rlzoo report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="rlzoo report", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("root", nargs="+", help="a multirun directory (e.g. multirun/smoke) or any tree "
                         "of runs; several go into one table, with a source column (needs --out)")
     parser.add_argument("--threshold", type=float, default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlzoo.report.runs import Run, kaplan_meier_median, varying_keys
@@ -91,7 +92,7 @@ def base_metric(run: Run, metric: str) -> float:
 
 
 def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
-               baseline: dict[str, str] | None, metrics: list[str] = ()) -> tuple[list[str], list[list[str]]]:
+               baseline: dict[str, str] | None, metrics: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the ablation table (strings, shared by md / csv / tex). `metrics`: more
     evaluation metrics as columns (final values), and a first row with their values at iteration
     0 — the base model, which every row starts from (the first row's runs)."""
@@ -100,7 +101,7 @@ def table_rows(keys: list[str], rows: list[Row], threshold: float | None,
         rows = [Row({"row": "all runs"}, row.runs) for row in rows]
     header = [*keys, "final", *metrics, "best", "KL to ref", "compute (NFE)"]
     differences = list(metrics) if baseline else []  # Δ metric vs the baseline row, mean ± 95% CI
-    header += [f"Δ{m} vs " + ",".join(f"{k}={v}" for k, v in baseline.items()) for m in differences]
+    header += [f"Δ{m} vs " + ",".join(f"{k}={v}" for k, v in (baseline or {}).items()) for m in differences]
     if threshold is not None:
         header += [f"NFE to {threshold:g}", "reached"]
         if baseline:

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -136,7 +138,7 @@ class MixReward(Reward):
         not_rewards = sorted(name for name, part in rewards.items() if not isinstance(part, Reward))
         if not_rewards:
             raise ValueError(f"reward.rewards.{not_rewards[0]} is not a reward component (a config with a _target_)")
-        self.parts = dict(rewards)
+        self.parts: dict[str, Any] = dict(rewards)  # (image parts take `tiny` and `score_images`)
         if tiny is not None:  # the image rewards build their models lazily, so the switch still applies
             for part in self.parts.values():
                 if part.scores_images:
@@ -213,7 +215,8 @@ class MixReward(Reward):
 
     def _mix(self, raw: dict[str, Tensor], cond: Conditioning, eps: float = 1e-6) -> dict[str, Tensor]:
         groups = cond.group_ids.to(next(iter(raw.values())).device)
-        out, mixed = {}, 0.0
+        out: dict[str, Any] = {}
+        mixed: Any = 0.0  # (a tensor after the first part)
         for name, r in raw.items():
             r = r.float()
             mean, std = self._running(name, r) if self.normalize == "running" else \

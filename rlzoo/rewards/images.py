@@ -12,6 +12,8 @@ score: image·text features, normalised, no logit scale); aesthetic = the MLP's 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -82,7 +84,7 @@ class CLIPReward(ImageReward):
         self.tiny, self.seed = bool(tiny), int(seed)
         self.batch_size = check("reward.batch_size", batch_size, 1, integer=True)
         self.device, self.dtype, self.name = device, getattr(torch, dtype), name
-        self._model = None
+        self._model: Any = None
 
     def _how(self) -> str:
         return (f"download the {self.name} weights on a machine with network access (`hf download "

@@ -113,7 +113,7 @@ class RemoteReward(ImageReward):
 
     def score_images(self, images: Tensor, cond: Conditioning, task=None) -> dict[str, Tensor]:
         prompts = list(cond.prompts)
-        metadata = [task.metadata(p) if hasattr(task, "metadata") else {} for p in prompts]
+        metadata = [task.metadata(p) if task is not None and hasattr(task, "metadata") else {} for p in prompts]
         arrays = to_uint8_arrays(images)
         scores, info = [], {}
         for start in range(0, len(prompts), self.batch_size):
@@ -160,7 +160,7 @@ class RemoteReward(ImageReward):
         outlive it however slowly the server sends."""
         parts = urllib.parse.urlsplit(self.url)
         connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connection_type(parts.hostname, parts.port, timeout=self.timeout)
+        connection = connection_type(parts.hostname or "", parts.port, timeout=self.timeout)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         deadline = time.monotonic() + self.timeout
         opened: list = []  # the socket, once connected (http.client may drop its own reference to it)
@@ -224,7 +224,7 @@ class RemoteReward(ImageReward):
         if not isinstance(info, dict) or not all(isinstance(k, str) and _numbers(v, expected) for k, v in info.items()):
             raise RemoteRewardError(f"reward.url={self.url}: 'info' must map names to lists of {expected} finite "
                                     f"numbers (got {str(info)[:120]})")
-        return {"scores": [float(s) for s in scores], "info": {k: [float(x) for x in v] for k, v in info.items()}}
+        return {"scores": [float(s) for s in scores or ()], "info": {k: [float(x) for x in v] for k, v in info.items()}}
 
 
 _ANSWERED: set[str] = set()  # URLs whose test request this process has seen answered

@@ -152,8 +152,8 @@ def read_body(length: str | None, read: Callable[[int], bytes], limits: Limits) 
     return body
 
 
-def answer_request(length: str | None, read: Callable[[int], bytes], scorer: Callable,
-                   limits: Limits, slots=contextlib.nullcontext()) -> tuple[int, dict]:
+def answer_request(length: str | None, read: Callable[[int], bytes], scorer: Callable, limits: Limits,
+                   slots: contextlib.AbstractContextManager = contextlib.nullcontext()) -> tuple[int, dict]:
     """(status, JSON payload) for one POST, whichever server carries it: 4xx saying what is wrong
     with a bad request, 500 without details when the scorer fails (they go to stderr), else the
     scores, computed while holding one of the scoring `slots`. OSError when the client went away
@@ -313,7 +313,7 @@ def _refuse(prog: str, message: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--scorer", default=f"{__name__}:brightness", help="module:function")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

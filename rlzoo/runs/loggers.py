@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 
 class JsonlLogger:
@@ -32,7 +33,7 @@ class WandbLogger:
                  entity: str | None = None):
         import wandb
 
-        self.run = wandb.init(project=project, entity=entity, mode=mode, group=group, name=name,
+        self.run = wandb.init(project=project, entity=entity, mode=cast(Any, mode), group=group, name=name,
                               dir=str(run_dir), config=run_config, resume="allow",
                               id=wandb_id(run_dir), reinit="finish_previous")
         self.run.define_metric("compute/nfe")

@@ -147,8 +147,9 @@ def read_manifest(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
     except UnreadableFile:
         return {}, {}
     record = record if isinstance(record, dict) else {}
-    return tuple({str(k): str(v) for k, v in part.items()} if isinstance(part, dict) else {}
-                 for part in (record.get("files"), record.get("pending")))
+    files, pending = ({str(k): str(v) for k, v in part.items()} if isinstance(part, dict) else {}
+                      for part in (record.get("files"), record.get("pending")))
+    return files, pending
 
 
 def check_path(path: Path, directory: bool) -> None:

@@ -15,6 +15,7 @@ def _flow_match_sigmas(num_steps: int, shift: float) -> tuple[float, ...]:
 
     scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
     scheduler.set_timesteps(num_steps)
+    assert scheduler.sigmas is not None  # (set_timesteps made them)
     return tuple(float(s) for s in scheduler.sigmas)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +75,7 @@ def instantiate_model(model_cfg):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    params = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items()
+    params = {k: v for k, v in cast(dict, OmegaConf.to_container(model_cfg, resolve=True)).items()
               if k not in POLICY_SETTINGS}
     return instantiate(params, _convert_="all")
 
@@ -96,11 +97,10 @@ EVAL_RECORD_KEYS = ("iteration", "nfe_forward", "nfe_backward", "wall_s")
 
 
 def check_lora_targets(lora_cfg, module_names: list[str]) -> None:
-    from omegaconf import OmegaConf
 
     from rlzoo.policies import LoraSettings
 
-    LoraSettings(**OmegaConf.to_container(lora_cfg, resolve=True)).check_targets(module_names)
+    LoraSettings.from_config(lora_cfg).check_targets(module_names)
 
 
 class Task:

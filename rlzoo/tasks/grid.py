@@ -30,7 +30,7 @@ def image_grid(images: Tensor, captions: list[str], path: Path, columns: int = 8
         if frames:
             draw.rectangle([x, y, x + tile + 2 * frame - 1, y + tile + 2 * frame - 1], fill=colour)
         pixels = images[i].float().cpu().clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
-        canvas.paste(Image.fromarray(pixels).resize((tile, tile), Image.NEAREST), (x + frame, y + frame))
+        canvas.paste(Image.fromarray(pixels).resize((tile, tile), Image.Resampling.NEAREST), (x + frame, y + frame))
         wrapped = textwrap.wrap(captions[i], width=max(8, (tile + 2 * frame) // 6))[:lines]
         for k, text in enumerate(wrapped):
             draw.text((x, y + tile + 2 * frame + 2 + k * line_height), text, fill=colour if k == 0 else (0, 0, 0))

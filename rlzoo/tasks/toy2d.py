@@ -162,8 +162,11 @@ class Toy2DTask(Task):
             c = self.target(torch.tensor([a]))[0]
             ax.add_patch(Circle((float(c[0]), float(c[1])), self.hit_radius, fill=False,
                                 color=cm.hsv(a / (2 * math.pi)), lw=1))
-        ax.set_xlim(-3.2, 3.2), ax.set_ylim(-3.2, 3.2), ax.set_aspect("equal")
-        ax.set_xticks(range(-3, 4)), ax.set_yticks(range(-3, 4))
+        ax.set_xlim(-3.2, 3.2)
+        ax.set_ylim(-3.2, 3.2)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(-3, 4))
+        ax.set_yticks(range(-3, 4))
         hit = self.score(x0, cond)["hit"].mean()
         ax.set_title(f"{path.stem}: held-out hit rate {float(hit):.2f}", fontsize=9)
         buffer = io.BytesIO()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -203,7 +204,7 @@ def feature_distances(samples: Tensor, reference: Tensor) -> dict[str, float]:
     n = min(len(samples), len(reference))
     # sync_on_compute=False: under torchrun every rank already holds every sample (rlzoo.evaluate
     # gathers them); torchmetrics' own all-gather would count each sample once per rank
-    local = {"normalize": True, "sync_on_compute": False}
+    local: dict[str, Any] = {"normalize": True, "sync_on_compute": False}
     fid = FrechetInceptionDistance(feature=_Extracted(samples.shape[1]), **local)
     with warnings.catch_warnings():  # "will save all extracted features": a few thousand 64-d rows here
         warnings.simplefilter("ignore")

@@ -33,6 +33,7 @@ class ShapesFeatures(nn.Module):
     """images (B, 3, H, W) in [0, 1] (torchmetrics' `normalize=True` convention) -> (B, 64)."""
 
     num_features = 64  # torchmetrics reads this instead of probing with a dummy image
+    scale: Tensor  # (a buffer: the feature scale measured on held-out renders)
 
     def __init__(self, image_size: int = 24):
         super().__init__()
@@ -112,7 +113,7 @@ def load_features(path: str | Path = CHECKPOINT) -> ShapesFeatures:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", default=str(CHECKPOINT))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--report", default=None, help="also write the held-out accuracy here")

@@ -29,12 +29,19 @@ class Spec:
     relation: str | None = None
 
     @property
+    def number(self) -> int:
+        """How many objects a counting prompt asks for."""
+        if self.count is None:
+            raise ValueError(f"a {self.family} prompt counts nothing")
+        return self.count
+
+    @property
     def text(self) -> str:
         def obj(c, s):
             return f"a {c} {s}" if c else f"a {s}"
 
         if self.family == "counting":
-            return f"{COUNT_WORDS[self.count]} {PLURAL[self.objects[0][1]]}"
+            return f"{COUNT_WORDS[self.number]} {PLURAL[self.objects[0][1]]}"
         if self.family == "position":
             return f"{obj(*self.objects[0])} {self.relation} {obj(*self.objects[1])}"
         return " and ".join(obj(c, s) for c, s in self.objects)
@@ -124,7 +131,7 @@ def check(spec: Spec, objects: list[Obj]) -> tuple[bool, float]:
     if spec.family == "counting":
         shape = spec.objects[0][1]
         n = sum(o.shape == shape for o in objects)
-        return n == spec.count and exact, (max(0.0, 1.0 - abs(n - spec.count) / spec.count) + exact) / 2
+        return n == spec.number and exact, (max(0.0, 1.0 - abs(n - spec.number) / spec.number) + exact) / 2
     present = [any(o.shape == s for o in objects) for _, s in spec.objects]
     coloured = [any(_matches(o, c, s) for o in objects) for c, s in spec.objects if c is not None]
     (c1, s1), *rest = spec.objects
@@ -154,7 +161,7 @@ def sample_scene(spec: Spec, rng: random.Random, extra_prob: float = 0.0) -> tup
 
     if spec.family == "counting":
         shape = spec.objects[0][1]
-        objs = [Obj(colour(None), shape, cells[i]) for i in range(spec.count)]
+        objs = [Obj(colour(None), shape, cells[i]) for i in range(spec.number)]
     elif spec.relation is not None:
         (ca, sa), (cb, sb) = spec.objects
         pairs = [(a, b) for a in range(GRID * GRID) for b in range(GRID * GRID) if a != b and
@@ -174,7 +181,7 @@ def sample_scene(spec: Spec, rng: random.Random, extra_prob: float = 0.0) -> tup
 def corrupt(spec: Spec, rng: random.Random) -> Spec:
     """The same family with one slot changed (a caption that no longer describes the image)."""
     if spec.family == "counting":
-        return replace(spec, count=5 - spec.count)
+        return replace(spec, count=5 - spec.number)
     options = []
     for i, (c, s) in enumerate(spec.objects):
         others = [o[1] for j, o in enumerate(spec.objects) if j != i]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +87,7 @@ class T2ITask(Task):
                              f"got {sorted(self._eval_rewards)}")
         self.embedding_cache_dir = embedding_cache
         self.text_batch_size, self.decode_batch_size = int(text_batch_size), int(decode_batch_size)
-        self.vae = None
+        self.vae: Any = None  # the pipeline's VAE, once the model is built
         self.cache: TextEmbeddingCache | None = None
         self.sample_shape = ()
 
@@ -122,11 +123,11 @@ class T2ITask(Task):
         source = self.source(model_cfg)
         pipe = source.pipeline()
         self.vae = pipe.vae.requires_grad_(False).eval()
-        self.cache = TextEmbeddingCache(self.embedding_cache_dir, source.key)
-        missing = self.cache.missing([EMPTY, *self._train, *self._heldout])
+        self.cache = cache = TextEmbeddingCache(self.embedding_cache_dir, source.key)
+        missing = cache.missing([EMPTY, *self._train, *self._heldout])
         if missing:
-            self._encode(pipe, missing, source.max_sequence_length)
-            self.cache.save()
+            self._encode(pipe, cache, missing, source.max_sequence_length)
+            cache.save()
         latent_size = pipe.transformer.config.sample_size
         self.sample_shape = (pipe.transformer.config.in_channels, latent_size, latent_size)
         transformer = pipe.transformer
@@ -134,7 +135,7 @@ class T2ITask(Task):
         return SD3Velocity(transformer)
 
     @torch.no_grad()
-    def _encode(self, pipe, prompts: list[str], max_sequence_length: int) -> None:
+    def _encode(self, pipe, cache: TextEmbeddingCache, prompts: list[str], max_sequence_length: int) -> None:
         from diffusers.utils import logging
 
         device = next(pipe.text_encoder.parameters()).device
@@ -146,7 +147,7 @@ class T2ITask(Task):
                 embeds, _, pooled, _ = pipe.encode_prompt(chunk, None, None, device=device,
                                                           do_classifier_free_guidance=False,
                                                           max_sequence_length=max_sequence_length)
-                self.cache.add(chunk, embeds.float(), pooled.float())
+                cache.add(chunk, embeds.float(), pooled.float())
         finally:
             logging.set_verbosity(verbosity)
 

@@ -14,7 +14,9 @@ SD3's transformer predicts ε − x0, which is rlzoo's velocity as it is.
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +69,7 @@ class SD3Source:
 
         with torch.device("meta"):
             transformer = SD3Transformer2DModel.from_config(self.transformer_config())
-        return [n for n, _ in transformer.named_modules()]
+        return [n for n, _ in transformer.named_modules()]  # pyright: ignore[reportAttributeAccessIssue] (a model)
 
 
 class SD3Local(SD3Source):
@@ -101,8 +103,8 @@ class SD3Local(SD3Source):
     def transformer_config(self) -> dict:
         from diffusers import SD3Transformer2DModel
 
-        return dict(SD3Transformer2DModel.load_config(self.resolved(), subfolder="transformer",
-                                                      local_files_only=True))
+        config = SD3Transformer2DModel.load_config(self.resolved(), subfolder="transformer", local_files_only=True)
+        return dict(config)  # pyright: ignore[reportArgumentType, reportCallIssue] (a dict without return_unused_kwargs)
 
     def pipeline(self):
         from diffusers import StableDiffusion3Pipeline
@@ -134,7 +136,7 @@ def char_clip_tokenizer(max_length: int):
 
 def char_t5_tokenizer(max_length: int):
     """A T5 (unigram) tokenizer over single characters, for the tiny models only."""
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # pyright: ignore[reportAttributeAccessIssue] (a lazy export)
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in _char_vocabulary()]
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
@@ -146,9 +148,9 @@ class SD3Tiny(SD3Source):
     characters (so any prompt tokenizes)."""
 
     def __init__(self, seed: int = 0, image_size: int = 32, latent_channels: int = 4,
-                 vae_channels: list[int] = (8, 8), num_layers: int = 2, num_attention_heads: int = 2,
+                 vae_channels: Sequence[int] = (8, 8), num_layers: int = 2, num_attention_heads: int = 2,
                  attention_head_dim: int = 8, text_dim: int = 16, joint_attention_dim: int = 32,
-                 max_sequence_length: int = 64, dual_attention_layers: list[int] = (0,),
+                 max_sequence_length: int = 64, dual_attention_layers: Sequence[int] = (0,),
                  pos_embed_max_size: int | None = None, caption_projection_dim: int | None = None):
         self.seed = int(seed)
         self.image_size = int(image_size)
@@ -201,22 +203,23 @@ class SD3Tiny(SD3Source):
         torch.manual_seed(self.seed)
         transformer = SD3Transformer2DModel(**self.transformer_config())
         blocks = len(self.vae_channels)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=self.latent_channels,
-                            block_out_channels=self.vae_channels, layers_per_block=1, norm_num_groups=4,
-                            down_block_types=("DownEncoderBlock2D",) * blocks,
-                            up_block_types=("UpDecoderBlock2D",) * blocks,
-                            sample_size=self.image_size, use_quant_conv=False, use_post_quant_conv=False,
-                            shift_factor=0.0609, scaling_factor=1.5035)
-        clip_config = dict(hidden_size=self.text_dim, intermediate_size=2 * self.text_dim, num_hidden_layers=2,
+        vae_config: dict[str, Any] = dict(  # (diffusers annotates the block tuples as 1-tuples)
+            in_channels=3, out_channels=3, latent_channels=self.latent_channels, block_out_channels=self.vae_channels,
+            layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * blocks,
+            up_block_types=("UpDecoderBlock2D",) * blocks, sample_size=self.image_size, use_quant_conv=False,
+            use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        vae = AutoencoderKL(**vae_config)
+        clip_config: dict[str, Any] = dict(hidden_size=self.text_dim, intermediate_size=2 * self.text_dim, num_hidden_layers=2,
                            num_attention_heads=2, vocab_size=len(clip_tokenizer), projection_dim=self.text_dim,
                            max_position_embeddings=self.max_sequence_length, bos_token_id=0, eos_token_id=1,
                            pad_token_id=1, hidden_act="gelu")
         text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**clip_config))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_config))
-        text_encoder_3 = T5EncoderModel(T5Config(
+        t5_config: dict[str, Any] = dict(
             d_model=self.joint_attention_dim, d_kv=8, d_ff=2 * self.joint_attention_dim, num_layers=2,
             num_heads=4, vocab_size=len(t5_tokenizer), relative_attention_num_buckets=8,
-            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        text_encoder_3 = T5EncoderModel(T5Config(**t5_config))
         scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
         for module in (transformer, vae, text_encoder, text_encoder_2, text_encoder_3):
             module.eval()
