@@ -81,8 +81,21 @@ class Conditioning:
         return replace(self, negative=negative if scale != 1.0 else None, guidance_scale=float(scale))
 
 
+class Declared:
+    """A record whose optional fields (None by default) its producer declares in `provides`."""
+
+    def needed(self, *names: str) -> tuple[Any, ...]:
+        """The optional fields `names`, which the caller declared in `needs` (the validator checked
+        that its provider fills them): a None among them is a provider that broke its declaration."""
+        values = tuple(getattr(self, name) for name in names)
+        missing = [name for name, value in zip(names, values) if value is None]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__} has no {', '.join(missing)}, which its provider declares")
+        return values
+
+
 @dataclass
-class Rollout:
+class Rollout(Declared):
     """What a sampler returns."""
 
     x0: Tensor  # (B, ...) final samples
@@ -105,18 +118,9 @@ class Rollout:
                        trajectory=None if self.trajectory is None else self.trajectory[rows],
                        log_probs=None if self.log_probs is None else self.log_probs[rows])
 
-    def needed(self, *names: str) -> tuple[Any, ...]:
-        """The optional fields `names`, which the caller declared in `needs` (the validator checked
-        that its provider fills them): a None among them is a provider that broke its declaration."""
-        values = tuple(getattr(self, name) for name in names)
-        missing = [name for name, value in zip(names, values) if value is None]
-        if missing:
-            raise RuntimeError(f"{type(self).__name__} has no {', '.join(missing)}, which its provider declares")
-        return values
-
 
 @dataclass
-class LikelihoodTerm:
+class LikelihoodTerm(Declared):
     """One term of a likelihood estimate (one timestep of the ELBO, one step of a trajectory),
     for a micro-batch of b rows.
 
@@ -148,15 +152,6 @@ class LikelihoodTerm:
     @property
     def cost(self) -> Cost:
         return Cost(self.nfe_forward, self.nfe_backward)
-
-    def needed(self, *names: str) -> tuple[Any, ...]:
-        """The optional fields `names`, which the caller declared in `needs` (the validator checked
-        that its provider fills them): a None among them is a provider that broke its declaration."""
-        values = tuple(getattr(self, name) for name in names)
-        missing = [name for name, value in zip(names, values) if value is None]
-        if missing:
-            raise RuntimeError(f"{type(self).__name__} has no {', '.join(missing)}, which its provider declares")
-        return values
 
 
 @dataclass

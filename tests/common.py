@@ -169,3 +169,121 @@ def kill_a_rank_when(run_dir, iterations: int, process):
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     os.kill(int(workers[-1]), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ task=t2i on the tiny SD3
+SD3_TINY = {"_target_": "rlzoo.tasks.t2i.model.SD3Tiny", "seed": 0}
+PICKSCORE = {"_target_": "rlzoo.rewards.images.CLIPReward", "tiny": True, "scale": 1 / 26}
+
+
+def tiny_task(tmp_path, **kwargs):
+    """task=t2i on a tiny GenEval prompt set, evaluated by the tiny PickScore."""
+    from rlzoo.config import build
+    from rlzoo.prompts import GenEvalPrompts
+    from rlzoo.tasks.t2i import T2ITask
+
+    return T2ITask(prompts=GenEvalPrompts(per_family=4, test_fraction=0.5), eval_rewards={"reward": build(PICKSCORE)},
+                   embedding_cache=str(tmp_path / "embeddings"), **kwargs)
+
+
+def lora_cfg(rank=4, alpha=8):
+    """The tiny SD3's model config with LoRA on the shipped targets."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({**SD3_TINY, "lora": {"rank": rank, "alpha": alpha, "init": "gaussian",
+                                              "target_modules": lora_targets()}})
+
+
+def randomize(policy, view, scale=0.3, seed=0):
+    """Give one adapter weights large enough that a wrong load or a wrong view would show."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.adapter_params[view].values():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def t2i_batch(task, n=4, seed=0):
+    """n rows of the task's training prompts at random (x, sigma)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n) % len(task.train_prompts())
+    cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
+    x = torch.randn((n, *task.sample_shape), generator=g)
+    sigma = torch.rand(n, generator=g) * 0.9 + 0.05
+    return x, sigma, cond
+
+
+# ------------------------------------------------------------------ stubs and set-ups several folders share
+def user_dir(tmp_path: Path, *names: str) -> Path:
+    """A folder of the user's own files, which no command may delete or replace."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    for name in names:
+        (d / name).write_text(f"the user's own {name}\n")
+    return d
+
+
+def counting_handler(status: int, body: bytes, calls: list, first: bytes | None = None):
+    """Answers `status` and `body` to every request (`first`, if given, with 200 to the first one:
+    the test request a run sends before any model), counting them in `calls`."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            calls.append(1)
+            if first is not None and len(calls) == 1:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(first)))
+                self.end_headers()
+                self.wfile.write(first)
+                return
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def stream(seed: int):
+    """A stream of the run's random numbers (rlzoo.rng) from its own seed."""
+    import torch
+
+    from rlzoo.rng import StreamDraws
+
+    return StreamDraws(torch.Generator().manual_seed(seed))
+
+
+def toy_setup(steps_per_update=1, seed=0):
+    """Paper B on toy2d: the task, a critic attached to the base policy, R_dm (8 terms) reading it,
+    256 rows of conditioning, the teacher's samples by seed, and each consumer's draws."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import CONF_DIR, build, compose_config
+    from rlzoo.policies import make_policy
+    from rlzoo.samplers import EulerSampler
+
+    cfg = compose_config(["task=toy2d", f"critic.steps_per_update={steps_per_update}", "critic.lr=1e-3"])
+    task = build(cfg.task)
+    policy = make_policy(task.load_base_model(cfg.model), cfg.model)
+    critic = build(cfg.critic)
+    critic.attach(policy)
+    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"), {"terms": 8}))
+    reward.use_critic(critic)
+    ids = torch.arange(256) % len(task.train_prompts())
+    cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
+
+    def teacher_samples(seed):
+        noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(seed))
+        return EulerSampler(20).sample(policy.velocity_fn("reference"), noise, cond).x0
+
+    draws = {"critic": stream(0), "reward": stream(seed)}  # (each its own stream, as in a run)
+    return task, critic, reward, cond, teacher_samples, draws

@@ -39,6 +39,40 @@ def tiny_trainer(tmp_path):
     return make
 
 
+@pytest.fixture(scope="module")
+def t2i_lora(tmp_path_factory):
+    """(task, policy, model config): task=t2i on the tiny SD3 with LoRA adapters, built once per module."""
+    from common import lora_cfg, tiny_task
+
+    from rlzoo.policies import make_policy
+
+    tmp = tmp_path_factory.mktemp("t2i")
+    task = tiny_task(tmp)
+    cfg = lora_cfg()
+    policy = make_policy(task.load_base_model(cfg), cfg)
+    return task, policy, cfg
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory holding a run (a checkpoint, logs, a summary) that a refused command must
+    leave exactly as it was."""
+    d = tmp_path / "run"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "metrics.jsonl").write_text('{"iteration": 1, "reward/reward": 0.5}\n')
+    (d / "summary.json").write_text('{"status": "running"}\n')
+    (d / "checkpoints" / "last.pt").write_bytes(b"precious")
+    return d
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    """shapes' rule-based verifier at the task's 24-pixel size."""
+    from rlzoo.tasks.shapes.verifier import Verifier
+
+    return Verifier(24)
+
+
 @pytest.fixture
 def server():
     """Start a reward server on 127.0.0.1 (a free port) with the given stdlib handler class, or

@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import kept, one_line, snapshot, train
-
-
-def user_dir(tmp_path: Path, *names: str) -> Path:
-    d = tmp_path / "mine"
-    d.mkdir()
-    for name in names:
-        (d / name).write_text(f"the user's own {name}\n")
-    return d
+from common import kept, one_line, snapshot, train, user_dir
 
 
 def test_a_checkpoint_of_another_run_changes_nothing(tmp_path, here):

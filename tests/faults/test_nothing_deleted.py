@@ -7,15 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import REPO, cli, kept, one_line, snapshot
-
-
-def user_dir(tmp_path: Path, *names: str) -> Path:
-    d = tmp_path / "mine"
-    d.mkdir()
-    for name in names:
-        (d / name).write_text(f"the user's own {name}\n")
-    return d
+from common import REPO, cli, kept, one_line, snapshot, user_dir
 
 
 def test_export_refuses_a_non_empty_user_directory(capsys, run, tmp_path):

@@ -1,6 +1,6 @@
 """What the config tree resolves to: every recipe and row on every task against a committed
-snapshot (a refactor of conf/ must not change what runs), and the task's scale numbers meaning
-the same on every task."""
+snapshot (a refactor of conf/ must not change what runs), and every shipped component against its
+family's Protocol (rlzoo.types)."""
 import json
 import sys
 

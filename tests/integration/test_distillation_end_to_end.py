@@ -1,43 +1,10 @@
-"""Paper B's math on fixed float64 tensors (tolerance 1e-6), each expected value written out from
-the REFERENCE formula here: the DMD gradient (DMD2's code), the DMD loss's gradient on x, the
-critic's flow-matching loss, and the inferred R_dm estimator."""
+"""Paper B end to end (tests/unit/test_distillation.py holds its math): the critic learning a
+student's samples so that R_dm turns negative on them, and reward=dm in a toy2d run."""
 import pytest
 import torch
+from common import toy_setup
 
-from rlzoo.distribution_matching.distillation import (
-    flow_matching_loss,
-)
-
-
-def toy_setup(steps_per_update=1, seed=0):
-    from omegaconf import OmegaConf
-
-    from rlzoo.config import CONF_DIR, build, compose_config
-    from rlzoo.policies import make_policy
-    from rlzoo.samplers import EulerSampler
-
-    cfg = compose_config(["task=toy2d", f"critic.steps_per_update={steps_per_update}", "critic.lr=1e-3"])
-    task = build(cfg.task)
-    policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-    critic = build(cfg.critic)
-    critic.attach(policy)
-    reward = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward" / "dm.yaml"), {"terms": 8}))
-    reward.use_critic(critic)
-    ids = torch.arange(256) % len(task.train_prompts())
-    cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
-
-    def teacher_samples(seed):
-        noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(seed))
-        return EulerSampler(20).sample(policy.velocity_fn("reference"), noise, cond).x0
-
-    draws = {"critic": stream(0), "reward": stream(seed)}  # (each its own stream, as in a run)
-    return task, critic, reward, cond, teacher_samples, draws
-
-
-def stream(seed: int):
-    from rlzoo.rng import StreamDraws
-
-    return StreamDraws(torch.Generator().manual_seed(seed))
+from rlzoo.distribution_matching.distillation import flow_matching_loss
 
 
 def critic_loss_on(critic, x0, cond, seed=123):

@@ -1,6 +1,5 @@
-"""objective=dmd / dmdr and the shared critic (Paper B's baseline): backward simulation, DMD's
-gradient through the student's sample against REFERENCE's formula, the critic as a module copy and
-as a LoRA adapter, resume, and the one-line errors before any model."""
+"""objective=dmd / dmdr end to end (tests/unit/test_dmd.py holds the rest): a run stopped and
+resumed ends as an uninterrupted one."""
 from omegaconf import OmegaConf
 
 from rlzoo.config import build_components, compose_config, validate

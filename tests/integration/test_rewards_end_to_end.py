@@ -4,37 +4,12 @@ import json
 import math
 import subprocess
 import sys
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
-from common import rlzoo_train_here, tiny
+from common import counting_handler, rlzoo_train_here, tiny
 
 from rlzoo.config import compose_config
-
-
-def counting_handler(status: int, body: bytes, calls: list, first: bytes | None = None):
-    """Answers `status` and `body` to every request (`first`, if given, with 200 to the first one:
-    the test request a run sends before any model), counting them in `calls`."""
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            calls.append(1)
-            if first is not None and len(calls) == 1:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(first)))
-                self.end_headers()
-                self.wfile.write(first)
-                return
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    return Handler
 
 
 def test_a_failing_remote_reward_leaves_the_run_as_it_was(server, tmp_path):

@@ -1,5 +1,5 @@
-"""Run directories people can use: compute counted by the estimators, checkpoints that load with
-weights_only and fail in one line when damaged, `rlzoo evaluate` and `rlzoo export`."""
+"""Run directories people can use (tests/unit/test_runs.py counts their compute): checkpoints
+that load with weights_only and fail in one line when damaged, `rlzoo evaluate` and `rlzoo export`."""
 import json
 import subprocess
 import sys

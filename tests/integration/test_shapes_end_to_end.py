@@ -10,14 +10,11 @@ from rlzoo.tasks.shapes.prompts import (
     split,
 )
 from rlzoo.tasks.shapes.scene import render
-from rlzoo.tasks.shapes.verifier import Verifier
 
 SIZE = 24
 
 
-@pytest.fixture(scope="module")
-def verifier():
-    return Verifier(SIZE)
+
 
 
 @pytest.mark.parametrize("family", FAMILIES)

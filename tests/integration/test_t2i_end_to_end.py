@@ -1,55 +1,15 @@
-"""task=t2i on the tiny SD3 (random weights, built in code): LoRA views, CFG, the text-embedding
-cache, the diffusers-loadable LoRA, image rewards, and one-line errors before any model is built."""
+"""task=t2i runs on the tiny SD3 (tests/unit/test_t2i.py holds the model-level checks): the LoRA a
+run leaves, ratio = 1 on the first update for every estimator × sampler pair, every recipe with
+LoRA and the tiny PickScore, compile, export and evaluate, LoRA on shapes."""
 import json
 
 import pytest
 import torch
-from common import lora_targets, rlzoo_train_here
+from common import lora_cfg, lora_targets, randomize, rlzoo_train_here, t2i_batch, tiny_task
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, build
 from rlzoo.policies import make_policy
-from rlzoo.prompts import GenEvalPrompts
-from rlzoo.tasks.t2i import T2ITask
-
-TINY = {"_target_": "rlzoo.tasks.t2i.model.SD3Tiny", "seed": 0}
-PICKSCORE = {"_target_": "rlzoo.rewards.images.CLIPReward", "tiny": True, "scale": 1 / 26}
-
-
-def tiny_task(tmp_path, **kwargs) -> T2ITask:
-    return T2ITask(prompts=GenEvalPrompts(per_family=4, test_fraction=0.5), eval_rewards={"reward": build(PICKSCORE)},
-                   embedding_cache=str(tmp_path / "embeddings"), **kwargs)
-
-
-def lora_cfg(rank=4, alpha=8):
-    return OmegaConf.create({**TINY, "lora": {"rank": rank, "alpha": alpha, "init": "gaussian",
-                                              "target_modules": lora_targets()}})
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("t2i")
-    task = tiny_task(tmp)
-    cfg = lora_cfg()
-    policy = make_policy(task.load_base_model(cfg), cfg)
-    return task, policy, cfg
-
-
-def randomize(policy, view, scale=0.3, seed=0):
-    """Give one adapter weights large enough that a wrong load or a wrong view would show."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.adapter_params[view].values():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-def batch(task, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.arange(n) % len(task.train_prompts())
-    cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
-    x = torch.randn((n, *task.sample_shape), generator=g)
-    sigma = torch.rand(n, generator=g) * 0.9 + 0.05
-    return x, sigma, cond
 
 
 def test_t2i_run_leaves_a_diffusers_lora(tmp_path):
@@ -74,11 +34,11 @@ PAIRS = [("elbo", s) for s in SAMPLERS] + [("trajectory", s) for s in SDE_SAMPLE
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.5])
 @pytest.mark.parametrize("estimator_name, sampler_name", PAIRS)
-def test_first_update_ratio_is_one_with_lora(built, estimator_name, sampler_name, cfg_scale):
+def test_first_update_ratio_is_one_with_lora(t2i_lora, estimator_name, sampler_name, cfg_scale):
     """Before the first update old = current (as adapters): every estimator × sampler pair gives
     log-ratio 0 on the rollout it was drawn from, with and without classifier-free guidance
     (the estimator sees the guided velocity the sampler used)."""
-    task, policy, _ = built
+    task, policy, _ = t2i_lora
     randomize(policy, "current", seed=6)
     policy.update_old(0.0)
     sampler = build(OmegaConf.merge(OmegaConf.load(CONF_DIR / "sampler" / f"{sampler_name}.yaml"),
@@ -135,7 +95,7 @@ def velocity_and_grads(tmp_path, **settings):
     cfg = OmegaConf.merge(lora_cfg(), settings)
     policy = make_policy(task.load_base_model(cfg), cfg)
     randomize(policy, "current", seed=7)
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     v = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
     v.square().mean().backward()
     return policy, v.detach(), [p.grad.clone() for p in policy.parameters()]

@@ -4,18 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from common import REPO, snapshot
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    d = tmp_path / "run"
-    (d / "checkpoints").mkdir(parents=True)
-    (d / "metrics.jsonl").write_text('{"iteration": 1, "reward/reward": 0.5}\n')
-    (d / "summary.json").write_text('{"status": "running"}\n')
-    (d / "checkpoints" / "last.pt").write_bytes(b"precious")
-    return d
 
 
 def test_console_script_reports_the_same_error(run_dir):

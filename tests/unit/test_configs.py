@@ -1,6 +1,5 @@
-"""What the config tree resolves to: every recipe and row on every task against a committed
-snapshot (a refactor of conf/ must not change what runs), and the task's scale numbers meaning
-the same on every task."""
+"""The task's scale numbers mean the same on every task, the config tree's search path, and the
+declared fields of the interfaces (the resolved-config snapshot: test_configs_end_to_end.py)."""
 
 import pytest
 
@@ -26,3 +25,18 @@ def test_a_search_path_that_is_not_a_directory_is_one_line(tmp_path):
     (tmp_path / "reward" / "mine.yaml").write_text("_target_: rlzoo.rewards.VerifierReward\n")
     assert compose_config(["task=shapes", f"hydra.searchpath=[{tmp_path}]", "reward=mine"]).reward._target_ \
         == "rlzoo.rewards.VerifierReward"
+
+
+def test_a_field_a_provider_declares_but_left_empty_is_named():
+    """Consumers read declared fields through `needed`: a provider that breaks its `provides`
+    fails there with the field's name, not with a None deep in a formula."""
+    import pytest
+    import torch
+
+    from rlzoo.types import LikelihoodTerm
+
+    term = LikelihoodTerm(torch.arange(2), torch.zeros(2), torch.zeros(2), 1.0, 0, 0, velocity=torch.ones(2))
+    (velocity,) = term.needed("velocity")
+    assert torch.equal(velocity, torch.ones(2))
+    with pytest.raises(RuntimeError, match="LikelihoodTerm has no x0, t, which its provider declares"):
+        term.needed("velocity", "x0", "t")

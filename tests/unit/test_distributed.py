@@ -1,6 +1,6 @@
 """Data parallelism (rlzoo.distributed, rlzoo.rng): keyed random numbers that no split of the batch
-changes, the validation of a launch, and torchrun with 2 gloo ranks on the CPU against one process
-with the same global batch and seed."""
+changes, the Shard's rows and groups, the validation of a launch (torchrun with 2 gloo ranks against
+one process: tests/integration/test_distributed_end_to_end.py)."""
 import os
 
 import pytest

@@ -1,6 +1,6 @@
 """objective=dmd / dmdr and the shared critic (Paper B's baseline): backward simulation, DMD's
 gradient through the student's sample against REFERENCE's formula, the critic as a module copy and
-as a LoRA adapter, resume, and the one-line errors before any model."""
+as a LoRA adapter, and the one-line errors before any model (a resume: test_dmd_end_to_end.py)."""
 import pytest
 import torch
 from common import lora_targets

@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from common import counting_handler
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
@@ -45,28 +46,7 @@ class Slow(BaseHTTPRequestHandler):
         pass
 
 
-def counting_handler(status: int, body: bytes, calls: list, first: bytes | None = None):
-    """Answers `status` and `body` to every request (`first`, if given, with 200 to the first one:
-    the test request a run sends before any model), counting them in `calls`."""
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            calls.append(1)
-            if first is not None and len(calls) == 1:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(first)))
-                self.end_headers()
-                self.wfile.write(first)
-                return
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    return Handler
 
 
 def test_remote_reward_times_out_with_bounded_retries(server):

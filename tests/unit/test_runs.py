@@ -1,5 +1,5 @@
-"""Run directories people can use: compute counted by the estimators, checkpoints that load with
-weights_only and fail in one line when damaged, `rlzoo evaluate` and `rlzoo export`."""
+"""Compute as the estimators count it, against hand counts, and the optimizer and lr schedule as
+components (tests/integration/test_runs_end_to_end.py: checkpoints, evaluate, export)."""
 
 import pytest
 import torch

@@ -15,14 +15,11 @@ from rlzoo.tasks.shapes.prompts import (
     split,
 )
 from rlzoo.tasks.shapes.scene import COLOURS, SHAPES, TWO_COLOUR_PATTERNS, Obj, render, render_two_coloured
-from rlzoo.tasks.shapes.verifier import Verifier
 
 SIZE = 24
 
 
-@pytest.fixture(scope="module")
-def verifier():
-    return Verifier(SIZE)
+
 
 
 def test_split_is_disjoint_and_covers_every_family():

@@ -4,71 +4,34 @@ from dataclasses import replace
 
 import pytest
 import torch
-from common import lora_targets
+from common import SD3_TINY, lora_cfg, randomize, t2i_batch, tiny_task
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
 from rlzoo.policies import make_policy
-from rlzoo.prompts import GenEvalPrompts
 from rlzoo.tasks.t2i import T2ITask
 from rlzoo.tasks.t2i.model import SD3Tiny
 
-TINY = {"_target_": "rlzoo.tasks.t2i.model.SD3Tiny", "seed": 0}
-PICKSCORE = {"_target_": "rlzoo.rewards.images.CLIPReward", "tiny": True, "scale": 1 / 26}
 
-
-def tiny_task(tmp_path, **kwargs) -> T2ITask:
-    return T2ITask(prompts=GenEvalPrompts(per_family=4, test_fraction=0.5), eval_rewards={"reward": build(PICKSCORE)},
-                   embedding_cache=str(tmp_path / "embeddings"), **kwargs)
-
-
-def lora_cfg(rank=4, alpha=8):
-    return OmegaConf.create({**TINY, "lora": {"rank": rank, "alpha": alpha, "init": "gaussian",
-                                              "target_modules": lora_targets()}})
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("t2i")
-    task = tiny_task(tmp)
-    cfg = lora_cfg()
-    policy = make_policy(task.load_base_model(cfg), cfg)
-    return task, policy, cfg
-
-
-def test_both_kinds_of_policy_provide_the_policy_interface(built, cfg_tiny):
+def test_both_kinds_of_policy_provide_the_policy_interface(t2i_lora, cfg_tiny):
     """rlzoo.types.PolicyProtocol is what the trainer, estimators and objectives call: module
     copies (toy2d) and LoRA adapters on one base (t2i) provide all of it."""
     from rlzoo.config import build
     from rlzoo.types import PolicyProtocol
 
     full = make_policy(build(cfg_tiny.task).load_base_model(cfg_tiny.model), cfg_tiny.model)
-    assert isinstance(full, PolicyProtocol) and isinstance(built[1], PolicyProtocol)
+    assert isinstance(full, PolicyProtocol) and isinstance(t2i_lora[1], PolicyProtocol)
     assert not isinstance(object(), PolicyProtocol)
 
 
-def randomize(policy, view, scale=0.3, seed=0):
-    """Give one adapter weights large enough that a wrong load or a wrong view would show."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.adapter_params[view].values():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
-def batch(task, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.arange(n) % len(task.train_prompts())
-    cond = task.conditioning([task.train_prompts()[i] for i in ids.tolist()], ids, ids)
-    x = torch.randn((n, *task.sample_shape), generator=g)
-    sigma = torch.rand(n, generator=g) * 0.9 + 0.05
-    return x, sigma, cond
 
-
-def test_reference_is_the_base_model_and_no_copy_exists(built, tmp_path):
-    task, policy, _ = built
+def test_reference_is_the_base_model_and_no_copy_exists(t2i_lora, tmp_path):
+    task, policy, _ = t2i_lora
     randomize(policy, "current")
     base = SD3Tiny(seed=0).pipeline().transformer  # the same weights, built again
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     with torch.no_grad():
         expected = base(hidden_states=x, encoder_hidden_states=cond.inputs["prompt_embeds"],
                         pooled_projections=cond.inputs["pooled_prompt_embeds"], timestep=sigma * 1000,
@@ -84,10 +47,10 @@ def test_reference_is_the_base_model_and_no_copy_exists(built, tmp_path):
     assert adapter < 0.2 * base_numel
 
 
-def test_only_the_current_adapter_trains_and_switching_views_keeps_its_gradient(built):
-    task, policy, _ = built
+def test_only_the_current_adapter_trains_and_switching_views_keeps_its_gradient(t2i_lora):
+    task, policy, _ = t2i_lora
     randomize(policy, "current", seed=1)
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     v = policy.velocity(x, sigma, cond, "current")
     with torch.no_grad():  # views switched between the forward and its backward (as the estimators do)
         policy.velocity(x, sigma, cond, "old")
@@ -106,8 +69,8 @@ def test_only_the_current_adapter_trains_and_switching_views_keeps_its_gradient(
         p.grad = None
 
 
-def test_old_and_eval_adapters_follow_the_ema(built):
-    task, policy, _ = built
+def test_old_and_eval_adapters_follow_the_ema(t2i_lora):
+    task, policy, _ = t2i_lora
     randomize(policy, "current", seed=2)
     randomize(policy, "old", seed=3)
     old = {k: v.clone() for k, v in policy.adapter_params["old"].items()}
@@ -116,7 +79,7 @@ def test_old_and_eval_adapters_follow_the_ema(built):
         expected = 0.25 * old[name] + 0.75 * policy.adapter_params["current"][name]
         assert torch.allclose(p, expected, atol=1e-7)
     policy.update_ema(0.0)
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     with torch.no_grad():
         assert torch.allclose(policy.velocity(x, sigma, cond, "ema"), policy.velocity(x, sigma, cond, "current"),
                               atol=1e-6)
@@ -124,17 +87,17 @@ def test_old_and_eval_adapters_follow_the_ema(built):
     assert set(state) == {"current", "old", "ema"} and set(state["old"]) == set(policy.adapter_params["old"])
 
 
-def test_exported_lora_loads_into_a_diffusers_pipeline(built, tmp_path):
+def test_exported_lora_loads_into_a_diffusers_pipeline(t2i_lora, tmp_path):
     """The exported LoRA, loaded by StableDiffusion3Pipeline.load_lora_weights into a pipeline
     built from the same tiny components, gives the policy's velocity to 1e-5."""
     from rlzoo.policies import save_lora
 
-    task, policy, _ = built
+    task, policy, _ = t2i_lora
     randomize(policy, "ema", seed=4)
     path = save_lora(policy.adapter_state_dict("ema"), policy.lora, tmp_path / "lora")
     pipe = SD3Tiny(seed=0).pipeline()
     pipe.load_lora_weights(str(path.parent))
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     with torch.no_grad():
         loaded = pipe.transformer(hidden_states=x, encoder_hidden_states=cond.inputs["prompt_embeds"],
                                   pooled_projections=cond.inputs["pooled_prompt_embeds"], timestep=sigma * 1000,
@@ -144,11 +107,11 @@ def test_exported_lora_loads_into_a_diffusers_pipeline(built, tmp_path):
     assert (loaded - ours).abs().max() < 1e-5
 
 
-def test_classifier_free_guidance_is_the_guided_combination(built):
+def test_classifier_free_guidance_is_the_guided_combination(t2i_lora):
     """v = v_u + s·(v_c − v_u), v_u from the empty prompt's cached embedding, for every view."""
-    task, policy, _ = built
+    task, policy, _ = t2i_lora
     randomize(policy, "current", seed=5)
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     guided = task.guided(cond, 4.5)
     with torch.no_grad():
         for view in ("current", "reference"):
@@ -163,9 +126,9 @@ def test_classifier_free_guidance_is_the_guided_combination(built):
     assert guided.select(torch.tensor([1, 2])).negative["prompt_embeds"].shape[0] == 2
 
 
-def test_max_batch_size_splits_forwards_without_changing_the_velocity(built):
-    task, policy, _ = built
-    x, sigma, cond = batch(task, n=5)
+def test_max_batch_size_splits_forwards_without_changing_the_velocity(t2i_lora):
+    task, policy, _ = t2i_lora
+    x, sigma, cond = t2i_batch(task, n=5)
     with torch.no_grad():
         full = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
         policy.max_batch_size = 4  # 2 rows per forward under CFG
@@ -178,7 +141,7 @@ def test_max_batch_size_splits_forwards_without_changing_the_velocity(built):
 
 def test_text_embeddings_are_cached_once_and_equal_diffusers_encode_prompt(tmp_path):
     task = tiny_task(tmp_path)
-    task.load_base_model(OmegaConf.create(TINY))
+    task.load_base_model(OmegaConf.create(SD3_TINY))
     cache_files = list((tmp_path / "embeddings").glob("*.safetensors"))
     assert len(cache_files) == 1
     prompts = task.heldout_prompts()[:3]
@@ -195,7 +158,7 @@ def test_text_embeddings_are_cached_once_and_equal_diffusers_encode_prompt(tmp_p
     original = T2ITask._encode
     T2ITask._encode = lambda self, *a: calls.append(a) or original(self, *a)
     try:
-        again.load_base_model(OmegaConf.create(TINY))
+        again.load_base_model(OmegaConf.create(SD3_TINY))
     finally:
         T2ITask._encode = original
     assert calls == []
@@ -203,8 +166,8 @@ def test_text_embeddings_are_cached_once_and_equal_diffusers_encode_prompt(tmp_p
                        cond.inputs["prompt_embeds"])
 
 
-def test_images_are_the_vae_decode(built):
-    task, _, _ = built
+def test_images_are_the_vae_decode(t2i_lora):
+    task, _, _ = t2i_lora
     latents = torch.randn(3, *task.sample_shape)
     images = task.images(latents)
     vae = task.vae
@@ -261,7 +224,7 @@ def velocity_and_grads(tmp_path, **settings):
     cfg = OmegaConf.merge(lora_cfg(), settings)
     policy = make_policy(task.load_base_model(cfg), cfg)
     randomize(policy, "current", seed=7)
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     v = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
     v.square().mean().backward()
     return policy, v.detach(), [p.grad.clone() for p in policy.parameters()]
@@ -307,7 +270,7 @@ def test_sd35m_loads_a_local_diffusers_directory(tmp_path):
     assert source.transformer_config()["dual_attention_layers"] == [0]
     task = tiny_task(tmp_path)
     policy = make_policy(task.load_base_model(cfg.model), cfg.model)
-    x, sigma, cond = batch(task)
+    x, sigma, cond = t2i_batch(task)
     base = SD3Tiny(seed=0).pipeline().transformer
     with torch.no_grad():
         expected = base(hidden_states=x, encoder_hidden_states=cond.inputs["prompt_embeds"],

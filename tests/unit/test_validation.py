@@ -10,16 +10,6 @@ from omegaconf import OmegaConf
 from rlzoo.commands.train import main
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    d = tmp_path / "run"
-    (d / "checkpoints").mkdir(parents=True)
-    (d / "metrics.jsonl").write_text('{"iteration": 1, "reward/reward": 0.5}\n')
-    (d / "summary.json").write_text('{"status": "running"}\n')
-    (d / "checkpoints" / "last.pt").write_bytes(b"precious")
-    return d
-
-
 def fails(capsys, run_dir, *overrides) -> str:
     before = snapshot(run_dir)
     with pytest.raises(SystemExit) as exc:
