@@ -28,7 +28,7 @@ test: lint
 # ruff (pyflakes, import order, complexity) over everything; pyright's basic checks over rlzoo/
 lint: $(VENV)
 	.venv/bin/ruff check rlzoo tests scripts
-	.venv/bin/basedpyright
+	.venv/bin/basedpyright --project .
 
 # The unit tier (tests/unit): math, components, validation, no end-to-end run or fault case.
 test-fast: $(VENV)

@@ -216,6 +216,23 @@ def t2i_batch(task, n=4, seed=0):
     return x, sigma, cond
 
 
+def velocity_and_grads(tmp_path, **settings):
+    """The tiny SD3 with LoRA (`settings` on top: precision, gradient checkpointing, compile): its
+    guided velocity on a fixed batch, and the gradients of that velocity's mean square."""
+    from omegaconf import OmegaConf
+
+    from rlzoo.policies import make_policy
+
+    task = tiny_task(tmp_path)
+    cfg = OmegaConf.merge(lora_cfg(), settings)
+    policy = make_policy(task.load_base_model(cfg), cfg)
+    randomize(policy, "current", seed=7)
+    x, sigma, cond = t2i_batch(task)
+    v = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
+    v.square().mean().backward()
+    return policy, v.detach(), [p.grad.clone() for p in policy.parameters()]
+
+
 # ------------------------------------------------------------------ stubs and set-ups several folders share
 def user_dir(tmp_path: Path, *names: str) -> Path:
     """A folder of the user's own files, which no command may delete or replace."""

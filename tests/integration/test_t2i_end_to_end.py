@@ -5,11 +5,10 @@ import json
 
 import pytest
 import torch
-from common import lora_cfg, lora_targets, randomize, rlzoo_train_here, t2i_batch, tiny_task
+from common import lora_targets, randomize, rlzoo_train_here, velocity_and_grads
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, build
-from rlzoo.policies import make_policy
 
 
 def test_t2i_run_leaves_a_diffusers_lora(tmp_path):
@@ -88,17 +87,6 @@ def test_every_recipe_runs_two_iterations_with_lora_and_tiny_pickscore(tmp_path)
     for job, summary in summaries.items():
         assert summary["status"] == "completed", (job, summary.get("error"))
         assert (out / job / "lora" / "pytorch_lora_weights.safetensors").exists(), job
-
-
-def velocity_and_grads(tmp_path, **settings):
-    task = tiny_task(tmp_path)
-    cfg = OmegaConf.merge(lora_cfg(), settings)
-    policy = make_policy(task.load_base_model(cfg), cfg)
-    randomize(policy, "current", seed=7)
-    x, sigma, cond = t2i_batch(task)
-    v = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
-    v.square().mean().backward()
-    return policy, v.detach(), [p.grad.clone() for p in policy.parameters()]
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from common import SD3_TINY, lora_cfg, randomize, t2i_batch, tiny_task
+from common import SD3_TINY, randomize, t2i_batch, tiny_task, velocity_and_grads
 from omegaconf import OmegaConf
 
 from rlzoo.config import CONF_DIR, ConfigError, build, compose_config, validate
@@ -217,17 +217,6 @@ def test_bad_model_reward_lora_or_guidance_is_one_line_before_any_model(override
 def test_guidance_on_a_task_without_an_empty_prompt_is_refused():
     with pytest.raises(ConfigError, match=r"sampler.cfg_scale=4.5 needs an unconditional .* task 'toy2d'"):
         validate(compose_config(["task=toy2d", "sampler.cfg_scale=4.5"]))
-
-
-def velocity_and_grads(tmp_path, **settings):
-    task = tiny_task(tmp_path)
-    cfg = OmegaConf.merge(lora_cfg(), settings)
-    policy = make_policy(task.load_base_model(cfg), cfg)
-    randomize(policy, "current", seed=7)
-    x, sigma, cond = t2i_batch(task)
-    v = policy.velocity(x, sigma, task.guided(cond, 2.0), "current")
-    v.square().mean().backward()
-    return policy, v.detach(), [p.grad.clone() for p in policy.parameters()]
 
 
 def test_bf16_keeps_lora_weights_and_velocities_in_fp32(tmp_path):
