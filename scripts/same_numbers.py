@@ -1,6 +1,6 @@
 """Fingerprints of a few short runs, to show that a change of structure changes no number.
 
-    python scripts/same_numbers.py record OUT.json    # run the commands below, write their numbers
+    python scripts/same_numbers.py record OUT.json [NAME ...]   # run the commands below (or those named)
     python scripts/same_numbers.py compare A.json B.json
 
 Each command runs as a user runs it (`rlzoo-train ...` in a new process, one thread). A
@@ -27,6 +27,9 @@ COMMANDS = {
     "toy2d_dmd": ["experiment=dmd", "task=toy2d", "train.iterations=20", "eval.every=10"],
     # FlowGRPO: trajectory estimator, SDE sampler, KL on the SDE mean
     "toy2d_flowgrpo": ["experiment=flowgrpo", "task=toy2d", "train.iterations=10", "eval.every=10"],
+    # task=t2i on the tiny SD3 with LoRA (Paper A's recipe, the tiny PickScore): the model family's path
+    "t2i_sd3_tiny": ["experiment=paper_a", "task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true",
+                     "debug=tiny", "train.iterations=3", "eval.every=3"],
 }
 TIMINGS = ("wall", "time", "_s", "seconds", "per_s", "peak_mem")
 
@@ -59,12 +62,16 @@ def fingerprint(run_dir: Path) -> dict:
             "compute": untimed(summary.get("compute")), "weights": tensors(weights)}
 
 
-def record(out: Path) -> None:
+def record(out: Path, names: list[str]) -> None:
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in COMMANDS.items():
+            if names and name not in names:
+                continue
             run_dir = Path(tmp) / name
-            command = [str(BIN / "rlzoo-train"), *overrides, "threads=1", "progress_bar=false", f"run_dir={run_dir}"]
+            command = [str(BIN / "rlzoo-train"), *overrides, "threads=1", "progress_bar=false", f"run_dir={run_dir}",
+                       f"task.embedding_cache={Path(tmp) / 'embeddings'}"] if "task=t2i" in overrides else \
+                      [str(BIN / "rlzoo-train"), *overrides, "threads=1", "progress_bar=false", f"run_dir={run_dir}"]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{name} failed: {done.stderr[-2000:]}")
@@ -88,5 +95,5 @@ def compare(a: Path, b: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"record": lambda: record(Path(sys.argv[2])), "compare": lambda: compare(Path(sys.argv[2]), Path(sys.argv[3]))}[
+    {"record": lambda: record(Path(sys.argv[2]), sys.argv[3:]), "compare": lambda: compare(Path(sys.argv[2]), Path(sys.argv[3]))}[
         sys.argv[1]]()

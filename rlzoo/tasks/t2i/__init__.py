@@ -1,4 +1,5 @@
-"""t2i: text-to-image with a Stable Diffusion 3 pipeline (SD3.5-Medium, or `sd3_tiny` on CPU).
+"""t2i: text-to-image with a model family's pipeline (SD3: SD3.5-Medium or `sd3_tiny` on CPU;
+FLUX.1: `flux_tiny` on CPU), the family adapted by rlzoo.tasks.t2i.model.ModelFamily.
 
 The policy samples in the VAE's latent space; latents are decoded (batched, no grad) only for
 rewards, grids and evaluation. Prompts come from a prompt set (the `prompts` group); their text
@@ -23,14 +24,18 @@ from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model
 from rlzoo.types import Conditioning
 
 EMPTY = ""  # the negative prompt of classifier-free guidance (SD3's default)
+# what every family's text encoding gives a prompt: the text encoder's sequence and a pooled vector
+CONDITIONING_INPUTS = ("prompt_embeds", "pooled_prompt_embeds")
 
 
 class TextEmbeddingCache:
-    """Prompt embeddings keyed by (model, prompt text) in one safetensors file per model."""
+    """Each prompt's conditioning inputs (the `names` a model family encodes, e.g. prompt_embeds
+    and pooled_prompt_embeds), keyed by (family and weights, prompt text), in one safetensors file
+    per family and weights."""
 
-    def __init__(self, directory: str | Path, model_key: str):
+    def __init__(self, directory: str | Path, model_key: str, names: tuple[str, ...]):
         self.path = Path(directory).expanduser() / f"{hashlib.sha256(model_key.encode()).hexdigest()[:16]}.safetensors"
-        self.model_key = model_key
+        self.model_key, self.names = model_key, tuple(names)
         self._tensors: dict[str, Tensor] = {}
         if self.path.exists():
             from safetensors.torch import load_file
@@ -42,12 +47,12 @@ class TextEmbeddingCache:
         return hashlib.sha256(prompt.encode()).hexdigest()[:24]
 
     def missing(self, prompts: list[str]) -> list[str]:
-        return sorted({p for p in prompts if f"{self.key(p)}.embeds" not in self._tensors})
+        return sorted({p for p in prompts if any(f"{self.key(p)}.{n}" not in self._tensors for n in self.names)})
 
-    def add(self, prompts: list[str], embeds: Tensor, pooled: Tensor) -> None:
-        for i, prompt in enumerate(prompts):
-            self._tensors[f"{self.key(prompt)}.embeds"] = embeds[i].detach().cpu().contiguous()
-            self._tensors[f"{self.key(prompt)}.pooled"] = pooled[i].detach().cpu().contiguous()
+    def add(self, prompts: list[str], inputs: dict[str, Tensor]) -> None:
+        for name in self.names:
+            for i, prompt in enumerate(prompts):
+                self._tensors[f"{self.key(prompt)}.{name}"] = inputs[name][i].detach().float().cpu().contiguous()
 
     def save(self) -> None:
         from safetensors.torch import save_file
@@ -59,8 +64,7 @@ class TextEmbeddingCache:
 
     def get(self, prompts: list[str]) -> dict[str, Tensor]:
         keys = [self.key(p) for p in prompts]
-        return {"prompt_embeds": torch.stack([self._tensors[f"{k}.embeds"] for k in keys]).float(),
-                "pooled_prompt_embeds": torch.stack([self._tensors[f"{k}.pooled"] for k in keys]).float()}
+        return {name: torch.stack([self._tensors[f"{k}.{name}"] for k in keys]).float() for name in self.names}
 
 
 class T2ITask(Task):
@@ -104,7 +108,7 @@ class T2ITask(Task):
     # -------------------------------------------------------------------------- model
     @staticmethod
     def source(model_cfg):
-        """The model config's SD3 source (SD3Tiny / SD3Local): cheap, loads nothing."""
+        """The model config's family (a ModelFamily: SD3Tiny, SD3Local, FluxTiny, ...): cheap, loads nothing."""
         return instantiate_model(model_cfg)
 
     @classmethod
@@ -118,24 +122,22 @@ class T2ITask(Task):
         """The pipeline's transformer as the velocity model; keeps the VAE for decoding, fills the
         text-embedding cache for every prompt of the set (and the empty one), releases the text
         encoders."""
-        from rlzoo.tasks.t2i.model import SD3Velocity
-
         source = self.source(model_cfg)
         pipe = source.pipeline()
         self.vae = pipe.vae.requires_grad_(False).eval()
-        self.cache = cache = TextEmbeddingCache(self.embedding_cache_dir, source.key)
+        self.cache = cache = TextEmbeddingCache(self.embedding_cache_dir, f"{source.family}:{source.key}",
+                                                CONDITIONING_INPUTS)
         missing = cache.missing([EMPTY, *self._train, *self._heldout])
         if missing:
-            self._encode(pipe, cache, missing, source.max_sequence_length)
+            self._encode(source, pipe, cache, missing)
             cache.save()
-        latent_size = pipe.transformer.config.sample_size
-        self.sample_shape = (pipe.transformer.config.in_channels, latent_size, latent_size)
-        transformer = pipe.transformer
+        self.sample_shape = source.latent_shape(pipe)
+        velocity = source.velocity_model(pipe)
         del pipe  # the text encoders go with it
-        return SD3Velocity(transformer)
+        return velocity
 
     @torch.no_grad()
-    def _encode(self, pipe, cache: TextEmbeddingCache, prompts: list[str], max_sequence_length: int) -> None:
+    def _encode(self, source, pipe, cache: TextEmbeddingCache, prompts: list[str]) -> None:
         from diffusers.utils import logging
 
         device = next(pipe.text_encoder.parameters()).device
@@ -144,10 +146,7 @@ class T2ITask(Task):
         try:
             for start in range(0, len(prompts), self.text_batch_size):
                 chunk = prompts[start:start + self.text_batch_size]
-                embeds, _, pooled, _ = pipe.encode_prompt(chunk, None, None, device=device,
-                                                          do_classifier_free_guidance=False,
-                                                          max_sequence_length=max_sequence_length)
-                cache.add(chunk, embeds.float(), pooled.float())
+                cache.add(chunk, source.encode(pipe, chunk, device))
         finally:
             logging.set_verbosity(verbosity)
 

@@ -1,4 +1,5 @@
-"""Stable Diffusion 3 for the t2i task: where the pipeline comes from, and the velocity model.
+"""Model families for the t2i task (ModelFamily), and Stable Diffusion 3: where the pipeline comes
+from, its text encoding, and the velocity model (FLUX.1: rlzoo.tasks.t2i.flux).
 
 A model config names a *source* (cheap to build; nothing is loaded until `pipeline()`):
 - `SD3Local` (`model=sd35m`): a local diffusers directory or a hub id already in the local cache,
@@ -44,10 +45,24 @@ class SD3Velocity(nn.Module):
         return v.float() if x.dtype == torch.float32 else v.to(x.dtype)
 
 
-class SD3Source:
-    """Where an SD3 pipeline comes from; `key` names it in the text-embedding cache."""
+class ModelFamily:
+    """A model family (SD3, FLUX.1, ...): everything about a text-to-image pipeline that differs
+    between families, so that samplers, estimators, objectives, rewards and the trainer never
+    know which one they run. A model config names a configuration of one (`_target_`): cheap to
+    build, nothing is loaded until `pipeline()`.
 
-    max_sequence_length: int = 256  # T5 tokens per prompt (SD3's default)
+    - `key`: the weights, in the text-embedding cache's key (with `family`);
+    - `check()`: ValueError (one line) when the weights are not there; loads nothing;
+    - `pipeline()`: the family's diffusers pipeline (local files only: never a download);
+    - `encode(pipe, prompts, device)`: the conditioning inputs of each prompt, cached per prompt;
+    - `velocity_model(pipe)`: rlzoo's v(x_t, sigma, cond) on (C, H, W) latents, ε − x0;
+    - `latent_shape(pipe)`: (C, H, W) of a sample;
+    - `transformer_class()` and `transformer_config()`: the module names LoRA targets are
+      checked against, from a transformer built on the meta device.
+    The VAE decodes z / scaling_factor + shift_factor for every family (rlzoo.tasks.t2i)."""
+
+    family: str = "?"
+    max_sequence_length: int = 256  # T5 tokens per prompt
 
     @property
     def key(self) -> str:
@@ -56,20 +71,53 @@ class SD3Source:
     def check(self) -> None:
         """Raise ValueError (one line) when the weights are not there; loads nothing."""
 
+    def transformer_class(self):
+        raise NotImplementedError
+
     def transformer_config(self) -> dict:
         raise NotImplementedError
 
     def pipeline(self):
         raise NotImplementedError
 
+    def encode(self, pipe, prompts: list[str], device) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def velocity_model(self, pipe) -> nn.Module:
+        raise NotImplementedError
+
+    def latent_shape(self, pipe) -> tuple[int, int, int]:
+        raise NotImplementedError
+
     def module_names(self) -> list[str]:
         """Names of the transformer's submodules (LoRA targets are checked against them), from a
         transformer built on the meta device: no weights, no memory."""
+        with torch.device("meta"):
+            transformer = self.transformer_class().from_config(self.transformer_config())
+        return [n for n, _ in transformer.named_modules()]  # pyright: ignore[reportAttributeAccessIssue] (a model)
+
+
+class SD3Source(ModelFamily):
+    """What SD3's pipelines share: two CLIP encoders (pooled) and T5, timestep 1000·sigma."""
+
+    family = "sd3"
+
+    def transformer_class(self):
         from diffusers import SD3Transformer2DModel
 
-        with torch.device("meta"):
-            transformer = SD3Transformer2DModel.from_config(self.transformer_config())
-        return [n for n, _ in transformer.named_modules()]  # pyright: ignore[reportAttributeAccessIssue] (a model)
+        return SD3Transformer2DModel
+
+    def encode(self, pipe, prompts: list[str], device) -> dict[str, Tensor]:
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False,
+                                                  max_sequence_length=self.max_sequence_length)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def velocity_model(self, pipe) -> nn.Module:
+        return SD3Velocity(pipe.transformer)
+
+    def latent_shape(self, pipe) -> tuple[int, int, int]:
+        size = pipe.transformer.config.sample_size
+        return pipe.transformer.config.in_channels, size, size
 
 
 class SD3Local(SD3Source):

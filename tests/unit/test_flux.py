@@ -1,0 +1,111 @@
+"""FLUX.1 as a model family, held to diffusers' FluxPipeline as the oracle (tiny random weights,
+fp32): rlzoo's velocity is the pipeline's transformer call on packed latents, and rlzoo's Euler
+rollout from the same noise, prompt embeddings and sigmas ends on the pipeline's own latents and
+images. FLUX.1-dev's guidance embedding and schnell's absence of one are both checked."""
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from rlzoo.samplers import EulerSampler
+from rlzoo.tasks.t2i.flux import FluxTiny, FluxVelocity, pack, unpack
+from rlzoo.types import Conditioning
+
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+@pytest.fixture(scope="module", params=[3.5, None], ids=["dev", "schnell"])
+def flux(request):
+    """(family, pipeline, the prompts' conditioning as rlzoo caches it)."""
+    family = FluxTiny(guidance=request.param)
+    pipe = family.pipeline()
+    with torch.no_grad():
+        inputs = family.encode(pipe, PROMPTS, torch.device("cpu"))
+    cond = Conditioning(prompts=PROMPTS, inputs={k: v.float() for k, v in inputs.items()},
+                        prompt_ids=torch.arange(2), group_ids=torch.arange(2))
+    return family, pipe, cond
+
+
+def test_packing_is_the_pipelines(flux):
+    family, pipe, _ = flux
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    packed = FluxPipeline._pack_latents(latents, 2, 4, 16, 16)
+    assert torch.equal(pack(latents), packed)
+    assert torch.equal(unpack(packed, 16, 16), latents)
+    assert torch.equal(FluxPipeline._unpack_latents(packed, 32, 32, pipe.vae_scale_factor), latents)
+    assert family.latent_shape(pipe) == (4, 16, 16)
+
+
+@torch.no_grad()
+def test_the_velocity_is_the_pipelines_transformer_call(flux):
+    family, pipe, cond = flux
+    velocity = family.velocity_model(pipe)
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor(0.7)
+    embeds, pooled, text_ids = pipe.encode_prompt(PROMPTS, None, max_sequence_length=family.max_sequence_length)
+    guidance = None if family.guidance is None else torch.full((2,), family.guidance)
+    expected = pipe.transformer(hidden_states=FluxPipeline._pack_latents(x, 2, 4, 16, 16), timestep=sigma.expand(2),
+                                guidance=guidance, pooled_projections=pooled, encoder_hidden_states=embeds,
+                                txt_ids=text_ids, img_ids=FluxPipeline._prepare_latent_image_ids(2, 8, 8, "cpu",
+                                                                                                 torch.float32),
+                                return_dict=False)[0]
+    assert torch.allclose(pack(velocity(x, sigma, cond)), expected, atol=1e-6)
+
+
+@torch.no_grad()
+def test_the_euler_rollout_ends_on_the_pipelines_latents_and_images(flux):
+    """FluxPipeline samples with its dynamic shift (mu from the image's sequence length): rlzoo's
+    Euler sampler on the sigmas the pipeline used, from the same noise, gives its latents."""
+    family, pipe, cond = flux
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    guidance = {} if family.guidance is None else {"guidance_scale": family.guidance}
+    out = pipe(prompt_embeds=cond.inputs["prompt_embeds"], pooled_prompt_embeds=cond.inputs["pooled_prompt_embeds"],
+               latents=pack(noise), height=32, width=32, num_inference_steps=3, output_type="latent",
+               return_dict=False, **guidance)[0]
+    sampler = EulerSampler(3)
+    sampler.sigmas = lambda: pipe.scheduler.sigmas.clone().float()  # (the pipeline's schedule, shifted by mu)
+    rollout = sampler.sample(family.velocity_model(pipe), noise, cond)
+    assert torch.allclose(pack(rollout.x0), out, atol=1e-5)
+    images = pipe(prompt_embeds=cond.inputs["prompt_embeds"], pooled_prompt_embeds=cond.inputs["pooled_prompt_embeds"],
+                  latents=pack(noise), height=32, width=32, num_inference_steps=3, output_type="pt",
+                  return_dict=False, **guidance)[0]
+    z = rollout.x0 / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    ours = (pipe.vae.decode(z, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(ours, images, atol=1e-5)
+
+
+def test_guidance_must_match_the_transformer():
+    dev, schnell = FluxTiny(guidance=3.5), FluxTiny(guidance=None)
+    with pytest.raises(ValueError, match="embeds a guidance scale .* set model.guidance"):
+        FluxVelocity(dev.pipeline().transformer, None)
+    with pytest.raises(ValueError, match="model.guidance=3.5: this FLUX transformer has no guidance embedding"):
+        FluxVelocity(schnell.pipeline().transformer, 3.5)
+
+
+@torch.no_grad()
+def test_an_exported_lora_loads_into_flux_pipeline_and_samples_as_rlzoo(flux, tmp_path):
+    """rlzoo's LoRA file (the shipped FLUX targets), loaded by FluxPipeline.load_lora_weights into a
+    pipeline built from the same tiny weights, samples what rlzoo's policy samples."""
+    from common import randomize
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import CONF_DIR
+    from rlzoo.policies import make_policy, save_lora
+
+    family, _, cond = flux
+    lora = OmegaConf.merge(OmegaConf.load(CONF_DIR / "shared" / "lora_flux.yaml"), {"rank": 4, "alpha": 8})
+    policy = make_policy(family.velocity_model(family.pipeline()), OmegaConf.create({"lora": lora}))
+    randomize(policy, "ema", seed=4)
+    path = save_lora(policy.adapter_state_dict("ema"), policy.lora, tmp_path / "lora")
+    pipe = FluxTiny(guidance=family.guidance).pipeline()
+    pipe.load_lora_weights(str(path.parent))
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    guidance = {} if family.guidance is None else {"guidance_scale": family.guidance}
+    theirs = pipe(prompt_embeds=cond.inputs["prompt_embeds"], pooled_prompt_embeds=cond.inputs["pooled_prompt_embeds"],
+                  latents=pack(noise), height=32, width=32, num_inference_steps=3, output_type="latent",
+                  return_dict=False, **guidance)[0]
+    sampler = EulerSampler(3)
+    sampler.sigmas = lambda: pipe.scheduler.sigmas.clone().float()
+    ours = sampler.sample(policy.velocity_fn("ema"), noise, cond).x0
+    base = sampler.sample(policy.velocity_fn("reference"), noise, cond).x0
+    assert (ours - base).abs().max() > 1e-2  # (the adapter moves the samples, so a dropped load would show)
+    assert torch.allclose(pack(ours), theirs, atol=1e-5)
