@@ -22,8 +22,11 @@ def eval_weights(cfg) -> str:
 
 
 def eval_sampler(cfg) -> EulerSampler:
-    """The evaluation protocol's sampler: Euler ODE, eval.num_steps, the rollout sampler's shift."""
-    return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.get("shift", 1.0)))
+    """The evaluation protocol's sampler: Euler ODE, eval.num_steps, the rollout sampler's shift (or
+    its model family's schedule rule)."""
+    schedule = cfg.sampler.get("schedule")
+    return EulerSampler(cfg.eval.num_steps, cfg.eval.get("shift", cfg.sampler.get("shift", 1.0)),
+                        schedule=None if schedule is None else dict(schedule))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rlzoo.ranges import check
 from rlzoo.samplers.kernels import dpm_solver_2m_step, euler_step
-from rlzoo.samplers.schedule import shifted_sigmas
+from rlzoo.samplers.schedule import DynamicShift, shifted_sigmas
 from rlzoo.types import Conditioning, Cost, Rollout
 
 VelocityFn = Callable[[Tensor, Tensor, Conditioning], Tensor]
@@ -28,12 +28,16 @@ class Sampler:
     provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition;
     # "differentiable_sample": it records x_k on request and its last step predicts x0 (ODE samplers)
 
-    def __init__(self, num_steps: int = 10, shift: float = 1.0, cfg_scale: float = 1.0):
+    def __init__(self, num_steps: int = 10, shift: float = 1.0, cfg_scale: float = 1.0, schedule: dict | None = None):
         self.num_steps = check("sampler.num_steps", num_steps, 1, integer=True)
         self.shift = float(check("sampler.shift", shift, 0, low_open=True, note="1 = no shift"))
         self.cfg_scale = float(check("sampler.cfg_scale", cfg_scale, 1, note="1 = no guidance"))
+        # a model family's own schedule rule (FLUX.1's resolution-dependent shift), else `shift`
+        self.schedule = None if schedule is None else DynamicShift(**schedule)
 
     def sigmas(self) -> Tensor:
+        if self.schedule is not None:
+            return self.schedule.sigmas(self.num_steps)
         return shifted_sigmas(self.num_steps, self.shift)
 
     @property

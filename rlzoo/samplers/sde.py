@@ -37,8 +37,8 @@ class SDESampler(Sampler):
 
     def __init__(self, num_steps: int = 10, shift: float = 1.0, kernel: str = "flow_sde", eta: float = 0.7,
                  window: list[int] | None = None, window_size: int | None = None,
-                 window_range: list[int] | None = None, cfg_scale: float = 1.0):
-        super().__init__(num_steps, shift, cfg_scale)
+                 window_range: list[int] | None = None, cfg_scale: float = 1.0, schedule: dict | None = None):
+        super().__init__(num_steps, shift, cfg_scale, schedule)
         if kernel not in KERNELS:
             raise ValueError(f"unknown SDE kernel {kernel!r}; valid: {', '.join(KERNELS)}")
         # cps: std = sigma·sin(eta·pi/2), so eta in (0, 1]; 0 (or 2) leaves no noise and no gradient

@@ -77,6 +77,9 @@ def assert_same_run(one, two):
     # SD3 classes with LoRA and the tiny PickScore; rank 0 fills the text-embedding cache, the other reads it
     pytest.param("t2i_lora", ["task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
                               "train.iterations=3", "eval.batch_size=4"], marks=pytest.mark.slow),
+    # FLUX.1's classes (packed latents, the guidance embedding, its dynamic shift) with LoRA, as t2i_lora
+    pytest.param("flux_lora", ["task=t2i", "model=flux_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
+                               "train.iterations=3", "eval.batch_size=4"], marks=pytest.mark.slow),
     # DMD: the critic learns beside the policy (its gradients summed over ranks too)
     pytest.param("toy2d_dmd_critic", ["task=toy2d", "experiment=dmd", "train.iterations=3", "eval.every=3",
                                       "eval.samples=64"], marks=pytest.mark.slow),

@@ -54,15 +54,16 @@ def test_the_velocity_is_the_pipelines_transformer_call(flux):
 @torch.no_grad()
 def test_the_euler_rollout_ends_on_the_pipelines_latents_and_images(flux):
     """FluxPipeline samples with its dynamic shift (mu from the image's sequence length): rlzoo's
-    Euler sampler on the sigmas the pipeline used, from the same noise, gives its latents."""
+    sampler with the family's schedule rule draws the same sigmas, and its Euler rollout from the
+    same noise ends on the pipeline's latents and images."""
     family, pipe, cond = flux
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     guidance = {} if family.guidance is None else {"guidance_scale": family.guidance}
     out = pipe(prompt_embeds=cond.inputs["prompt_embeds"], pooled_prompt_embeds=cond.inputs["pooled_prompt_embeds"],
                latents=pack(noise), height=32, width=32, num_inference_steps=3, output_type="latent",
                return_dict=False, **guidance)[0]
-    sampler = EulerSampler(3)
-    sampler.sigmas = lambda: pipe.scheduler.sigmas.clone().float()  # (the pipeline's schedule, shifted by mu)
+    sampler = EulerSampler(3, schedule={"image_seq_len": 64})  # (model=flux_tiny's: 32 px pack into 64 tokens)
+    assert torch.allclose(sampler.sigmas(), pipe.scheduler.sigmas.float(), atol=1e-7)  # the pipeline's, shifted by mu
     rollout = sampler.sample(family.velocity_model(pipe), noise, cond)
     assert torch.allclose(pack(rollout.x0), out, atol=1e-5)
     images = pipe(prompt_embeds=cond.inputs["prompt_embeds"], pooled_prompt_embeds=cond.inputs["pooled_prompt_embeds"],
@@ -103,8 +104,7 @@ def test_an_exported_lora_loads_into_flux_pipeline_and_samples_as_rlzoo(flux, tm
     theirs = pipe(prompt_embeds=cond.inputs["prompt_embeds"], pooled_prompt_embeds=cond.inputs["pooled_prompt_embeds"],
                   latents=pack(noise), height=32, width=32, num_inference_steps=3, output_type="latent",
                   return_dict=False, **guidance)[0]
-    sampler = EulerSampler(3)
-    sampler.sigmas = lambda: pipe.scheduler.sigmas.clone().float()
+    sampler = EulerSampler(3, schedule={"image_seq_len": 64})
     ours = sampler.sample(policy.velocity_fn("ema"), noise, cond).x0
     base = sampler.sample(policy.velocity_fn("reference"), noise, cond).x0
     assert (ours - base).abs().max() > 1e-2  # (the adapter moves the samples, so a dropped load would show)

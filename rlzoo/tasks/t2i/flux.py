@@ -89,6 +89,16 @@ class FluxFamily(ModelFamily):
     guidance: float | None = None  # FLUX.1-dev's distilled guidance scale (None: schnell, no embedding)
     image_size: int = 1024  # pixels of a sample (FLUX.1 generates at any multiple of 16)
 
+    def check_schedule(self, schedule: dict | None, vae_scale_factor: int) -> None:
+        """`model.schedule` (task=t2i hands it to the sampler: rlzoo.samplers.schedule.DynamicShift)
+        must count the tokens these samples pack into, as FluxPipeline does."""
+        tokens = (self.image_size // vae_scale_factor // 2) ** 2
+        given = (schedule or {}).get("image_seq_len")
+        if schedule is not None and given != tokens:
+            raise ValueError(f"model.schedule.image_seq_len={given}, but {self.image_size}-pixel samples pack into "
+                             f"{tokens} latent tokens (FluxPipeline's shift reads that count); use "
+                             f"model.schedule.image_seq_len={tokens}")
+
     def transformer_class(self):
         from diffusers import FluxTransformer2DModel
 
@@ -118,7 +128,7 @@ class FluxTiny(FluxFamily):
                  vae_channels: Sequence[int] = (8, 8), num_layers: int = 1, num_single_layers: int = 1,
                  num_attention_heads: int = 2, attention_head_dim: int = 8, axes_dims_rope: Sequence[int] = (2, 2, 4),
                  text_dim: int = 16, joint_attention_dim: int = 32, max_sequence_length: int = 64,
-                 guidance: float | None = 3.5):
+                 guidance: float | None = 3.5, schedule: dict | None = None):
         self.seed, self.image_size, self.latent_channels = int(seed), int(image_size), int(latent_channels)
         self.vae_channels = tuple(int(c) for c in vae_channels)
         self.num_layers, self.num_single_layers = int(num_layers), int(num_single_layers)
@@ -133,6 +143,7 @@ class FluxTiny(FluxFamily):
         if (self.image_size // 2 ** (len(self.vae_channels) - 1)) % 2:
             raise ValueError(f"model.image_size={self.image_size}: FLUX packs 2×2 latent patches, so the latent "
                              f"size (image_size / {2 ** (len(self.vae_channels) - 1)}) must be even")
+        self.check_schedule(schedule, 2 ** (len(self.vae_channels) - 1))
 
     @property
     def key(self) -> str:
