@@ -69,6 +69,6 @@ def _dynamic_sigmas(num_steps: int, rule: DynamicShift) -> tuple[float, ...]:
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=rule.base_shift,
                                                 max_shift=rule.max_shift, base_image_seq_len=rule.base_seq_len,
                                                 max_image_seq_len=rule.max_seq_len)
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps).tolist(), mu=mu)  # (as FluxPipeline)
     assert scheduler.sigmas is not None  # (set_timesteps made them)
     return tuple(float(s) for s in scheduler.sigmas)
