@@ -109,3 +109,58 @@ def test_an_exported_lora_loads_into_flux_pipeline_and_samples_as_rlzoo(flux, tm
     base = sampler.sample(policy.velocity_fn("reference"), noise, cond).x0
     assert (ours - base).abs().max() > 1e-2  # (the adapter moves the samples, so a dropped load would show)
     assert torch.allclose(pack(ours), theirs, atol=1e-5)
+
+
+def test_flux_dev_loads_a_local_diffusers_directory(tmp_path):
+    """model=flux_dev reads any diffusers FLUX.1 directory (here the tiny pipeline, saved): the real
+    loader end to end, local files only, into task=t2i, whose policy's base velocity is the saved
+    transformer's."""
+    from common import tiny_task
+
+    from rlzoo.config import compose_config, validate
+    from rlzoo.policies import make_policy
+
+    FluxTiny().pipeline().save_pretrained(tmp_path / "flux")
+    cfg = compose_config(["task=t2i", "model=flux_dev", f"model.path={tmp_path / 'flux'}", "model.image_size=32",
+                          "model.schedule.image_seq_len=64", "model.max_sequence_length=64", "reward.tiny=true",
+                          "model.text_encoder_dtype=float32", "model.precision=fp32", "model.lora.rank=4",
+                          "model.lora.alpha=8", "model.gradient_checkpointing=false"])
+    validate(cfg)
+    task = tiny_task(tmp_path)
+    policy = make_policy(task.load_base_model(cfg.model), cfg.model)
+    assert task.sample_shape == (4, 16, 16)  # 32 px through the tiny VAE, which halves once
+    x = torch.randn(2, *task.sample_shape, generator=torch.Generator().manual_seed(5))
+    cond = task.conditioning(task.train_prompts()[:2], torch.arange(2), torch.arange(2))
+    expected = FluxVelocity(FluxTiny().pipeline().transformer, 3.5)
+    with torch.no_grad():
+        assert torch.allclose(policy.velocity(x, torch.tensor(0.4), cond, "reference"),
+                              expected(x, torch.tensor(0.4), cond), atol=1e-6)
+
+
+def test_a_missing_flux_directory_is_one_line_saying_how_to_fetch_it():
+    from rlzoo.config import ConfigError, compose_config, validate
+
+    with pytest.raises(ConfigError, match=r"model.path is not set; .*hf download black-forest-labs/FLUX.1-schnell"):
+        validate(compose_config(["task=t2i", "model=flux_schnell", "reward.tiny=true"]))
+
+
+def test_the_full_size_random_flux_is_flux1s_12b_transformer():
+    """model=flux_random builds FLUX.1-dev's transformer from its published config: on the meta
+    device (no memory) it holds the 12 B parameters of the model card (11.90 B)."""
+    from rlzoo.config import compose_config
+    from rlzoo.tasks.base import instantiate_model
+
+    family = instantiate_model(compose_config(["task=t2i", "model=flux_random"]).model)
+    with torch.device("meta"):
+        transformer = family.transformer_class().from_config(family.transformer_config())
+    count = sum(p.numel() for p in transformer.parameters())
+    assert abs(count - 12e9) / 12e9 < 0.01, count
+    assert transformer.config.guidance_embeds and len(transformer.single_transformer_blocks) == 38
+
+
+def test_a_schedule_for_another_resolution_is_one_line():
+    from rlzoo.config import ConfigError, compose_config, validate
+
+    with pytest.raises(ConfigError, match=r"model.schedule.image_seq_len=1024, but 32-pixel samples pack into 64 "
+                                          r"latent tokens .* use model.schedule.image_seq_len=64"):
+        validate(compose_config(["task=t2i", "model=flux_tiny", "reward.tiny=true", "model.schedule.image_seq_len=1024"]))

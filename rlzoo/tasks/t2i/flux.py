@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.t2i.model import ModelFamily, char_clip_tokenizer, char_t5_tokenizer
+from rlzoo.tasks.t2i.model import LocalPipeline, ModelFamily, char_clip_tokenizer, char_t5_tokenizer
 from rlzoo.types import Conditioning
 
 
@@ -187,3 +187,34 @@ class FluxTiny(FluxFamily):
             module.eval()
         return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
                             text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer)
+
+
+class FluxLocal(LocalPipeline, FluxFamily):
+    """A diffusers FLUX.1 directory (or a hub id in the local cache): FLUX.1-dev (`guidance` 3.5)
+    or FLUX.1-schnell (`guidance` null), sampled at `image_size` pixels."""
+
+    text_encoders = ("text_encoder", "text_encoder_2")
+
+    def __init__(self, path: str | None, repository: str = "black-forest-labs/FLUX.1-dev", image_size: int = 512,
+                 guidance: float | None = 3.5, schedule: dict | None = None, text_encoder_dtype: str = "bfloat16",
+                 max_sequence_length: int = 512):
+        self.path, self.repository, self.image_size = path, repository, int(image_size)
+        if self.image_size % 16:
+            raise ValueError(f"model.image_size={image_size}: FLUX.1's VAE (1/8) and its 2×2 packing need a "
+                             f"multiple of 16")
+        self.guidance = None if guidance is None else float(guidance)
+        self.text_encoder_dtype, self.max_sequence_length = text_encoder_dtype, int(max_sequence_length)
+        self.schedule = schedule
+
+    def check(self) -> None:
+        """The directory is a pipeline, and `model.schedule` counts the tokens its VAE's latents pack into."""
+        from diffusers import AutoencoderKL
+
+        super().check()
+        vae = AutoencoderKL.load_config(self.resolved(), subfolder="vae", local_files_only=True)
+        self.check_schedule(self.schedule, 2 ** (len(dict(vae)["block_out_channels"]) - 1))  # pyright: ignore[reportArgumentType, reportCallIssue] (a dict)
+
+    def pipeline_class(self):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline

@@ -120,23 +120,27 @@ class SD3Source(ModelFamily):
         return pipe.transformer.config.in_channels, size, size
 
 
-class SD3Local(SD3Source):
-    """A diffusers SD3 directory (or a hub id in the local cache), e.g. SD3.5-Medium."""
+class LocalPipeline(ModelFamily):
+    """A family's pipeline from a local diffusers directory (or a hub id already in the local
+    cache), loaded with `local_files_only=True`: it never downloads. A subclass names its pipeline
+    class and the hub repository users fetch (for the one-line refusal that says how)."""
 
-    def __init__(self, path: str | None, text_encoder_dtype: str = "bfloat16", max_sequence_length: int = 256):
-        self.path = path
-        self.text_encoder_dtype = text_encoder_dtype
-        self.max_sequence_length = int(max_sequence_length)
+    path: str | None = None
+    text_encoder_dtype: str = "bfloat16"
+    repository: str = "?"  # the hub repository to fetch
+    text_encoders: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"local:{self.path}"
 
+    def pipeline_class(self):
+        raise NotImplementedError
+
     def resolved(self) -> str:
         """A directory path, or the snapshot of a hub id in the local cache; else ValueError."""
-        how = ("fetch the weights on a machine with network access (`hf download "
-               "stabilityai/stable-diffusion-3.5-medium --local-dir DIR`, after accepting the licence "
-               "on the hub), copy DIR here and pass model.path=DIR")
+        how = (f"fetch the weights on a machine with network access (`hf download {self.repository} --local-dir "
+               f"DIR`, after accepting the licence on the hub), copy DIR here and pass model.path=DIR")
         from rlzoo.tasks.base import resolve_weights
 
         path = resolve_weights(self.path, "model.path", how, kind="directory")
@@ -149,21 +153,34 @@ class SD3Local(SD3Source):
         self.resolved()
 
     def transformer_config(self) -> dict:
-        from diffusers import SD3Transformer2DModel
-
-        config = SD3Transformer2DModel.load_config(self.resolved(), subfolder="transformer", local_files_only=True)
-        return dict(config)  # pyright: ignore[reportArgumentType, reportCallIssue] (a dict without return_unused_kwargs)
+        config = self.transformer_class().load_config(self.resolved(), subfolder="transformer", local_files_only=True)
+        return dict(config)  # (a dict without return_unused_kwargs)
 
     def pipeline(self):
-        from diffusers import StableDiffusion3Pipeline
-
-        pipe = StableDiffusion3Pipeline.from_pretrained(self.resolved(), local_files_only=True)
+        pipe = self.pipeline_class().from_pretrained(self.resolved(), local_files_only=True)
         dtype = getattr(torch, self.text_encoder_dtype)
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        for name in self.text_encoders:  # they run once per prompt (cached), then are released
             encoder = getattr(pipe, name, None)
             if encoder is not None:
                 encoder.to(dtype)
         return pipe
+
+
+class SD3Local(LocalPipeline, SD3Source):
+    """A diffusers SD3 directory (or a hub id in the local cache), e.g. SD3.5-Medium."""
+
+    repository = "stabilityai/stable-diffusion-3.5-medium"
+    text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+    def __init__(self, path: str | None, text_encoder_dtype: str = "bfloat16", max_sequence_length: int = 256):
+        self.path = path
+        self.text_encoder_dtype = text_encoder_dtype
+        self.max_sequence_length = int(max_sequence_length)
+
+    def pipeline_class(self):
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
 
 
 def _char_vocabulary() -> list[str]:
