@@ -8,7 +8,8 @@
 #   3. `make bench` (python -m rlzoo.commands.bench) on the GPU;
 #   4. `python -m rlzoo.commands.bench --gpu`: Paper A's recipe on SD3.5-Medium's transformer (random
 #      weights, model=sd35m_random), per phase, images/s, peak memory, model FLOP utilisation,
-#      eager and compiled (ONLY=4 runs this step alone).
+#      eager and compiled (ONLY=4 runs this step alone);
+#   5. the same on FLUX.1-dev's transformer (model=flux_random, 11.9 B; ONLY=5 alone).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (torch with CUDA, hydra-core, omegaconf and diffusers
 # importable; on the lent GPU machine they travel as wheels, see README "On a GPU")
 set -u   # no -e: one failing step should not hide the others
@@ -22,7 +23,7 @@ FAST="eval.samples=96 eval.every=1000 checkpoint_every=1000 progress_bar=false"
 
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/device.txt"
 
-if [ "${ONLY:-}" != 4 ]; then
+if [ -z "${ONLY:-}" ]; then  # ONLY=4 or ONLY=5 runs that step alone
 echo "== 1. every recipe and row, 2 iterations, device=$DEVICE (jobs in parallel)" | tee "$OUT/components.txt"
 check() {  # task choice [overrides...]: 2 iterations, then ok or FAIL with the error's last lines
   local task=$1 choice=$2
@@ -69,8 +70,19 @@ $PY -m rlzoo.commands.bench device=$DEVICE --out "$RUNS/bench" 2>&1 | tee -a "$O
 cp "$RUNS/bench/estimators.json" "$OUT/bench.json"
 fi
 
+if [ -z "${ONLY:-}" ] || [ "${ONLY:-}" = 4 ]; then
 echo "== 4. SD3.5-Medium's transformer (random weights, LoRA r 32, 512², bf16), eager and compiled" | tee "$OUT/bench_sd35m.txt"
 # ONLY=4 scripts/gpu_check.sh runs this step alone (it fits one 10-minute call on an H100)
 $PY -m rlzoo.commands.bench --gpu --iterations 3 device=$DEVICE task.embedding_cache="$RUNS/emb_sd35m" \
   --out "$RUNS/bench_sd35m" 2>&1 | tee -a "$OUT/bench_sd35m.txt"
 cp "$RUNS/bench_sd35m/gpu.json" "$OUT/bench_sd35m.json" 2>/dev/null
+fi
+
+if [ -z "${ONLY:-}" ] || [ "${ONLY:-}" = 5 ]; then
+echo "== 5. FLUX.1-dev's transformer (random weights, 11.9 B, LoRA r 32, 512², bf16), eager and compiled" \
+  | tee "$OUT/bench_flux.txt"
+# ONLY=5 scripts/gpu_check.sh runs this step alone
+$PY -m rlzoo.commands.bench --gpu --model flux_random --iterations 3 device=$DEVICE \
+  task.embedding_cache="$RUNS/emb_flux" --out "$RUNS/bench_flux" 2>&1 | tee -a "$OUT/bench_flux.txt"
+cp "$RUNS/bench_flux/gpu.json" "$OUT/bench_flux.json" 2>/dev/null
+fi

@@ -141,14 +141,15 @@ def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -
 
 # Dense bf16 peak FLOP/s by device name, for model FLOP utilisation (vendors' datasheets).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
-GPU_RUN = ["experiment=paper_a", "task=t2i", "model=sd35m_random", "reward=pickscore", "reward.tiny=true",
+GPU_MODELS = ("sd35m_random", "flux_random")  # each family's full-size transformer, random weights
+GPU_RUN = ["experiment=paper_a", "task=t2i", "reward=pickscore", "reward.tiny=true",
            "device=cuda", "train.batch_size=16", "train.group_size=8", "train.micro_batch_size=8",
            "eval.samples=16", "eval.batch_size=16", "progress_bar=false"]
 
 
-def gpu_measure(compiled: bool, iterations: int, overrides: list[str]) -> dict:
-    """Paper A's recipe on SD3.5-Medium's transformer (random weights, LoRA r 32, 512², bf16),
-    eager or compiled: seconds per phase, images per second, peak memory, and the model FLOP
+def gpu_measure(compiled: bool, iterations: int, overrides: list[str], model: str = "sd35m_random") -> dict:
+    """Paper A's recipe on a family's full-size transformer (`model`: SD3.5-Medium's or FLUX.1-dev's,
+    random weights, LoRA r 32, 512², bf16), eager or compiled: seconds per phase, images per second, peak memory, and the model FLOP
     utilisation (FLOPs of one iteration counted by torch's FlopCounterMode, over the measured
     time, over the device's dense bf16 peak)."""
     import tempfile
@@ -159,7 +160,7 @@ def gpu_measure(compiled: bool, iterations: int, overrides: list[str]) -> dict:
     from rlzoo.config import build_components, compose_config, validate
     from rlzoo.trainer import Trainer
 
-    cfg = compose_config([*GPU_RUN, f"model.compile={str(compiled).lower()}", *overrides])
+    cfg = compose_config([*GPU_RUN, f"model={model}", f"model.compile={str(compiled).lower()}", *overrides])
     validate(cfg)
     device = torch.device(cfg.device)
     cuda = device.type == "cuda"
@@ -187,7 +188,7 @@ def gpu_measure(compiled: bool, iterations: int, overrides: list[str]) -> dict:
             flops = counter.get_total_flops()
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return {"device": name, "compiled": compiled, "iterations": iterations, "batch_size": int(cfg.train.batch_size),
+    return {"device": name, "model": model, "compiled": compiled, "iterations": iterations, "batch_size": int(cfg.train.batch_size),
             "warmup_s": warmup, "s_per_iteration": seconds, **{f"{k}_s": v for k, v in split.items()},
             "images_per_s": int(cfg.train.batch_size) / seconds, "peak_bytes": peak, "flops_per_iteration": flops,
             "peak_bf16_flops": peak_flops}
@@ -253,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true",
                         help="instead: Paper A's recipe on SD3.5-Medium's transformer (random weights), bf16, eager "
                              "and compiled, on the GPU (for scripts/gpu_check.sh)")
+    parser.add_argument("--model", choices=GPU_MODELS, default="sd35m_random",
+                        help="with --gpu: which family's full-size transformer (random weights)")
     parser.add_argument("--gpu-one", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single cell
     parser.add_argument("--bare-one", help=argparse.SUPPRESS)  # one recipe against the bare loop
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(compare_with_bare_loop(args.bare_one, args.bare_iterations, overrides)))
         return
     if args.gpu_one:
-        print(json.dumps(gpu_measure(args.gpu_one == "compiled", args.iterations, overrides)))
+        print(json.dumps(gpu_measure(args.gpu_one == "compiled", args.iterations, overrides, args.model)))
         return
     if args.gpu:
         out_dir = OutputDir(Path(args.out), args.overwrite)
@@ -272,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for mode in ("eager", "compiled"):  # each in its own process: its own peak memory and compile cache
             try:
-                rows.append(in_own_process(["--gpu-one", mode, "--iterations", str(args.iterations), *overrides],
+                rows.append(in_own_process(["--gpu-one", mode, "--iterations", str(args.iterations), "--model",
+                                            args.model, *overrides],
                                            f"bench --gpu {mode}"))
             except RuntimeError as exc:  # (the other mode may still run)
                 print(exc)

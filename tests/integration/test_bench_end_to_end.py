@@ -34,11 +34,12 @@ def test_the_bare_loop_makes_the_same_model_passes_as_rlzoo(recipe):
 
 
 @pytest.mark.slow  # (its parts run in make test: the bare-loop and bench tests above)
-def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path):
-    """`python -m rlzoo.commands.bench --gpu`'s measurement, on the CPU with sd3_tiny: the code path a lent
-    GPU runs, with its FLOP count."""
+@pytest.mark.parametrize("model", ["sd3_tiny", "flux_tiny"])
+def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path, model):
+    """`python -m rlzoo.commands.bench --gpu [--model flux_random]`'s measurement, on the CPU with each
+    family's tiny model: the code path a lent GPU runs, with its FLOP count."""
     from rlzoo.commands.bench import gpu_measure, gpu_table
 
-    row = gpu_measure(False, 1, ["model=sd3_tiny", "device=cpu", f"task.embedding_cache={tmp_path}"])
+    row = gpu_measure(False, 1, ["device=cpu", f"task.embedding_cache={tmp_path}"], model=model)
     assert row["s_per_iteration"] > 0 and row["images_per_s"] > 0 and row["flops_per_iteration"] > 0
     assert gpu_table([row]).splitlines()[-1].startswith("| eager |")
