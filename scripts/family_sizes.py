@@ -11,7 +11,7 @@ from torch import nn
 from rlzoo.config import compose_config
 from rlzoo.tasks.base import instantiate_model
 
-MODELS = {"SD3.5-Medium": "sd35m_random", "FLUX.1-dev": "flux_random"}
+MODELS = {"SD3.5-Medium": "sd35m_random", "FLUX.1-dev": "flux_random", "Z-Image": "z_image_random"}
 GIB = 2**30
 
 

@@ -9,7 +9,8 @@
 #   4. `python -m rlzoo.commands.bench --gpu`: Paper A's recipe on SD3.5-Medium's transformer (random
 #      weights, model=sd35m_random), per phase, images/s, peak memory, model FLOP utilisation,
 #      eager and compiled (ONLY=4 runs this step alone);
-#   5. the same on FLUX.1-dev's transformer (model=flux_random, 11.9 B; ONLY=5 alone).
+#   5. the same on FLUX.1-dev's transformer (model=flux_random, 11.9 B) and Z-Image's
+#      (model=z_image_random, 6.2 B; ONLY=5 runs these alone).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (torch with CUDA, hydra-core, omegaconf and diffusers
 # importable; on the lent GPU machine they travel as wheels, see README "On a GPU")
 set -u   # no -e: one failing step should not hide the others
@@ -85,4 +86,9 @@ echo "== 5. FLUX.1-dev's transformer (random weights, 11.9 B, LoRA r 32, 512², 
 $PY -m rlzoo.commands.bench --gpu --model flux_random --iterations 3 device=$DEVICE \
   task.embedding_cache="$RUNS/emb_flux" --out "$RUNS/bench_flux" 2>&1 | tee -a "$OUT/bench_flux.txt"
 cp "$RUNS/bench_flux/gpu.json" "$OUT/bench_flux.json" 2>/dev/null
+echo "== 5b. Z-Image's transformer (random weights, 6.2 B, LoRA r 32, 512², bf16), eager and compiled" \
+  | tee "$OUT/bench_z_image.txt"
+$PY -m rlzoo.commands.bench --gpu --model z_image_random --iterations 3 device=$DEVICE \
+  task.embedding_cache="$RUNS/emb_z_image" --out "$RUNS/bench_z_image" 2>&1 | tee -a "$OUT/bench_z_image.txt"
+cp "$RUNS/bench_z_image/gpu.json" "$OUT/bench_z_image.json" 2>/dev/null
 fi

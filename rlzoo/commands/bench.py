@@ -141,7 +141,7 @@ def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -
 
 # Dense bf16 peak FLOP/s by device name, for model FLOP utilisation (vendors' datasheets).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
-GPU_MODELS = ("sd35m_random", "flux_random")  # each family's full-size transformer, random weights
+GPU_MODELS = ("sd35m_random", "flux_random", "z_image_random")  # each family's full-size transformer, random weights
 GPU_RUN = ["experiment=paper_a", "task=t2i", "reward=pickscore", "reward.tiny=true",
            "device=cuda", "train.batch_size=16", "train.group_size=8", "train.micro_batch_size=8",
            "eval.samples=16", "eval.batch_size=16", "progress_bar=false"]

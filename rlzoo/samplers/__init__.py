@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rlzoo.ranges import check
 from rlzoo.samplers.kernels import dpm_solver_2m_step, euler_step
-from rlzoo.samplers.schedule import DynamicShift, shifted_sigmas
+from rlzoo.samplers.schedule import PipelineSchedule, shifted_sigmas
 from rlzoo.types import Conditioning, Cost, Rollout
 
 VelocityFn = Callable[[Tensor, Tensor, Conditioning], Tensor]
@@ -33,7 +33,7 @@ class Sampler:
         self.shift = float(check("sampler.shift", shift, 0, low_open=True, note="1 = no shift"))
         self.cfg_scale = float(check("sampler.cfg_scale", cfg_scale, 1, note="1 = no guidance"))
         # a model family's own schedule rule (FLUX.1's resolution-dependent shift), else `shift`
-        self.schedule = None if schedule is None else DynamicShift(**schedule)
+        self.schedule = None if schedule is None else PipelineSchedule(**schedule)
 
     def sigmas(self) -> Tensor:
         if self.schedule is not None:

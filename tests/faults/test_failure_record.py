@@ -4,6 +4,7 @@ changed (tests/README.md lists the areas)."""
 import json
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,7 +87,14 @@ def interrupt(run_dir: Path, signum: int, *overrides):
             break
         time.sleep(0.05)
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # (a run that does not stop: fail with what it said, not a bare timeout)
+        proc.kill()
+        out, err = proc.communicate()
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+        pytest.fail(f"still running 60 s after signal {signum} (iterations logged: {len(lines)}); "
+                    f"stderr: {err[-1500:]!r}; stdout: {out[-500:]!r}")
     return proc.returncode, stderr
 
 

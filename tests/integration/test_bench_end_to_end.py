@@ -34,7 +34,7 @@ def test_the_bare_loop_makes_the_same_model_passes_as_rlzoo(recipe):
 
 
 @pytest.mark.slow  # (its parts run in make test: the bare-loop and bench tests above)
-@pytest.mark.parametrize("model", ["sd3_tiny", "flux_tiny"])
+@pytest.mark.parametrize("model", ["sd3_tiny", "flux_tiny", "z_image_tiny"])
 def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path, model):
     """`python -m rlzoo.commands.bench --gpu [--model flux_random]`'s measurement, on the CPU with each
     family's tiny model: the code path a lent GPU runs, with its FLOP count."""

@@ -40,14 +40,14 @@ def trainable(run_dir) -> dict:
 COMPARED = ("loss", "kl", "grad_norm", "critic/loss")  # and every reward/... key
 
 
-def assert_same_run(one, two):
+def assert_same_run(one, two, rel: float = 1e-5):
     a, b = records(one / "metrics.jsonl"), records(two / "metrics.jsonl")
     assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == list(range(1, len(a) + 1))
     for x, y in zip(a[:3], b[:3]):
         for key in (k for k in x if k in COMPARED or k.startswith("reward/")):
             # (a loss near 0 is a difference of larger terms, and a group-normalised mix has mean 0: 1e-7 absolute)
             near_zero = key in ("loss", "reward/reward")
-            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7 if near_zero else 1e-9), (key, x["iteration"])
+            assert y[key] == pytest.approx(x[key], rel=rel, abs=1e-7 if near_zero else 1e-9), (key, x["iteration"])
         assert (x["nfe_forward"], x["nfe_backward"]) == (y["nfe_forward"], y["nfe_backward"])
     # held-out evaluation, sharded over the ranks: the same numbers as one process (exactly, before
     # training; after it, to the weights' float tolerance)
@@ -80,6 +80,9 @@ def assert_same_run(one, two):
     # FLUX.1's classes (packed latents, the guidance embedding, its dynamic shift) with LoRA, as t2i_lora
     pytest.param("flux_lora", ["task=t2i", "model=flux_tiny", "reward=pickscore", "reward.tiny=true", "debug=tiny",
                                "train.iterations=3", "eval.batch_size=4"], marks=pytest.mark.slow),
+    # Z-Image's classes (each prompt's own tokens, the reversed time axis) with LoRA
+    pytest.param("z_image_lora", ["task=t2i", "model=z_image_tiny", "reward=pickscore", "reward.tiny=true",
+                                  "debug=tiny", "train.iterations=3", "eval.batch_size=4"], marks=pytest.mark.slow),
     # DMD: the critic learns beside the policy (its gradients summed over ranks too)
     pytest.param("toy2d_dmd_critic", ["task=toy2d", "experiment=dmd", "train.iterations=3", "eval.every=3",
                                       "eval.samples=64"], marks=pytest.mark.slow),
@@ -94,7 +97,10 @@ def test_two_ranks_train_as_one_process(tmp_path, name, overrides):
     cache = (lambda name: [f"task.embedding_cache={tmp_path / name}"]) if "task=t2i" in overrides else (lambda name: [])
     launch(tmp_path / "one", *overrides, "train.rng=keyed", *cache("one_cache"))
     launch(tmp_path / "two", *overrides, "train.rng=keyed", *cache("two_cache"), ranks=2)
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    # Z-Image's transformer pads the captions of a batch to the batch's longest: 4 rows a rank and 8 in
+    # one process pad differently, so its sums round differently (measured: grad norms 1.2e-5 apart,
+    # the trained weights 6.4e-7, within the 1e-6 below)
+    assert_same_run(tmp_path / "one", tmp_path / "two", rel=1e-4 if name == "z_image_lora" else 1e-5)
     if name == "shapes":  # every number an evaluation reports, the set metrics included
         assert {"fid_data", "kid_data"} <= set(records(tmp_path / "two" / "eval.jsonl")[-1])
     listing = [sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())

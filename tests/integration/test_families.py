@@ -1,7 +1,7 @@
 """The whole design space on every model family (rlzoo.tasks.t2i.model.ModelFamily): the valid
 objective × estimator × sampler grid validates on each tiny family, and the design space's
-corners train with LoRA on FLUX.1 (SD3's recipes: test_t2i_end_to_end.py); a FLUX run is
-evaluated and exported."""
+corners train with LoRA on FLUX.1 and Z-Image (SD3's recipes: test_t2i_end_to_end.py); a run of
+each is evaluated and exported."""
 import json
 import subprocess
 import sys
@@ -11,7 +11,7 @@ from common import run_main
 
 from rlzoo.config import compose_config, valid_grid, validate
 
-FAMILIES = ["sd3_tiny", "flux_tiny"]
+FAMILIES = ["sd3_tiny", "flux_tiny", "z_image_tiny"]
 
 
 @pytest.mark.parametrize("model", FAMILIES)
@@ -24,18 +24,19 @@ def test_every_valid_combination_validates_on_the_family(model):
                  check_model=False)  # (teacher: DMD on random weights, plumbing only)
 
 
-def test_the_design_space_trains_on_flux_and_is_evaluated_and_exported(tmp_path):
+@pytest.mark.parametrize("model", ["flux_tiny", "z_image_tiny"])
+def test_the_design_space_trains_on_the_family_and_is_evaluated_and_exported(tmp_path, model):
     """ELBO + DPM2 (Paper A), trajectory + Flow-SDE (FlowGRPO), NFT, AWM and DMD, 2 iterations each
-    on flux_tiny with LoRA and the tiny PickScore, as one sweep; then `rlzoo evaluate` reproduces
-    the first run's final reward and `rlzoo export` writes its LoRA."""
+    on the family's tiny model with LoRA and the tiny PickScore, as one sweep; then `rlzoo evaluate`
+    reproduces the first run's final reward and `rlzoo export` writes its LoRA."""
     from rlzoo.commands.cli import main
 
     out = tmp_path / "sweep"
     recipes = ["paper_a", "flowgrpo", "diffusionnft", "awm", "dmd"]
     result = subprocess.run(
         [sys.executable, "-m", "rlzoo.commands.train", "-m", f"experiment={','.join(recipes)}", "task=t2i",
-         "model=flux_tiny", "reward.tiny=true", "debug=tiny",
-         "model.teacher=true",  # DMD distils from flux_tiny's random weights: plumbing only
+         f"model={model}", "reward.tiny=true", "debug=tiny",
+         "model.teacher=true",  # DMD distils from random weights: plumbing only
          f"task.embedding_cache={tmp_path / 'embeddings'}", f"hydra.sweep.dir={out}"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

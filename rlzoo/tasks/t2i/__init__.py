@@ -1,5 +1,5 @@
 """t2i: text-to-image with a model family's pipeline (SD3: SD3.5-Medium or `sd3_tiny` on CPU;
-FLUX.1: `flux_tiny` on CPU), the family adapted by rlzoo.tasks.t2i.model.ModelFamily.
+FLUX.1: `flux_tiny`; Z-Image: `z_image_tiny`), the family adapted by rlzoo.tasks.t2i.model.ModelFamily.
 
 The policy samples in the VAE's latent space; latents are decoded (batched, no grad) only for
 rewards, grids and evaluation. Prompts come from a prompt set (the `prompts` group); their text
@@ -24,8 +24,6 @@ from rlzoo.tasks.base import Task, check_lora_targets, instantiate_model
 from rlzoo.types import Conditioning
 
 EMPTY = ""  # the negative prompt of classifier-free guidance (SD3's default)
-# what every family's text encoding gives a prompt: the text encoder's sequence and a pooled vector
-CONDITIONING_INPUTS = ("prompt_embeds", "pooled_prompt_embeds")
 
 
 class TextEmbeddingCache:
@@ -126,7 +124,7 @@ class T2ITask(Task):
         pipe = source.pipeline()
         self.vae = pipe.vae.requires_grad_(False).eval()
         self.cache = cache = TextEmbeddingCache(self.embedding_cache_dir, f"{source.family}:{source.key}",
-                                                CONDITIONING_INPUTS)
+                                                source.inputs)
         missing = cache.missing([EMPTY, *self._train, *self._heldout])
         if missing:
             self._encode(source, pipe, cache, missing)

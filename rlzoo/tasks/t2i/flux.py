@@ -90,7 +90,7 @@ class FluxFamily(ModelFamily):
     image_size: int = 1024  # pixels of a sample (FLUX.1 generates at any multiple of 16)
 
     def check_schedule(self, schedule: dict | None, vae_scale_factor: int) -> None:
-        """`model.schedule` (task=t2i hands it to the sampler: rlzoo.samplers.schedule.DynamicShift)
+        """`model.schedule` (task=t2i hands it to the sampler: rlzoo.samplers.schedule.PipelineSchedule)
         must count the tokens these samples pack into, as FluxPipeline does."""
         tokens = (self.image_size // vae_scale_factor // 2) ** 2
         given = (schedule or {}).get("image_seq_len")

@@ -1,5 +1,6 @@
 """Model families for the t2i task (ModelFamily), and Stable Diffusion 3: where the pipeline comes
-from, its text encoding, and the velocity model (FLUX.1: rlzoo.tasks.t2i.flux).
+from, its text encoding, and the velocity model (FLUX.1: rlzoo.tasks.t2i.flux; Z-Image:
+rlzoo.tasks.t2i.z_image).
 
 A model config names a *source* (cheap to build; nothing is loaded until `pipeline()`):
 - `SD3Local` (`model=sd35m`): a local diffusers directory or a hub id already in the local cache,
@@ -63,6 +64,8 @@ class ModelFamily:
 
     family: str = "?"
     max_sequence_length: int = 256  # T5 tokens per prompt
+    # what `encode` gives each prompt, cached: the text encoder's sequence and a pooled vector (SD3, FLUX.1)
+    inputs: tuple[str, ...] = ("prompt_embeds", "pooled_prompt_embeds")
 
     @property
     def key(self) -> str:
