@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.t2i.model import LocalPipeline, ModelFamily, char_clip_tokenizer, char_t5_tokenizer
+from rlzoo.tasks.t2i.model import (
+    FamilyVelocity,
+    LocalPipeline,
+    ModelFamily,
+    char_clip_tokenizer,
+    char_t5_tokenizer,
+    tiny_vae,
+)
 from rlzoo.types import Conditioning
 
 
@@ -48,13 +55,12 @@ def image_ids(height: int, width: int, device, dtype) -> Tensor:
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-class FluxVelocity(nn.Module):
+class FluxVelocity(FamilyVelocity):
     """v(x_t, sigma, cond) = unpack(FLUX transformer(pack(x_t), timestep = sigma, guidance, T5 embeds,
     CLIP pooled, ids))."""
 
     def __init__(self, transformer: nn.Module, guidance: float | None = None):
-        super().__init__()
-        self.transformer = transformer
+        super().__init__(transformer)
         embeds_guidance = bool(getattr(transformer.config, "guidance_embeds", False))
         if embeds_guidance and guidance is None:
             raise ValueError("this FLUX transformer embeds a guidance scale (FLUX.1-dev): set model.guidance "
@@ -63,9 +69,6 @@ class FluxVelocity(nn.Module):
             raise ValueError(f"model.guidance={guidance}: this FLUX transformer has no guidance embedding "
                              f"(FLUX.1-schnell); use model.guidance=null")
         self.guidance = guidance
-
-    def lora_module(self) -> nn.Module:
-        return self.transformer
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
@@ -157,20 +160,14 @@ class FluxTiny(FluxFamily):
                     axes_dims_rope=self.axes_dims_rope)
 
     def pipeline(self):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
         from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
         clip_tokenizer = char_clip_tokenizer(77)  # (FluxPipeline reads CLIP's 77 tokens for the pooled output)
         t5_tokenizer = char_t5_tokenizer(self.max_sequence_length)
         torch.manual_seed(self.seed)
         transformer = FluxTransformer2DModel(**self.transformer_config())
-        blocks = len(self.vae_channels)
-        vae_config: dict[str, Any] = dict(
-            in_channels=3, out_channels=3, latent_channels=self.latent_channels, block_out_channels=self.vae_channels,
-            layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * blocks,
-            up_block_types=("UpDecoderBlock2D",) * blocks, sample_size=self.image_size, use_quant_conv=False,
-            use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)  # (FLUX.1's VAE constants)
-        vae = AutoencoderKL(**vae_config)
+        vae = tiny_vae(self.latent_channels, self.vae_channels, self.image_size, 0.1159, 0.3611)  # (FLUX.1's constants)
         clip_config: dict[str, Any] = dict(
             hidden_size=self.text_dim, intermediate_size=2 * self.text_dim, num_hidden_layers=2, num_attention_heads=2,
             vocab_size=len(clip_tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,

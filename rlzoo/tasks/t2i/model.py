@@ -18,16 +18,20 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from rlzoo.types import Conditioning
 
+if TYPE_CHECKING:  # (diffusers is imported where a model is built, not with this module)
+    from diffusers import AutoencoderKL
 
-class SD3Velocity(nn.Module):
-    """v(x_t, sigma, cond) = SD3 transformer(x_t, timestep = 1000·sigma, prompt embeds, pooled)."""
+
+class FamilyVelocity(nn.Module):
+    """rlzoo's velocity v(x_t, sigma, cond) = ε − x0 on (C, H, W) latents, from a family's transformer
+    (which `model.lora` adapts); each family's subclass calls it as its pipeline does."""
 
     def __init__(self, transformer: nn.Module):
         super().__init__()
@@ -35,6 +39,25 @@ class SD3Velocity(nn.Module):
 
     def lora_module(self) -> nn.Module:
         return self.transformer
+
+
+def tiny_vae(latent_channels: int, vae_channels: tuple[int, ...], image_size: int, shift_factor: float,
+             scaling_factor: float) -> AutoencoderKL:
+    """A small AutoencoderKL (one block a halving, one layer each) with a family's latent constants,
+    for the tiny and random configurations."""
+    from diffusers import AutoencoderKL
+
+    blocks = len(vae_channels)
+    config: dict[str, Any] = dict(  # (diffusers annotates the block tuples as 1-tuples)
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=vae_channels,
+        layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks, sample_size=image_size, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=shift_factor, scaling_factor=scaling_factor)
+    return AutoencoderKL(**config)
+
+
+class SD3Velocity(FamilyVelocity):
+    """v(x_t, sigma, cond) = SD3 transformer(x_t, timestep = 1000·sigma, prompt embeds, pooled)."""
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
@@ -260,7 +283,6 @@ class SD3Tiny(SD3Source):
 
     def pipeline(self):
         from diffusers import (
-            AutoencoderKL,
             FlowMatchEulerDiscreteScheduler,
             SD3Transformer2DModel,
             StableDiffusion3Pipeline,
@@ -270,13 +292,7 @@ class SD3Tiny(SD3Source):
         clip_tokenizer, t5_tokenizer = self.tokenizers()
         torch.manual_seed(self.seed)
         transformer = SD3Transformer2DModel(**self.transformer_config())
-        blocks = len(self.vae_channels)
-        vae_config: dict[str, Any] = dict(  # (diffusers annotates the block tuples as 1-tuples)
-            in_channels=3, out_channels=3, latent_channels=self.latent_channels, block_out_channels=self.vae_channels,
-            layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * blocks,
-            up_block_types=("UpDecoderBlock2D",) * blocks, sample_size=self.image_size, use_quant_conv=False,
-            use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
-        vae = AutoencoderKL(**vae_config)
+        vae = tiny_vae(self.latent_channels, self.vae_channels, self.image_size, 0.0609, 1.5035)  # (SD3's constants)
         clip_config: dict[str, Any] = dict(hidden_size=self.text_dim, intermediate_size=2 * self.text_dim, num_hidden_layers=2,
                            num_attention_heads=2, vocab_size=len(clip_tokenizer), projection_dim=self.text_dim,
                            max_position_embeddings=self.max_sequence_length, bos_token_id=0, eos_token_id=1,

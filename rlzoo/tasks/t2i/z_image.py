@@ -25,22 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlzoo.tasks.t2i.model import LocalPipeline, ModelFamily
+from rlzoo.tasks.t2i.model import FamilyVelocity, LocalPipeline, ModelFamily, tiny_vae
 from rlzoo.types import Conditioning
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-class ZImageVelocity(nn.Module):
+class ZImageVelocity(FamilyVelocity):
     """v(x_t, sigma, cond) = −Z-Image transformer([x_t as (C, 1, H, W) frames], 1 − sigma, [each row's text tokens])."""
-
-    def __init__(self, transformer: nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    def lora_module(self) -> nn.Module:
-        return self.transformer
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
@@ -132,19 +125,13 @@ class ZImageTiny(ZImageFamily):
                     axes_lens=[self.max_sequence_length * 2, 64, 64])
 
     def pipeline(self):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
         from transformers import Qwen3Config, Qwen3Model
 
         tokenizer = char_qwen_tokenizer(self.max_sequence_length)
         torch.manual_seed(self.seed)
         transformer = ZImageTransformer2DModel(**self.transformer_config())
-        blocks = len(self.vae_channels)
-        vae_config: dict[str, Any] = dict(
-            in_channels=3, out_channels=3, latent_channels=self.latent_channels, block_out_channels=self.vae_channels,
-            layers_per_block=1, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * blocks,
-            up_block_types=("UpDecoderBlock2D",) * blocks, sample_size=self.image_size, use_quant_conv=False,
-            use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)  # (Z-Image's VAE is FLUX.1's)
-        vae = AutoencoderKL(**vae_config)
+        vae = tiny_vae(self.latent_channels, self.vae_channels, self.image_size, 0.1159, 0.3611)  # (FLUX.1's VAE)
         text_encoder = Qwen3Model(Qwen3Config(
             vocab_size=len(tokenizer), hidden_size=self.text_dim, intermediate_size=2 * self.text_dim, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=2, head_dim=self.text_dim // 2,
