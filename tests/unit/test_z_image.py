@@ -134,3 +134,9 @@ def test_z_image_loads_a_local_diffusers_directory(tmp_path):
     with torch.no_grad():
         expected = ZImageVelocity(ZImageTiny(schedule=SCHEDULE).pipeline().transformer)(x, torch.tensor(0.4), cond)
         assert torch.allclose(policy.velocity(x, torch.tensor(0.4), cond, "reference"), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", [{}, {"shift": 3.0, "image_seq_len": 64}])
+def test_a_schedule_takes_one_rule(schedule):
+    with pytest.raises(ValueError, match="sampler.schedule takes image_seq_len .* or shift .*, one of them"):
+        EulerSampler(3, schedule=schedule)
