@@ -3,7 +3,7 @@ after it (`rlzoo evaluate`, rlzoo.commands.evaluate); a run's weights opened fro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -79,8 +79,9 @@ def evaluate(task, policy, view: str, protocol: EvalProtocol, device: torch.devi
     prompts = task.heldout_prompts()
     generator = torch.Generator().manual_seed(seed)
     ids = task.eval_prompt_ids(protocol.samples)
-    teacher_sampler = EulerSampler(int(teacher_steps), sampler.shift) if teacher_steps else None
-    key = (protocol.samples, seed, teacher_steps, sampler.shift, cfg_scale)
+    schedule = None if sampler.schedule is None else asdict(sampler.schedule)  # (a model family's rule, as the sampler's)
+    teacher_sampler = EulerSampler(int(teacher_steps), sampler.shift, schedule=schedule) if teacher_steps else None
+    key = (protocol.samples, seed, teacher_steps, sampler.shift, sampler.schedule, cfg_scale)
     cached = (teacher_cache or {}).get(key)
     if cached is not None:
         teacher_sampler = None

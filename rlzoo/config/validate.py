@@ -82,6 +82,9 @@ def _validate_numbers(cfg: DictConfig) -> None:
                       ("threads", int)):
         if OmegaConf.select(cfg, key) is not None:
             _positive(cfg, key, kind)
+    if OmegaConf.select(cfg, "eval.shift") is not None and OmegaConf.select(cfg, "sampler.schedule") is not None:
+        raise ConfigError(f"eval.shift={cfg.eval.shift} is not read: the model family's sampler.schedule (model.schedule) "
+                          f"sets every sampler's sigmas, the evaluation's too; drop eval.shift")
     for key in ("seed", "eval.seed"):  # what torch.Generator.manual_seed takes
         _in_range(cfg, key, -2**63, 2**63 - 1, integer=True)
     _in_range(cfg, "eval.ema_cap", 0, 1, high_open=True, note="the cap of the evaluation EMA's decay")

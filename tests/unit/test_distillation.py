@@ -151,6 +151,12 @@ def test_distances_to_the_teachers_samples():
     cfg2 = compose_config(["task=toy2d", "eval.num_steps=2"])
     few, _ = evaluate(task, policy, "reference", EvalProtocol(eval_sampler(cfg2), 240, 0, 240, teacher_steps=20), torch.device("cpu"))
     assert few["sw_teacher"] > 0.05 and few["fd_teacher"] > 0.01
+    # a model family's schedule rule (sampler.schedule) is the teacher's too: itself at the same steps, distance 0
+    from rlzoo.samplers import EulerSampler
+
+    ruled = EvalProtocol(EulerSampler(20, schedule={"shift": 3.0}), 240, 0, 240, teacher_steps=20)
+    same, _ = evaluate(task, policy, "reference", ruled, torch.device("cpu"))
+    assert same["sw_teacher"] < 1e-6 and abs(same["fd_teacher"]) < 1e-6
 
 
 def test_r_dm_draws_shared_within_a_prompt_group():

@@ -140,3 +140,11 @@ def test_z_image_loads_a_local_diffusers_directory(tmp_path):
 def test_a_schedule_takes_one_rule(schedule):
     with pytest.raises(ValueError, match="sampler.schedule takes image_seq_len .* or shift .*, one of them"):
         EulerSampler(3, schedule=schedule)
+
+
+def test_an_evaluation_shift_a_family_schedule_would_ignore_is_refused():
+    from rlzoo.config import ConfigError, compose_config, validate
+
+    with pytest.raises(ConfigError, match=r"eval.shift=2.0 is not read: the model family's sampler.schedule"):
+        validate(compose_config(["task=t2i", "model=z_image_tiny", "reward.tiny=true", "+eval.shift=2.0"]),
+                 check_model=False)
