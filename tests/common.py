@@ -155,17 +155,23 @@ def hold_lock(run_dir: Path, name: str = ".rlzoo.lock"):
         proc.wait()
 
 
+def wait_for_iterations(run_dir, iterations: int, timeout: float = 120) -> None:
+    """Until a running run's metrics.jsonl holds `iterations` lines (or `timeout` seconds pass)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = Path(run_dir) / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= iterations:
+            return
+        time.sleep(0.05)
+
+
 def kill_a_rank_when(run_dir, iterations: int, process):
     """SIGKILL one of torchrun's workers once the run has logged `iterations` iterations."""
     import signal
-    import time
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        log = run_dir / "metrics.jsonl"
-        if log.exists() and len(log.read_text().splitlines()) >= iterations:
-            break
-        time.sleep(0.05)
+    wait_for_iterations(run_dir, iterations)
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     os.kill(int(workers[-1]), signal.SIGKILL)

@@ -5,12 +5,11 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from common import kept, one_line, snapshot, train, user_dir
+from common import kept, one_line, snapshot, train, user_dir, wait_for_iterations
 
 
 def test_a_checkpoint_of_another_run_changes_nothing(tmp_path, here):
@@ -80,12 +79,7 @@ def test_a_failed_start_does_not_claim_the_directory(tmp_path, here):
 
 def interrupt(run_dir: Path, signum: int, *overrides):
     proc = train(run_dir, "train.iterations=100000", "checkpoint_every=3", *overrides, wait=False)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.05)
+    wait_for_iterations(run_dir, 4)
     proc.send_signal(signum)
     try:
         _, stderr = proc.communicate(timeout=60)

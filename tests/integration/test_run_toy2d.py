@@ -1,9 +1,8 @@
 """End-to-end runs on toy2d: the run directory's contents, and resume after SIGKILL."""
 import json
 import signal
-import time
 
-from common import REPO, records, rlzoo_train, rlzoo_train_here
+from common import REPO, records, rlzoo_train, rlzoo_train_here, wait_for_iterations
 
 SMALL = ["task=toy2d", "threads=1", "progress_bar=false", "train.batch_size=64", "train.group_size=8",
          "train.micro_batch_size=32", "eval.samples=96", "sampler.num_steps=6", "eval.num_steps=6"]
@@ -52,12 +51,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     run = tmp_path / "killed"
     proc = rlzoo_train(*SMALL, f"run_dir={run}", *common, wait=False)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 13:
-            break
-        time.sleep(0.05)
+    wait_for_iterations(run, 13)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(records(run / "metrics.jsonl")) < 30, "the run finished before it was killed"
