@@ -19,7 +19,8 @@ VelocityFn = Callable[[Tensor, Tensor, Conditioning], Tensor]
 
 
 class Sampler:
-    """Common configuration of all samplers: K steps on the shifted flow-matching schedule, and the
+    """Common configuration of all samplers: K steps on the shifted flow-matching schedule (`shift`,
+    default 1 = none; or a model family's own rule, `schedule`, which then alone sets them), and the
     classifier-free guidance scale of the rollouts (`cfg_scale`, 1 = off: Paper A; FlowGRPO 4.5).
     The guidance itself is applied by the policy to every view, so the estimators and the KL see
     the velocity the sampler used (rlzoo.policies.guided_velocity)."""
@@ -28,16 +29,22 @@ class Sampler:
     provides = frozenset()  # "trajectory": its Rollout carries x_k, behaviour log-probs, transition;
     # "differentiable_sample": it records x_k on request and its last step predicts x0 (ODE samplers)
 
-    def __init__(self, num_steps: int = 10, shift: float = 1.0, cfg_scale: float = 1.0, schedule: dict | None = None):
+    def __init__(self, num_steps: int = 10, shift: float | None = None, cfg_scale: float = 1.0,
+                 schedule: dict | None = None):
         self.num_steps = check("sampler.num_steps", num_steps, 1, integer=True)
-        self.shift = float(check("sampler.shift", shift, 0, low_open=True, note="1 = no shift"))
         self.cfg_scale = float(check("sampler.cfg_scale", cfg_scale, 1, note="1 = no guidance"))
         # a model family's own schedule rule (FLUX.1's resolution-dependent shift), else `shift`
         self.schedule = None if schedule is None else PipelineSchedule(**schedule)
+        if self.schedule is not None and shift is not None:
+            raise ValueError(f"sampler.shift={shift} is not read: the model family's sampler.schedule (model.schedule) "
+                             f"sets the sigmas; set model.schedule.shift for a static shift, or drop sampler.shift")
+        self.shift = None if self.schedule is not None else float(check("sampler.shift", 1.0 if shift is None else shift,
+                                                                         0, low_open=True, note="1 = no shift"))
 
     def sigmas(self) -> Tensor:
         if self.schedule is not None:
             return self.schedule.sigmas(self.num_steps)
+        assert self.shift is not None  # (set whenever there is no schedule)
         return shifted_sigmas(self.num_steps, self.shift)
 
     @property

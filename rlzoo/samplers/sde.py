@@ -35,7 +35,7 @@ class SDESampler(Sampler):
 
     provides = frozenset({"trajectory"})
 
-    def __init__(self, num_steps: int = 10, shift: float = 1.0, kernel: str = "flow_sde", eta: float = 0.7,
+    def __init__(self, num_steps: int = 10, shift: float | None = None, kernel: str = "flow_sde", eta: float = 0.7,
                  window: list[int] | None = None, window_size: int | None = None,
                  window_range: list[int] | None = None, cfg_scale: float = 1.0, schedule: dict | None = None):
         super().__init__(num_steps, shift, cfg_scale, schedule)

@@ -148,3 +148,17 @@ def test_an_evaluation_shift_a_family_schedule_would_ignore_is_refused():
     with pytest.raises(ConfigError, match=r"eval.shift=2.0 is not read: the model family's sampler.schedule"):
         validate(compose_config(["task=t2i", "model=z_image_tiny", "reward.tiny=true", "+eval.shift=2.0"]),
                  check_model=False)
+
+
+@pytest.mark.parametrize("model", ["z_image_tiny", "flux_tiny"])
+def test_a_sampler_shift_a_family_schedule_would_ignore_is_refused(model):
+    """The families with their own rule leave sampler.shift null; a user's value would not be read."""
+    from rlzoo.config import ConfigError, compose_config, validate
+
+    assert compose_config(["task=t2i", f"model={model}"]).sampler.shift is None
+    with pytest.raises(ConfigError, match=r"sampler.shift=2.0 is not read: the model family's sampler.schedule"):
+        validate(compose_config(["task=t2i", f"model={model}", "reward.tiny=true", "sampler.shift=2.0"]),
+                 check_model=False)
+    # without the family's rule, the shift is SD3.5's, and a user's value is read
+    cfg = compose_config(["task=t2i", f"model={model}", "model.schedule=null", "sampler.shift=2.0"])
+    assert cfg.sampler.shift == 2.0 and cfg.sampler.schedule is None
