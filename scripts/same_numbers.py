@@ -30,6 +30,13 @@ COMMANDS = {
     # task=t2i on the tiny SD3 with LoRA (Paper A's recipe, the tiny PickScore): the model family's path
     "t2i_sd3_tiny": ["experiment=paper_a", "task=t2i", "model=sd3_tiny", "reward=pickscore", "reward.tiny=true",
                      "debug=tiny", "train.iterations=3", "eval.every=3"],
+    # every other recipe on shapes, a few iterations each (work saved must leave every number as it was)
+    **{f"shapes_{recipe}": [f"experiment={recipe}", "task=shapes", "train.iterations=4", "eval.every=4",
+                            "eval.samples=64"]
+       for recipe in ("flowgrpo", "flowgrpo_fast", "diffusionnft", "awm", "dmd", "gndm", "dmdr", "gndmr")},
+    # the other model families' adapters (LoRA, Paper A's recipe)
+    **{f"t2i_{model}": ["experiment=paper_a", "task=t2i", f"model={model}", "reward=pickscore", "reward.tiny=true",
+                        "debug=tiny", "train.iterations=3", "eval.every=3"] for model in ("flux_tiny", "z_image_tiny")},
 }
 TIMINGS = ("wall", "time", "_s", "seconds", "per_s", "peak_mem")
 
