@@ -19,6 +19,7 @@ rank 0 alone writes.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from rlzoo.rng import Randomness
 from rlzoo.runs import Phase, Progress, ProgressBar, format_metrics, iteration_record
 from rlzoo.runs.checkpointer import Checkpointer, Learners
 from rlzoo.runs.record import RunRecord
-from rlzoo.types import Components, Rollout, UpdateBatch
+from rlzoo.types import Components, Rollout, StepTotals, UpdateBatch
 from rlzoo.warm_start import warm_start
 
 
@@ -192,36 +193,31 @@ class Trainer:
     def update(self, batch: UpdateBatch, shard) -> dict:
         """One optimizer step on `batch` (this rank's rows of a step of `batch.rows` over all ranks):
         the objective's loss is formed and back-propagated part by part (gradient accumulation),
-        so memory does not grow with the number of terms; then the gradients are summed over ranks."""
+        so memory does not grow with the number of terms; then the gradients are summed over ranks.
+        The step's numbers stay on the device until one read after the clip (one host sync per
+        step); a non-finite loss stops the run there, before the optimizer spreads it into the weights."""
         self.optimizer.zero_grad(set_to_none=True)
-        stats = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0, "likelihood_terms": 0}
-        failure = None
-        try:
-            for part in (self.objective.losses(batch) if len(batch.rollout.x0) else ()):
-                self.backward(part.loss)
-                self.progress.compute.add(part.cost)  # what the part says it spent
-                stats["loss"] += float(part.loss.detach())
-                for key, value in part.stats.items():
-                    stats[key] = max(stats[key], value) if key == "log_ratio_abs_max" else stats.get(key, 0) + value
-        except NonFiniteLoss as exc:
-            failure = exc
-        if shard.agree(failure is not None):  # every rank stops, none waits in the all-reduce
-            raise failure or NonFiniteLoss(f"non-finite loss on another rank at iteration {self.progress.iteration + 1}")
-        stats = shard.reduce(stats, maximum=("log_ratio_abs_max", "likelihood_terms"))
+        totals = StepTotals()
+        for part in (self.objective.losses(batch) if len(batch.rollout.x0) else ()):
+            part.loss.backward()
+            self.progress.compute.add(part.cost)  # what the part says it spent
+            totals.add(part)
         shard.sum_gradients(self.policy.parameters())  # (a rank without rows in this step adds zeros)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)
+        stats = totals.read(grad_norm=grad_norm)  # the step's one host sync
+        finite = math.isfinite(stats["loss"])
+        if shard.agree(not finite):  # every rank stops, none waits in a later collective
+            raise NonFiniteLoss(f"non-finite loss ({stats['loss']}) at iteration {self.progress.iteration + 1}"
+                                if not finite else f"non-finite loss on another rank at iteration "
+                                f"{self.progress.iteration + 1}")
+        grad_norm = stats.pop("grad_norm")  # (of the gradients summed over ranks already)
+        stats = {**shard.reduce(stats, maximum=StepTotals.MAXIMA), "grad_norm": grad_norm}
         self.optimizer.step()
         self.lr_schedule.step()
         self.progress.optimizer_steps += 1
         self.policy.update_ema(eval_ema_decay(self.progress.optimizer_steps, self.cfg.eval.ema_cap)
                                 if self.cfg.eval.ema else 0.0)
-        return {**stats, "grad_norm": float(grad_norm)}
-
-    def backward(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):  # stop before the optimizer spreads it into the weights
-            raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration "
-                                f"{self.progress.iteration + 1}")
-        loss.backward()
+        return stats
 
     # ------------------------------------------------------------------------- measurement
     def run_eval(self, view: str, moment: str | None = None) -> dict:

@@ -161,7 +161,41 @@ class LossPart:
 
     loss: Tensor  # scalar
     cost: Cost
-    stats: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # numbers, or 0-dim tensors left on the device (StepTotals reads them)
+
+
+class StepTotals:
+    """An optimizer step's statistics, summed over its loss parts where they are computed (on the
+    device, in float64: the same sums as Python's floats, bit for bit) and read to the host once,
+    by `read`, so a step waits for the device once rather than once per number per part."""
+
+    MAXIMA = ("log_ratio_abs_max", "likelihood_terms")  # over ranks; the first also over parts
+
+    def __init__(self):
+        self.values: dict = {"loss": 0.0, "kl": 0.0, "log_ratio_abs_max": 0.0, "ratio_mean": 0.0,
+                             "likelihood_terms": 0}
+
+    def add(self, part: LossPart) -> None:
+        self.values["loss"] = self.values["loss"] + part.loss.detach().double()
+        for key, value in part.stats.items():
+            if isinstance(value, Tensor):
+                value = value.detach().double()
+            total = self.values.get(key, 0)
+            if key == "log_ratio_abs_max":
+                self.values[key] = torch.maximum(torch.as_tensor(total, dtype=torch.float64, device=value.device), value) \
+                    if isinstance(value, Tensor) else max(total, value)
+            else:
+                self.values[key] = total + value
+
+    def read(self, **more) -> dict:
+        """The totals (and `more`) as Python numbers: one host sync for all the tensors among them."""
+        values = {**self.values, **more}
+        tensors = [key for key, value in values.items() if isinstance(value, Tensor)]
+        if tensors:
+            device = values[tensors[0]].device
+            read = torch.stack([values[key].detach().to(device, torch.float64) for key in tensors]).tolist()
+            values.update(zip(tensors, read))
+        return values
 
 
 @dataclass

@@ -93,7 +93,7 @@ class DMD(Objective):
             n = len(rows)  # student (with grad) + teacher + critic evaluations
             forward = n * (cond.evaluations_per_velocity + teacher_cond.evaluations_per_velocity + 1)
             loss = dmd_loss(x, gradient) * n / total_rows
-            yield LossPart(loss, Cost(forward, n * cond.evaluations_per_velocity), {"dmd_loss": float(loss.detach())})
+            yield LossPart(loss, Cost(forward, n * cond.evaluations_per_velocity), {"dmd_loss": loss.detach().double()})
 
 
 class DMDR(DMD):

@@ -20,7 +20,7 @@ TIMESTEPS = ("sampler", "uniform", "logit_normal")
 
 
 def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting: str = "adaptive",
-              guidance_scale: float = 1.0) -> Tensor:
+              guidance_scale: float = 1.0, x_t: Tensor | None = None) -> Tensor:
     """One ELBO term per sample, (B, ...) -> (B,). With x̂0 = x_t - t·v:
 
     adaptive  w = sg(mean_d |x̂0 - x0|).clamp_min(1e-5)  (float64);  term = -mean_d((x̂0 - x0)² / w) / s
@@ -29,10 +29,11 @@ def elbo_term(x0: Tensor, noise: Tensor, t: Tensor, velocity: Tensor, weighting:
     exact     term = -mean_d((1 - t)/(t + 1e-3) · (eps - x0 - v)²)
 
     v is the velocity the rollout used (guided when s = guidance_scale > 1); Paper A's code scales
-    the adaptive term by 1/s and the uniform term by 1/s² (no-ops without guidance).
+    the adaptive term by 1/s and the uniform term by 1/s² (no-ops without guidance). `x_t`, where
+    the caller has built it already (= noised(x0, noise, t)), is not built again.
     """
     if weighting in ("adaptive", "t"):
-        x0_hat = x0_prediction(noised(x0, noise, t), velocity, t)
+        x0_hat = x0_prediction(noised(x0, noise, t) if x_t is None else x_t, velocity, t)
         error = x0_hat - x0
         if weighting == "t":
             return -mean_dims(error**2)
@@ -123,19 +124,20 @@ class ELBOEstimator:
         the velocity KL compares them at one point; with `shared_noise` the old model sees it
         too (the ratio's noise cancels), otherwise it sees an independently noised x_t."""
         draws = []
-        for _ in range(self.noise_draws):
+        for _ in range(self.noise_draws):  # x_t is built once per noise, for every model that sees it
             noise = rng.randn(x0.shape, dtype=x0.dtype).to(x0.device)
             old_noise = noise if self.shared_noise else rng.randn(x0.shape, dtype=x0.dtype).to(x0.device)
-            x_t, x_t_old = noised(x0, noise, t), noised(x0, old_noise, t)
+            x_t = noised(x0, noise, t)
+            x_t_old = x_t if self.shared_noise else noised(x0, old_noise, t)
             with torch.no_grad():
                 v_old = policy.velocity(x_t_old, t, cond, which="old")
                 v_ref = policy.velocity(x_t, t, cond, which="reference") if need_reference else None
             v = policy.velocity(x_t, t, cond, which="current")
-            draws.append((noise, old_noise, x_t, v, v_old, v_ref))
+            draws.append((noise, old_noise, x_t, x_t_old, v, v_old, v_ref))
         s = cond.guidance_scale
-        log_lik = torch.stack([elbo_term(x0, d[0], t, d[3], self.weighting, s) for d in draws]).mean(0)
-        log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[4], self.weighting, s) for d in draws]).mean(0)
-        noise, _, x_t, v, v_old, v_ref = draws[-1]
+        log_lik = torch.stack([elbo_term(x0, d[0], t, d[4], self.weighting, s, x_t=d[2]) for d in draws]).mean(0)
+        log_lik_old = torch.stack([elbo_term(x0, d[1], t, d[5], self.weighting, s, x_t=d[3]) for d in draws]).mean(0)
+        noise, _, x_t, _, v, v_old, v_ref = draws[-1]
         rows = x0.shape[0]
         return LikelihoodTerm(index=index, log_lik=log_lik, log_lik_old=log_lik_old.detach(),
                               weight=weight, velocity=v,

@@ -69,7 +69,7 @@ class TrajectoryEstimator:
             cond = rollout.cond.select(index)
             for k in steps:
                 x, x_next = trajectory[index, k], trajectory[index, k + 1]
-                t = torch.full((len(index),), float(rollout.sigmas[k]), dtype=x.dtype, device=x.device)
+                t = rollout.sigmas[k].to(x.device, x.dtype).repeat(len(index))  # (no host read of sigma)
 
                 def step(v):
                     return transition(x, v, k, x_next=x_next)

@@ -127,18 +127,19 @@ def policy_gradient_losses(objective: Objective, batch: UpdateBatch, weight: flo
     for term in batch.estimator.terms(batch.policy, rollout, batch.micro_batch_size,
                                       need_reference=need_reference, generator=batch.draws):
         per_sample = objective(term, batch.advantage[term.index].to(term.log_lik.dtype))
-        stats: dict[str, float] = {"likelihood_terms": 1}
+        # the statistics stay on the device (float64, as Python's floats): the step reads them once
+        stats: dict = {"likelihood_terms": 1}
         divergence = kl(term) if need_reference else None
         if divergence is not None:
             per_sample = per_sample + kl.beta * divergence
-            stats["kl"] = float(divergence.detach().sum()) * term.weight / rows
+            stats["kl"] = divergence.detach().sum().double() * term.weight / rows
         log_ratio = term.log_lik.detach() - term.log_lik_old
         ratio = torch.exp(log_ratio)
-        stats.update(ratio_mean=float(ratio.sum()) * term.weight / rows,
-                     log_ratio_abs_max=float(log_ratio.abs().max()),
-                     approx_kl=float(((ratio - 1) - log_ratio).sum()) * term.weight / rows)
+        stats.update(ratio_mean=ratio.sum().double() * term.weight / rows,
+                     log_ratio_abs_max=log_ratio.abs().max().double(),
+                     approx_kl=((ratio - 1) - log_ratio).sum().double() * term.weight / rows)
         if objective.clip_range:
-            stats["clip_fraction"] = float(((ratio - 1).abs() > objective.clip_range).sum()) * term.weight / rows
+            stats["clip_fraction"] = ((ratio - 1).abs() > objective.clip_range).sum().double() * term.weight / rows
         yield LossPart(weight * per_sample.sum() / rows * term.weight, term.cost, stats)
 
 

@@ -154,9 +154,12 @@ class Policy:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """target <- decay·target + (1 - decay)·source, over parameters and float buffers."""
+    """target <- decay·target + (1 - decay)·source, over the source's trainable parameters and
+    the float buffers. A frozen parameter (shapes' text encoder) is the same in both and would stay
+    so (t + w·(t − t) = t exactly): it is skipped, not lerped for nothing."""
     for t, s in zip(target.parameters(), source.parameters()):
-        t.lerp_(s.to(t.dtype), 1.0 - decay)
+        if s.requires_grad:
+            t.lerp_(s.to(t.dtype), 1.0 - decay)
     for t, s in zip(target.buffers(), source.buffers()):
         if t.dtype.is_floating_point:
             t.lerp_(s.to(t.dtype), 1.0 - decay)

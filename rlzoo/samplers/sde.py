@@ -12,11 +12,13 @@ from rlzoo.types import Conditioning, Cost, Rollout
 KERNELS = {"flow_sde": flow_sde_step, "cps": cps_step, "dance_sde": dance_sde_step}
 
 
-def transition(kernel: str, x, velocity, sigma, sigma_next, sigmas, *, eta, noise=None, x_next=None):
-    """One stochastic step of the named kernel (FlowGRPO's sigma = 1 rule uses sigmas[1])."""
+def transition(kernel: str, x, velocity, sigma: float, sigma_next: float, sigma_max: float, *, eta, noise=None,
+               x_next=None):
+    """One stochastic step of the named kernel (FlowGRPO's sigma = 1 rule uses sigma_max, the
+    schedule's second sigma)."""
     if kernel == "flow_sde":
         return flow_sde_step(x, velocity, sigma, sigma_next, eta=eta, noise=noise, x_next=x_next,
-                             sigma_max=float(sigmas[1]))
+                             sigma_max=sigma_max)
     return KERNELS[kernel](x, velocity, sigma, sigma_next, eta=eta, noise=noise, x_next=x_next)
 
 
@@ -77,7 +79,7 @@ class SDESampler(Sampler):
             v = velocity_fn(x, _sigma_batch(sigma, x), cond)
             if stochastic[k]:
                 eps = draws.randn(x.shape, dtype=x.dtype).to(x.device)
-                step = transition(self.kernel, x, v, float(sigma), float(sigma_next), sigmas,
+                step = transition(self.kernel, x, v, float(sigma), float(sigma_next), float(sigmas[1]),
                                   eta=self.eta, noise=eps)
                 log_probs.append(step.log_prob)
             else:
@@ -94,9 +96,11 @@ class SDESampler(Sampler):
 
     def transition_fn(self, sigmas):
         """This sampler's kernel on `sigmas`, for an estimator: (x_k, velocity, k, x_next) -> Step."""
+        values = sigmas.tolist()  # (read here, with the rollout, not in every training step)
+
         def step(x, velocity, k: int, x_next=None):
-            return transition(self.kernel, x, velocity, float(sigmas[k]), float(sigmas[k + 1]), sigmas,
-                              eta=self.eta, x_next=x_next)
+            return transition(self.kernel, x, velocity, values[k], values[k + 1], values[1], eta=self.eta,
+                              x_next=x_next)
         return step
 
 

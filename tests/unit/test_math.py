@@ -335,6 +335,22 @@ def test_ema_update():
     assert torch.allclose(target.weight, expected, atol=TOL)
 
 
+def test_ema_update_leaves_what_the_source_does_not_train():
+    """A frozen parameter is not touched (shapes' text encoder is identical in every view), and its
+    update would have left it as it was anyway: a frozen copy follows the same lerp bit for bit."""
+    target, source = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    source.bias.requires_grad_(False)
+    with torch.no_grad():  # a frozen part equal in both, as the policy's views hold it
+        target.bias.copy_(source.bias)
+    frozen = target.bias.detach().clone()
+    untouched = target.bias.data_ptr(), target.bias._version
+    expected = torch.lerp(target.weight.detach(), source.weight.detach(), 0.7)
+    ema_update(target, source, 0.3)
+    assert (target.bias.data_ptr(), target.bias._version) == untouched
+    assert torch.equal(target.bias, frozen) and torch.equal(torch.lerp(frozen, source.bias, 0.7), frozen)
+    assert torch.equal(target.weight, expected)
+
+
 def test_the_update_reports_ppo_diagnostics_per_term():
     """approx_kl = mean((ρ − 1) − log ρ) (PPO's estimate of the KL to the old policy; 0 at ρ = 1)
     and, for a clipping objective, the share of rows with |ρ − 1| > clip_range, each weighted by

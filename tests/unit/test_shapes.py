@@ -148,3 +148,35 @@ def test_eval_ids_balance_families():
     from rlzoo.tasks.shapes.prompts import spec_of
     families = [spec_of(task.heldout_prompts()[i]).family for i in ids]
     assert all(families.count(f) == 20 for f in FAMILIES)
+
+
+def test_the_frozen_text_encoder_runs_once_per_prompt_batch_and_view():
+    """A rollout's steps and an update's terms reuse the encoding of their prompts; the output is
+    the encoder's own (bit for bit), taken again when the weights or the mode change, and never
+    kept while the encoder trains (rlzoo-pretrain)."""
+    from rlzoo.tasks.shapes.model import ShapesPolicyModel
+
+    torch.manual_seed(0)
+    task = ShapesTask()
+    model = ShapesPolicyModel(image_size=24, num_layers=1, attention_head_dim=8, text_dim=16, text_layers=1,
+                              text_heads=2)
+    model.text_encoder.requires_grad_(False)
+    cond = task.group_conditioning(task.sample_train_prompts(2, torch.Generator().manual_seed(0)), 4)
+    calls = []
+    model.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    x, sigma = torch.randn(8, 3, 24, 24), torch.full((8,), 0.5)
+    first = model(x, sigma, cond)
+    for _ in range(3):  # the sampler's steps, the estimator's terms
+        assert torch.equal(model(x, sigma, cond), first)
+    assert len(calls) == 1
+    assert torch.equal(model.encode_prompts(cond)[0], model.text_encoder(cond.inputs["tokens"])[0])
+    model.eval()  # another mode, another kernel: its own encoding
+    model(x, sigma, cond)
+    assert len(calls) == 3  # (the direct call above, and this one)
+    with torch.no_grad():  # new weights (a loaded state_dict): encoded again
+        model.text_encoder.position.add_(1.0)
+    changed = model(x, sigma, cond)
+    assert len(calls) == 4 and not torch.equal(changed, first)
+    model.text_encoder.requires_grad_(True)  # pretraining: the encoder trains, nothing is kept
+    model(x, sigma, cond), model(x, sigma, cond)
+    assert len(calls) == 6

@@ -59,6 +59,7 @@ class ShapesPolicyModel(nn.Module):
         from diffusers import SD3Transformer2DModel
 
         self.max_length = max_length
+        self.encodings: dict = {}  # encode_prompts' kept outputs (a plain attribute: not in the state_dict)
         self.text_encoder = TextEncoder(text_dim, text_layers, text_heads, max_length)
         self.transformer = SD3Transformer2DModel(
             sample_size=image_size, patch_size=patch_size, in_channels=3, out_channels=3,
@@ -67,6 +68,30 @@ class ShapesPolicyModel(nn.Module):
             caption_projection_dim=attention_head_dim * num_attention_heads,
             pooled_projection_dim=text_dim, pos_embed_max_size=image_size // patch_size)
 
+    KEPT_ENCODINGS = 16  # prompt batches whose encoding is kept (a rollout's, and its micro-batches')
+
+    def encode_prompts(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """The text encoder's (hidden, pooled) for `cond`'s prompts. Frozen during RL, it gives the
+        same output for the same prompt batch every time: a rollout's K steps and an update's
+        likelihood terms would encode it again and again. So the output is kept per prompt batch,
+        as t2i keeps its embeddings, and computed once by each view (each module: old, current,
+        reference), in the same call as before, so every number stays as it was. Keyed by the
+        prompts, the module's mode (train/eval pick different attention kernels), autocast and
+        the encoder's weight versions (a loaded state_dict bumps them); not kept while the encoder
+        trains (rlzoo-pretrain)."""
+        params = list(self.text_encoder.parameters())
+        if any(p.requires_grad for p in params):
+            return self.text_encoder(cond.inputs["tokens"])
+        tokens = cond.inputs["tokens"]
+        key = (tuple(cond.prompts), tuple(tokens.shape), self.text_encoder.training,
+               torch.is_autocast_enabled(tokens.device.type), tuple(p._version for p in params))
+        kept = self.encodings
+        if key not in kept:
+            if len(kept) >= self.KEPT_ENCODINGS:
+                kept.pop(next(iter(kept)))  # the oldest
+            kept[key] = self.text_encoder(tokens)
+        return kept[key]
+
     def trainable_parameters(self):
         return self.transformer.parameters()
 
@@ -74,7 +99,7 @@ class ShapesPolicyModel(nn.Module):
         return self.transformer
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
-        hidden, pooled = self.text_encoder(cond.inputs["tokens"])
+        hidden, pooled = self.encode_prompts(cond)
         timestep = (sigma.to(x.dtype) * 1000).expand(x.shape[0])  # SD3 convention: t in [0, 1000]
         return self.transformer(hidden_states=x, encoder_hidden_states=hidden, pooled_projections=pooled,
                                 timestep=timestep, return_dict=False)[0]
