@@ -129,14 +129,113 @@ def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -
             finally:
                 hook.remove()
         totals = {"rlzoo": dict.fromkeys(PHASES, 0.0), "bare": dict.fromkeys(PHASES, 0.0)}
+        nfe_before = trainer.progress.compute.nfe
         for _ in range(iterations):
             for name, run in (("rlzoo", rlzoo_iteration), ("bare", bare_iteration)):
                 for phase, seconds in run().items():
                     totals[name][phase] += seconds / iterations
+        nfe = (trainer.progress.compute.nfe - nfe_before) / iterations
     return {"recipe": recipe, "iterations": iterations, "threads": cfg.get("threads"), "device": str(cfg.device),
-            "batch_size": batch, "sampler_steps": int(cfg.sampler.num_steps),
+            "batch_size": batch, "sampler_steps": int(cfg.sampler.num_steps), "rlzoo_nfe_per_iteration": nfe,
             **{f"{name}_rows_{kind}": passes[name][i] for name in passes for i, kind in enumerate(("no_grad", "grad"))}, **{
                 f"{name}_{phase}_s": totals[name][phase] for name in totals for phase in PHASES}}
+
+
+COMMAND_RECIPES = ("paper_a", "flowgrpo", "flowgrpo_fast", "diffusionnft", "awm", "dmd", "gndm", "dmdr", "gndmr")
+
+
+def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str]) -> dict:
+    """`rlzoo-train experiment=<recipe> task=shapes` as users run it, in its own process: its
+    progress bar, metrics.jsonl, console lines, config and summary files, and a checkpoint every
+    10 iterations. The held-out evaluation runs only before the first iteration and after the last
+    (`eval.every` past the end, 64 samples), outside the timed window, since a plain loop has none.
+    Seconds per iteration between the records of iterations `warmup` and `warmup + iterations`
+    (their `time` stamps), and how they split: the trainer's phases (each record's cumulative
+    `wall_split_s`) and the rest (logging, progress, files, checkpoints: outside the trainer's phases)."""
+    import tempfile
+
+    from rlzoo.runs.files import read_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        command = [str(Path(sys.executable).parent / "rlzoo-train"), f"experiment={recipe}", "task=shapes",
+                   f"train.iterations={warmup + iterations}", "eval.every=1000000", "eval.samples=64",
+                   f"run_dir={run_dir}", *overrides]
+        launched = time.time()
+        out = subprocess.run(command, capture_output=True, text=True)
+        ended = time.time()
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[1:3])} failed: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+        records = read_jsonl(run_dir / "metrics.jsonl")
+    first, last = records[warmup - 1], records[warmup + iterations - 1]
+    phases = {k: (last["wall_split_s"].get(k, 0.0) - first["wall_split_s"].get(k, 0.0)) / iterations
+              for k in last["wall_split_s"] if k != "eval"}
+    seconds = (last["time"] - first["time"]) / iterations
+    nfe = (last["nfe_forward"] + last["nfe_backward"] - first["nfe_forward"] - first["nfe_backward"]) / iterations
+    before_first = records[0]["wall_split_s"]  # the evaluation before training, and the first iteration
+    return {"recipe": recipe, "iterations": iterations, "command_s": seconds, "nfe_per_iteration": nfe,
+            **{f"command_{k}_s": v for k, v in phases.items()}, "command_outside_s": seconds - sum(phases.values()),
+            # once per run: from launch to the first iteration (imports, config, model, files; not the
+            # evaluation), and from the last record to the exit (the final evaluation, checkpoint, summary)
+            "startup_s": records[0]["time"] - launched - sum(before_first.values()), "end_s": ended - records[-1]["time"]}
+
+
+def command_rounds(rounds: int, iterations: int, overrides: list[str], recipes=COMMAND_RECIPES) -> list[dict]:
+    """Every recipe's command timed once, and `rounds` rounds of paper_a and flowgrpo: the command,
+    then the in-process trainer against the plain loop (rlzoo.commands.bare_loop), so the three
+    see the same machine load; one row per (round, recipe)."""
+    rows = []
+    for round_ in range(rounds):
+        for recipe in recipes if round_ == 0 else [r for r in recipes if r in BARE_RECIPES]:
+            row = {"round": round_, **time_command(recipe, 2, iterations, overrides)}
+            if recipe in BARE_RECIPES:
+                row.update(in_own_process(["--bare-one", recipe, "--bare-iterations", str(iterations), *overrides],
+                                          f"bench of {recipe} against the bare loop"))
+                if row["rlzoo_nfe_per_iteration"] != row["nfe_per_iteration"]:
+                    raise RuntimeError(f"{recipe}: the command spent {row['nfe_per_iteration']} model evaluations per "
+                                       f"iteration, the trainer {row['rlzoo_nfe_per_iteration']}: not the same work")
+            rows.append(row)
+            print(command_table([row]).splitlines()[-1], flush=True)
+    return rows
+
+
+def command_table(rows: list[dict]) -> str:
+    """Per recipe: the command's seconds per iteration and where they go, beside the in-process
+    trainer and the plain loop; ratios as the geometric mean over rounds with a 95% t interval."""
+    import math
+    from statistics import mean
+
+    from rlzoo.stats import mean_ci
+
+    def interval(logs: list[float]) -> str:  # per-round log ratios -> geometric mean [95% t interval]
+        centre, half, _ = mean_ci(logs)
+        if math.isnan(half):
+            return f"{math.exp(centre):.3f}"
+        return f"{math.exp(centre):.3f} [{math.exp(centre - half):.3f}, {math.exp(centre + half):.3f}]"
+
+    lines = ["| recipe | rounds | model evaluations/iteration | command s/iteration | rollout | reward | learners | train "
+             "| outside the phases | trainer in-process s | plain loop s | command / plain | trainer / plain "
+             "| command start-up s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == recipe]
+        learners = [k for k in mine[0] if k.startswith("command_") and k.endswith("_s") and any(r[k] for r in mine)
+                    and k not in ("command_s", "command_outside_s", *(f"command_{p}_s" for p in PHASES))]
+        part = {p: mean(r[f"command_{p}_s"] for r in mine) for p in PHASES}
+        cells = [recipe, str(len(mine)), f"{mine[0]['nfe_per_iteration']:,.0f}", f"{mean(r['command_s'] for r in mine):.3f}",
+                 *(f"{part[p]:.3f}" for p in ("rollout", "reward")),
+                 f"{mean(sum(r[k] for k in learners) for r in mine):.3f}" if learners else "",
+                 f"{part['train']:.3f}", f"{mean(r['command_outside_s'] for r in mine):.3f}"]
+        if "bare_train_s" in mine[0]:
+            trainer = [sum(r[f"rlzoo_{p}_s"] for p in PHASES) for r in mine]
+            plain = [sum(r[f"bare_{p}_s"] for p in PHASES) for r in mine]
+            cells += [f"{mean(trainer):.3f}", f"{mean(plain):.3f}",
+                      interval([math.log(r["command_s"] / b) for r, b in zip(mine, plain)]),
+                      interval([math.log(a / b) for a, b in zip(trainer, plain)])]
+        else:
+            cells += ["", "", "", ""]
+        cells.append(f"{mean(r['startup_s'] for r in mine):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # Dense bf16 peak FLOP/s by device name, for model FLOP utilisation (vendors' datasheets).
@@ -248,9 +347,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace estimators.json/.md in --out even where rlzoo did not write them")
-    parser.add_argument("--bare-iterations", type=int, default=5,
-                        help="timed iterations of rlzoo against the bare loop, per recipe")
-    parser.add_argument("--only", choices=("estimators", "bare"), help="run one of the two benchmarks")
+    parser.add_argument("--bare-iterations", type=int, default=10,
+                        help="timed iterations per measurement of the command, the trainer and the bare loop")
+    parser.add_argument("--only", choices=("estimators", "command", "bare"),
+                        help="run one benchmark: the estimators, the command against the trainer and the plain loop "
+                             "(make bench runs these two), or the trainer against the plain loop alone")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of paper_a and flowgrpo in the command benchmark (every other recipe: one)")
+    parser.add_argument("--recipes", nargs="+", choices=COMMAND_RECIPES, default=list(COMMAND_RECIPES),
+                        help="the recipes the command benchmark times")
     parser.add_argument("--gpu", action="store_true",
                         help="instead: Paper A's recipe on SD3.5-Medium's transformer (random weights), bf16, eager "
                              "and compiled, on the GPU (for scripts/gpu_check.sh)")
@@ -287,12 +392,19 @@ def main(argv: list[str] | None = None) -> None:
         out_dir.close()
         print("\n" + gpu_table(rows))
         return
-    names = {"estimators": ["estimators.json", "estimators.md"], "bare": ["bare_loop.json", "bare_loop.md"]}
+    names = {"estimators": ["estimators.json", "estimators.md"], "command": ["command.json", "command.md"],
+             "bare": ["bare_loop.json", "bare_loop.md"]}
+    parts = [args.only] if args.only else ["estimators", "command"]
     out_dir = OutputDir(Path(args.out), args.overwrite)
-    out_dir.claim([n for k, v in names.items() if args.only in (None, k) for n in v])  # before minutes of work
-    if args.only != "bare":
+    out_dir.claim([n for k in parts for n in names[k]])  # before minutes of work
+    if "estimators" in parts:
         estimators(args, overrides, out_dir)
-    if args.only != "estimators":
+    if "command" in parts:
+        rows = command_rounds(args.rounds, args.bare_iterations, overrides, tuple(args.recipes))
+        out_dir.write_text("command.json", json.dumps(rows, indent=1))
+        out_dir.write_text("command.md", command_table(rows) + "\n")
+        print("\n" + command_table(rows))
+    if "bare" in parts:
         rows = [in_own_process(["--bare-one", recipe, "--bare-iterations", str(args.bare_iterations), *overrides],
                                f"bench of {recipe} against the bare loop") for recipe in BARE_RECIPES]
         out_dir.write_text("bare_loop.json", json.dumps(rows, indent=1))

@@ -41,7 +41,8 @@ class WandbLogger:
             self.run.define_metric(f"{kind}/*", step_metric="compute/nfe")
 
     def log(self, kind: str, record: dict) -> None:
-        values = {f"{kind}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+        # (not `time`: wandb stamps every record with its own)
+        values = {f"{kind}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "time"}
         if "nfe_forward" in record:
             values["compute/nfe"] = record["nfe_forward"] + record["nfe_backward"]
         self.run.log(values)

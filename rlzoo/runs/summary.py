@@ -1,6 +1,7 @@
 """summary.json: the one file tools read from a run (README, Runs), and its printout."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -90,13 +91,15 @@ def format_metrics(metrics: dict) -> str:
 def iteration_record(progress: Progress, rewards: dict, advantage: torch.Tensor, updates: list[dict],
                      optimizer, device: torch.device) -> dict:
     """The metrics.jsonl line of one iteration: rewards, advantages, update statistics, the
-    learning rate and the compute spent so far."""
+    learning rate, the compute spent so far (`wall_split_s`: seconds by phase) and `time`, when it
+    ended (Unix seconds: the gaps between records are what an iteration costs as the run goes, its
+    files and evaluations included)."""
     return {"iteration": progress.iteration,
             **{f"reward/{k}": float(v.float().mean()) for k, v in rewards.items()},
             "reward_std": float(rewards["reward"].float().std()),
             "advantage_abs_mean": float(advantage.abs().mean()), **merge_update_stats(updates),
             "lr": optimizer.param_groups[0]["lr"],
-            **{k: v for k, v in progress.compute.as_dict(device).items() if k != "wall_split_s"}}
+            **progress.compute.as_dict(device), "time": time.time()}
 
 
 def merge_update_stats(updates: list[dict]) -> dict:

@@ -43,3 +43,20 @@ def test_the_gpu_bench_runs_here_on_the_tiny_model(tmp_path, model):
     row = gpu_measure(False, 1, ["device=cpu", f"task.embedding_cache={tmp_path}"], model=model)
     assert row["s_per_iteration"] > 0 and row["images_per_s"] > 0 and row["flops_per_iteration"] > 0
     assert gpu_table([row]).splitlines()[-1].startswith("| eager |")
+
+
+def test_the_command_is_timed_as_users_run_it_with_the_trainers_work():
+    """`make bench`'s command benchmark: rlzoo-train in its own process, seconds per iteration from
+    its records' time stamps, split into the trainer's phases and the rest; the same model
+    evaluations per iteration as the in-process trainer makes."""
+    from rlzoo.commands.bench import command_table, compare_with_bare_loop, time_command
+
+    small = ["train.batch_size=16", "train.group_size=8", "sampler.num_steps=4", "threads=1"]
+    row = time_command("paper_a", 1, 2, small)
+    inside = compare_with_bare_loop("paper_a", 1, small)
+    assert row["nfe_per_iteration"] == inside["rlzoo_nfe_per_iteration"] == 16 * 4 + 16 * 3 * 4
+    phases = sum(row[f"command_{p}_s"] for p in ("rollout", "reward", "train"))
+    assert 0 < phases < row["command_s"] and row["command_outside_s"] == row["command_s"] - phases - row["command_critic_s"]
+    assert row["startup_s"] > 0 and row["end_s"] > 0
+    line = command_table([{**row, **inside, "round": 0}]).splitlines()[-1]
+    assert line.startswith("| paper_a | 1 | 256 |") and line.count("|") == 15
