@@ -11,10 +11,12 @@ memory is `torch.cuda.max_memory_allocated` on a GPU; on CPU it is the process's
 set size (ru_maxrss), reported with its growth over the set-up (model, optimizer, data; measured
 before the first iteration) so that what training adds is visible.
 
-Then rlzoo against a bare loop: the `paper_a` and `flowgrpo` recipes on shapes through rlzoo's
-trainer and through rlzoo.commands.bare_loop (the same model passes in plain torch), iterations
-interleaved in one process, seconds per phase (rollout, reward, train) and their ratio.
-`--only estimators|bare` runs one of the two.
+Then the command as users run it: `rlzoo-train experiment=<recipe> task=shapes` in its own process
+(its files, progress bar and checkpoints), for every recipe, its seconds per iteration from its
+records' time stamps, split into the trainer's phases and the rest; and, in `--rounds` rounds,
+paper_a and flowgrpo beside the in-process trainer and rlzoo.commands.bare_loop (the same model
+passes in plain torch, checked), with the ratios' geometric means and 95% intervals over rounds.
+`--only estimators|command|bare` runs one part (`bare`: the trainer against the plain loop alone).
 """
 from __future__ import annotations
 
@@ -180,10 +182,13 @@ def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str]
             "startup_s": records[0]["time"] - launched - sum(before_first.values()), "end_s": ended - records[-1]["time"]}
 
 
-def command_rounds(rounds: int, iterations: int, overrides: list[str], recipes=COMMAND_RECIPES) -> list[dict]:
+def command_rounds(rounds: int, iterations: int, overrides: list[str], recipes=COMMAND_RECIPES,
+                   compiled: bool = True) -> list[dict]:
     """Every recipe's command timed once, and `rounds` rounds of paper_a and flowgrpo: the command,
     then the in-process trainer against the plain loop (rlzoo.commands.bare_loop), so the three
-    see the same machine load; one row per (round, recipe)."""
+    see the same machine load; one row per (round, recipe). With `compiled`, the first round also
+    times paper_a's and flowgrpo's command with model.compile=true (its compilation in the two
+    warm-up iterations, outside the timed window), against that round's plain loop."""
     rows = []
     for round_ in range(rounds):
         for recipe in recipes if round_ == 0 else [r for r in recipes if r in BARE_RECIPES]:
@@ -196,6 +201,11 @@ def command_rounds(rounds: int, iterations: int, overrides: list[str], recipes=C
                                        f"iteration, the trainer {row['rlzoo_nfe_per_iteration']}: not the same work")
             rows.append(row)
             print(command_table([row]).splitlines()[-1], flush=True)
+            if round_ == 0 and compiled and recipe in BARE_RECIPES:  # what a plain loop does not do: torch.compile
+                plain = {k: v for k, v in row.items() if k.startswith("bare_")}  # (this round's plain loop)
+                rows.append({"round": round_, **time_command(recipe, 2, iterations, [*overrides, "model.compile=true"]),
+                             **plain, "recipe": f"{recipe}, model.compile=true"})
+                print(command_table(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
@@ -225,14 +235,11 @@ def command_table(rows: list[dict]) -> str:
                  *(f"{part[p]:.3f}" for p in ("rollout", "reward")),
                  f"{mean(sum(r[k] for k in learners) for r in mine):.3f}" if learners else "",
                  f"{part['train']:.3f}", f"{mean(r['command_outside_s'] for r in mine):.3f}"]
-        if "bare_train_s" in mine[0]:
-            trainer = [sum(r[f"rlzoo_{p}_s"] for p in PHASES) for r in mine]
-            plain = [sum(r[f"bare_{p}_s"] for p in PHASES) for r in mine]
-            cells += [f"{mean(trainer):.3f}", f"{mean(plain):.3f}",
-                      interval([math.log(r["command_s"] / b) for r, b in zip(mine, plain)]),
-                      interval([math.log(a / b) for a, b in zip(trainer, plain)])]
-        else:
-            cells += ["", "", "", ""]
+        plain = [sum(r[f"bare_{p}_s"] for p in PHASES) for r in mine] if "bare_train_s" in mine[0] else None
+        trainer = [sum(r[f"rlzoo_{p}_s"] for p in PHASES) for r in mine] if "rlzoo_train_s" in mine[0] else None
+        cells += [f"{mean(trainer):.3f}" if trainer else "", f"{mean(plain):.3f}" if plain else "",
+                  interval([math.log(r["command_s"] / b) for r, b in zip(mine, plain)]) if plain else "",
+                  interval([math.log(a / b) for a, b in zip(trainer, plain)]) if trainer and plain else ""]
         cells.append(f"{mean(r['startup_s'] for r in mine):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -356,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="rounds of paper_a and flowgrpo in the command benchmark (every other recipe: one)")
     parser.add_argument("--recipes", nargs="+", choices=COMMAND_RECIPES, default=list(COMMAND_RECIPES),
                         help="the recipes the command benchmark times")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="skip the command benchmark's model.compile=true rows (minutes of compilation)")
     parser.add_argument("--gpu", action="store_true",
                         help="instead: Paper A's recipe on SD3.5-Medium's transformer (random weights), bf16, eager "
                              "and compiled, on the GPU (for scripts/gpu_check.sh)")
@@ -400,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     if "estimators" in parts:
         estimators(args, overrides, out_dir)
     if "command" in parts:
-        rows = command_rounds(args.rounds, args.bare_iterations, overrides, tuple(args.recipes))
+        rows = command_rounds(args.rounds, args.bare_iterations, overrides, tuple(args.recipes), not args.no_compiled)
         out_dir.write_text("command.json", json.dumps(rows, indent=1))
         out_dir.write_text("command.md", command_table(rows) + "\n")
         print("\n" + command_table(rows))

@@ -97,7 +97,7 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
 
 
 # Keys added after runs were recorded, with the value those runs had without naming it.
-ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None, "sampler": {"schedule": None}}
+ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None, "sampler": {"schedule": None}, "model": {"compile": False}}
 
 
 # Groups whose components once seeded streams of their own (`seed: ${seed}`: the critic, R_dm,
