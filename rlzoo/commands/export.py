@@ -29,6 +29,7 @@ from pathlib import Path
 from rlzoo.errors import OutputRefused, one_line_errors
 from rlzoo.evaluate import WEIGHTS, eval_weights, open_run
 from rlzoo.policies import LORA_WEIGHTS, lora_files
+from rlzoo.tasks.base import POLICY_SETTINGS
 
 TRAINED = ("ema", "current")  # the weights a run's checkpoint holds
 USAGE = "usage: rlzoo export run_dir=DIR --out OUT_DIR [weights=ema|current] [key=value ...] [--overwrite]"
@@ -68,7 +69,7 @@ def export(run_dir: Path, out: Path, weights: str | None = None, overwrite: bool
         files = lora_files(state, settings, {"weights": weights, "run_dir": str(run_dir),
                                              "iterations": _iterations(run_dir)})
     else:
-        model = {k: v for k, v in plain(cfg.model).items() if k != "checkpoint"}
+        model = {k: v for k, v in plain(cfg.model).items() if k not in POLICY_SETTINGS}  # (the class's own keys)
         _check_fits(cfg, state, checkpoint)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
         files = {"model.safetensors": save(tensors, metadata={"rlzoo_weights": weights, "run_dir": str(run_dir)}),
@@ -129,7 +130,7 @@ def load_model(directory: Path):
     if not isinstance(model_cfg, dict):
         raise ConfigError(f"{directory / 'config.json'} is not an rlzoo export's config (no model)")
     check_untrusted({"model": model_cfg}, str(directory / "config.json"))
-    model = build(model_cfg)
+    model = build({k: v for k, v in model_cfg.items() if k not in POLICY_SETTINGS})
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     return model.eval()  # (for sampling: a model comes back in inference mode)
 

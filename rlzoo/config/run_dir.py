@@ -92,12 +92,15 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
     old = {k: _without_followed_seeds(v, old.get("seed")) if k in SEEDED_GROUPS else v
            for k, v in with_moved_targets(old).items()}
     old = {**{k: v for k, v in ADDED_LATER.items() if not isinstance(v, dict)}, **old,
-           **{k: {**v, **old.get(k, {})} for k, v in ADDED_LATER.items() if isinstance(v, dict)}}
+           **{k: {**{key: value for key, value in v.items() if key in (new.get(k) or {})}, **old.get(k, {})}
+              for k, v in ADDED_LATER.items() if isinstance(v, dict)}}
     return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
 
 
 # Keys added after runs were recorded, with the value those runs had without naming it.
-ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None, "sampler": {"schedule": None}, "model": {"compile": False}}
+# (A group's key counts only where the new config has it: model.attention_backend is t2i's alone.)
+ADDED_LATER = {"train": {"rng": "stream"}, "init_from": None, "sampler": {"schedule": None},
+               "model": {"compile": False, "attention_backend": None}}
 
 
 # Groups whose components once seeded streams of their own (`seed: ${seed}`: the critic, R_dm,

@@ -45,6 +45,7 @@ def check_settings(model_cfg) -> None:
     for key in ("gradient_checkpointing", "compile"):
         if not isinstance(get(key, False), bool):
             raise ValueError(f"model.{key} must be true or false, got {get(key)!r}")
+    check_attention_backend(get("attention_backend"), get("_target_"))
     rows = get("max_batch_size")
     if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
         raise ValueError(f"model.max_batch_size must be a positive int or null, got {rows!r}")
@@ -59,15 +60,59 @@ def check_settings(model_cfg) -> None:
             raise ValueError(f"model.lora: {' '.join(str(exc).split())}") from None
 
 
+def check_attention_backend(name: str | None, target: str | None = None) -> None:
+    """`model.attention_backend`: one of diffusers' AttentionBackendName values, whose package is
+    installed (flash-attn for flash, ...), on a model family whose attention dispatches through them
+    (`target`'s `attention_backends`); null leaves the model's default."""
+    if name is None:
+        return
+    if target is not None:
+        from hydra.utils import get_class
+
+        family = get_class(target)
+        if not getattr(family, "attention_backends", False):
+            raise ValueError(f"model.attention_backend={name}: {family.__name__}'s attention does not go through "
+                             f"diffusers' attention backends (FLUX.1's and Z-Image's do); use model.attention_backend=null")
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    valid = [b.value for b in AttentionBackendName]
+    if name not in valid:
+        raise ValueError(f"unknown model.attention_backend {name!r}; valid: null, {', '.join(valid)}")
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"model.attention_backend={name}: {' '.join(str(exc).split())}") from None
+
+
+def set_attention_backend(module: nn.Module, name: str) -> None:
+    """diffusers' attention backend on every attention processor that dispatches through it; a
+    model with none (SD3's JointAttnProcessor2_0 calls torch's SDPA itself) is refused, not
+    silently left as it was."""
+    if not any(hasattr(getattr(m, "processor", None), "_attention_backend") for m in module.modules()):
+        raise ValueError(f"model.attention_backend={name}: {type(module).__name__}'s attention does not go through "
+                         f"diffusers' attention backends (FLUX.1's and Z-Image's do); use model.attention_backend=null")
+    import logging
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # (its "experimental feature" warning, once per view)
+    try:
+        module.set_attention_backend(name)  # type: ignore[operator]
+    finally:
+        logger.setLevel(level)
+
+
 def make_policy(model: nn.Module, model_cfg) -> Policy:
     """The policy a model config asks for: LoRA adapters (`model.lora`) or module copies, with
-    `model.precision`, `model.gradient_checkpointing` and `model.compile`."""
+    `model.precision`, `model.gradient_checkpointing`, `model.attention_backend` and `model.compile`."""
     get = model_cfg.get if hasattr(model_cfg, "get") else (lambda k, d=None: d)
     if get("gradient_checkpointing", False):
         target: Any = lora_module(model)
         if not hasattr(target, "enable_gradient_checkpointing"):
             raise ValueError(f"model.gradient_checkpointing: {type(target).__name__} does not support it")
         target.enable_gradient_checkpointing()
+    if get("attention_backend", None) is not None:  # (before the views are copied from the model)
+        set_attention_backend(lora_module(model), str(get("attention_backend")))
     lora = get("lora", None)
     precision = get("precision", "fp32") or "fp32"
     if lora is None:

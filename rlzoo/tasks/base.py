@@ -17,8 +17,8 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 # Keys of a model config that configure the policy around the model, not the model's constructor
 # (rlzoo.policies.make_policy).
-POLICY_SETTINGS = ("checkpoint", "lora", "precision", "gradient_checkpointing", "compile", "max_batch_size",
-                   "teacher")  # teacher: false marks random weights, refused as a distillation teacher
+POLICY_SETTINGS = ("checkpoint", "lora", "precision", "gradient_checkpointing", "compile", "attention_backend",
+                   "max_batch_size", "teacher")  # teacher: false marks random weights, refused as a distillation teacher
 
 
 class BaseCheckpointError(ValueError):

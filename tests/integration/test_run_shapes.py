@@ -39,3 +39,25 @@ def test_default_recipe_lifts_heldout_strict_by_030(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["strict"] - summary["base"]["strict"] >= 0.25
+
+
+@pytest.mark.slow  # (minutes of compilation on 2 cores; the compiled run's speed is in make bench)
+def test_a_compiled_policy_trains_on_shapes_as_the_eager_one(tmp_path):
+    """model.compile=true on shapes: torch.compile of every view's transformer (the frozen text
+    encoder stays eager), the same velocity and gradients to float tolerance, and a short run."""
+    import torch
+    from common import tiny, trainer
+
+    policies = []
+    for compiled in (False, True):
+        t = trainer(tmp_path / f"run{compiled}", *tiny(f"model.compile={str(compiled).lower()}", task="shapes"))
+        cond = t.task.group_conditioning([0, 1], 4)
+        x = torch.randn((8, *t.task.sample_shape), generator=torch.Generator().manual_seed(0))
+        v = t.policy.velocity(x, torch.full((8,), 0.6), cond, "current")
+        v.square().mean().backward()
+        policies.append((v.detach(), [p.grad.clone() for p in t.policy.parameters()]))
+        if compiled:
+            assert t.train_step()["likelihood_terms"] > 0
+    (v, grads), (v_compiled, grads_compiled) = policies
+    assert torch.allclose(v, v_compiled, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, grads_compiled))

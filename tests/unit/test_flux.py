@@ -164,3 +164,45 @@ def test_a_schedule_for_another_resolution_is_one_line():
     with pytest.raises(ConfigError, match=r"model.schedule.image_seq_len=1024, but 32-pixel samples pack into 64 "
                                           r"latent tokens .* use model.schedule.image_seq_len=64"):
         validate(compose_config(["task=t2i", "model=flux_tiny", "reward.tiny=true", "model.schedule.image_seq_len=1024"]))
+
+
+def test_the_attention_backend_is_diffusers_own_and_refused_where_it_would_do_nothing():
+    """model.attention_backend sets diffusers' backend on every view of FLUX.1; an unknown name, a
+    backend whose package is missing, or a family whose attention does not dispatch (SD3) is one line."""
+    from omegaconf import OmegaConf
+
+    from rlzoo.config import ConfigError, compose_config, validate
+    from rlzoo.policies import make_policy
+    from rlzoo.tasks.t2i.model import SD3Tiny
+
+    def refused(value, model="flux_tiny"):
+        with pytest.raises(ConfigError) as error:
+            validate(compose_config(["task=t2i", f"model={model}", "reward.tiny=true", f"model.attention_backend={value}"]),
+                     check_model=False)
+        return str(error.value)
+
+    assert "unknown model.attention_backend 'fast'; valid: null, flash," in refused("fast")
+    assert refused("xformers").startswith("model.attention_backend=xformers: Xformers Attention backend")  # not installed
+
+    family = FluxTiny()
+    pipe = family.pipeline()
+    default = family.velocity_model(pipe)
+    settings = OmegaConf.create({"attention_backend": "_native_math"})
+    policy = make_policy(family.velocity_model(family.pipeline()), settings)
+    for view in ("current", "old", "reference", "ema"):
+        backends = {m.processor._attention_backend for m in policy.module(view).modules() if hasattr(m, "processor")}
+        assert {str(b) for b in backends} == {"AttentionBackendName._NATIVE_MATH"}
+    x, sigma = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor(0.7)
+    with torch.no_grad():
+        inputs = family.encode(pipe, PROMPTS, torch.device("cpu"))
+        cond = Conditioning(prompts=PROMPTS, inputs={k: v.float() for k, v in inputs.items()},
+                            prompt_ids=torch.arange(2), group_ids=torch.arange(2))
+        assert torch.allclose(policy.velocity(x, sigma, cond, "current"), default(x, sigma, cond), atol=1e-5)
+
+    assert refused("native", model="sd3_tiny") == ("model.attention_backend=native: SD3Tiny's attention does not go "
+                                                   "through diffusers' attention backends (FLUX.1's and Z-Image's do); "
+                                                   "use model.attention_backend=null")
+    sd3 = SD3Tiny()  # (built in Python, past validation: the policy refuses it too)
+    with pytest.raises(ValueError, match=r"attention_backend=native: .* does not go through diffusers' attention "
+                                         r"backends \(FLUX.1's and Z-Image's do\); use model.attention_backend=null"):
+        make_policy(sd3.velocity_model(sd3.pipeline()), OmegaConf.create({"attention_backend": "native"}))

@@ -89,6 +89,7 @@ class FluxFamily(ModelFamily):
     """What FLUX.1's pipelines share (rlzoo.tasks.t2i.model.ModelFamily)."""
 
     family = "flux"
+    attention_backends = True  # (its processors take diffusers' backend: model.attention_backend)
     guidance: float | None = None  # FLUX.1-dev's distilled guidance scale (None: schnell, no embedding)
     image_size: int = 1024  # pixels of a sample (FLUX.1 generates at any multiple of 16)
 

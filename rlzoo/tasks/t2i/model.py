@@ -86,6 +86,8 @@ class ModelFamily:
     The VAE decodes z / scaling_factor + shift_factor for every family (rlzoo.tasks.t2i)."""
 
     family: str = "?"
+    attention_backends = False  # whether its transformer's attention dispatches through diffusers'
+    # attention backends, so that model.attention_backend means something (FLUX.1, Z-Image; not SD3)
     max_sequence_length: int = 256  # T5 tokens per prompt
     # what `encode` gives each prompt, cached: the text encoder's sequence and a pooled vector (SD3, FLUX.1)
     inputs: tuple[str, ...] = ("prompt_embeds", "pooled_prompt_embeds")

@@ -50,6 +50,7 @@ class ZImageFamily(ModelFamily):
     """What Z-Image's pipelines share (rlzoo.tasks.t2i.model.ModelFamily)."""
 
     family = "z_image"
+    attention_backends = True  # (its processors take diffusers' backend: model.attention_backend)
     inputs = ("prompt_embeds", "prompt_mask")
     image_size: int = 1024
 
