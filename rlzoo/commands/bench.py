@@ -146,8 +146,8 @@ def compare_with_bare_loop(recipe: str, iterations: int, overrides: list[str]) -
 COMMAND_RECIPES = ("paper_a", "flowgrpo", "flowgrpo_fast", "diffusionnft", "awm", "dmd", "gndm", "dmdr", "gndmr")
 
 
-def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str]) -> dict:
-    """`rlzoo-train experiment=<recipe> task=shapes` as users run it, in its own process: its
+def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str], task: str = "shapes") -> dict:
+    """`rlzoo-train experiment=<recipe> task=<task>` as users run it, in its own process: its
     progress bar, metrics.jsonl, console lines, config and summary files, and a checkpoint every
     10 iterations. The held-out evaluation runs only before the first iteration and after the last
     (`eval.every` past the end, 64 samples), outside the timed window, since a plain loop has none.
@@ -160,7 +160,7 @@ def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str]
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        command = [str(Path(sys.executable).parent / "rlzoo-train"), f"experiment={recipe}", "task=shapes",
+        command = [str(Path(sys.executable).parent / "rlzoo-train"), f"experiment={recipe}", f"task={task}",
                    f"train.iterations={warmup + iterations}", "eval.every=1000000", "eval.samples=64",
                    f"run_dir={run_dir}", *overrides]
         launched = time.time()
@@ -183,17 +183,18 @@ def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str]
 
 
 def command_rounds(rounds: int, iterations: int, overrides: list[str], recipes=COMMAND_RECIPES,
-                   compiled: bool = True) -> list[dict]:
+                   compiled: bool = True, task: str = "shapes") -> list[dict]:
     """Every recipe's command timed once, and `rounds` rounds of paper_a and flowgrpo: the command,
     then the in-process trainer against the plain loop (rlzoo.commands.bare_loop), so the three
     see the same machine load; one row per (round, recipe). With `compiled`, the first round also
     times paper_a's and flowgrpo's command with model.compile=true (its compilation in the two
-    warm-up iterations, outside the timed window), against that round's plain loop."""
+    warm-up iterations, outside the timed window), against that round's plain loop. The plain loop
+    is written for shapes: on another `task` the command is timed alone, eager and compiled."""
     rows = []
     for round_ in range(rounds):
         for recipe in recipes if round_ == 0 else [r for r in recipes if r in BARE_RECIPES]:
-            row = {"round": round_, **time_command(recipe, 2, iterations, overrides)}
-            if recipe in BARE_RECIPES:
+            row = {"round": round_, **time_command(recipe, 2, iterations, overrides, task)}
+            if recipe in BARE_RECIPES and task == "shapes":
                 row.update(in_own_process(["--bare-one", recipe, "--bare-iterations", str(iterations), *overrides],
                                           f"bench of {recipe} against the bare loop"))
                 if row["rlzoo_nfe_per_iteration"] != row["nfe_per_iteration"]:
@@ -203,7 +204,7 @@ def command_rounds(rounds: int, iterations: int, overrides: list[str], recipes=C
             print(command_table([row]).splitlines()[-1], flush=True)
             if round_ == 0 and compiled and recipe in BARE_RECIPES:  # what a plain loop does not do: torch.compile
                 plain = {k: v for k, v in row.items() if k.startswith("bare_")}  # (this round's plain loop)
-                rows.append({"round": round_, **time_command(recipe, 2, iterations, [*overrides, "model.compile=true"]),
+                rows.append({"round": round_, **time_command(recipe, 2, iterations, [*overrides, "model.compile=true"], task),
                              **plain, "recipe": f"{recipe}, model.compile=true"})
                 print(command_table(rows[-1:]).splitlines()[-1], flush=True)
     return rows
@@ -363,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="rounds of paper_a and flowgrpo in the command benchmark (every other recipe: one)")
     parser.add_argument("--recipes", nargs="+", choices=COMMAND_RECIPES, default=list(COMMAND_RECIPES),
                         help="the recipes the command benchmark times")
+    parser.add_argument("--task", default="shapes",
+                        help="the command benchmark's task (the plain loop is shapes'; elsewhere the command alone)")
     parser.add_argument("--no-compiled", action="store_true",
                         help="skip the command benchmark's model.compile=true rows (minutes of compilation)")
     parser.add_argument("--gpu", action="store_true",
@@ -409,7 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     if "estimators" in parts:
         estimators(args, overrides, out_dir)
     if "command" in parts:
-        rows = command_rounds(args.rounds, args.bare_iterations, overrides, tuple(args.recipes), not args.no_compiled)
+        rows = command_rounds(args.rounds, args.bare_iterations, overrides, tuple(args.recipes), not args.no_compiled,
+                              args.task)
         out_dir.write_text("command.json", json.dumps(rows, indent=1))
         out_dir.write_text("command.md", command_table(rows) + "\n")
         print("\n" + command_table(rows))
