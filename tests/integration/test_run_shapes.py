@@ -50,7 +50,9 @@ def test_a_compiled_policy_trains_on_shapes_as_the_eager_one(tmp_path):
 
     policies = []
     for compiled in (False, True):
-        t = trainer(tmp_path / f"run{compiled}", *tiny(f"model.compile={str(compiled).lower()}", task="shapes"))
+        run_dir = tmp_path / f"run{compiled}"
+        run_dir.mkdir()
+        t = trainer(run_dir, *tiny(f"model.compile={str(compiled).lower()}", task="shapes"))
         cond = t.task.group_conditioning([0, 1], 4)
         x = torch.randn((8, *t.task.sample_shape), generator=torch.Generator().manual_seed(0))
         v = t.policy.velocity(x, torch.full((8,), 0.6), cond, "current")
