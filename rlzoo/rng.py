@@ -155,3 +155,14 @@ def as_draws(draws: Draws | torch.Generator | None) -> Draws:
     if draws is None or isinstance(draws, torch.Generator):
         return StreamDraws(draws)
     return draws
+
+
+def shared_randint(draws: Draws, high: int) -> int:
+    """One integer in [0, high) from the draws' shared generator (the same on every rank), as a
+    Python int: a host draw, so reading it never waits for a device."""
+    return int(torch.randint(high, (), generator=draws.shared))
+
+
+def shared_permutation(draws: Draws, n: int) -> list[int]:
+    """A random permutation of range(n) from the draws' shared generator, as Python ints (a host draw)."""
+    return torch.randperm(n, generator=draws.shared).tolist()

@@ -109,6 +109,16 @@ class Rollout(Declared):
     # the sampler's transition kernel at step k: transition(x_k, velocity, k, x_next=...) -> Step
     # with mean, std, kernel_std and the log-prob of x_next (stochastic samplers only)
     transition: Callable | None = None
+    # the schedule and the stochastic steps as Python numbers, read once when the rollout is made (the
+    # sampler's tensors are host tensors), so an update never converts a tensor to learn them
+    sigma_values: tuple[float, ...] = ()
+    stochastic_steps: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if not self.sigma_values:
+            self.sigma_values = tuple(self.sigmas.tolist())
+        if self.stochastic is not None and not self.stochastic_steps:
+            self.stochastic_steps = tuple(torch.nonzero(self.stochastic).flatten().tolist())
 
     def select(self, index: Tensor) -> "Rollout":
         """The rows `index` of this rollout (a minibatch for one optimizer step)."""
@@ -181,11 +191,12 @@ class StepTotals:
             if isinstance(value, Tensor):
                 value = value.detach().double()
             total = self.values.get(key, 0)
-            if key == "log_ratio_abs_max":
-                self.values[key] = torch.maximum(torch.as_tensor(total, dtype=torch.float64, device=value.device), value) \
-                    if isinstance(value, Tensor) else max(total, value)
-            else:
+            if key != "log_ratio_abs_max":
                 self.values[key] = total + value
+            elif isinstance(value, Tensor):  # (clamp_min takes the first part's Python 0.0 with no copy to the device)
+                self.values[key] = torch.maximum(total, value) if isinstance(total, Tensor) else value.clamp_min(total)
+            else:
+                self.values[key] = max(total, value)
 
     def read(self, **more) -> dict:
         """The totals (and `more`) as Python numbers: one host sync for all the tensors among them."""

@@ -158,6 +158,8 @@ def time_command(recipe: str, warmup: int, iterations: int, overrides: list[str]
 
     from rlzoo.runs.files import read_jsonl
 
+    if warmup < 1 or iterations < 1:
+        raise ValueError(f"time_command takes warmup >= 1 and iterations >= 1, got {warmup} and {iterations}")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         command = [str(Path(sys.executable).parent / "rlzoo-train"), f"experiment={recipe}", f"task={task}",

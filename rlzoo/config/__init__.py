@@ -39,13 +39,13 @@ from rlzoo.errors import ConfigError, one_line_errors
 OmegaConf.register_new_resolver("rlzoo.path_component", path_component, replace=True)
 
 
-def unless_set(value, default):
+def null_if_set(value, default):
     """`default`, or null where `value` is set: conf/task/t2i.yaml's sampler.shift is SD3.5's 3.0
     unless the model family brings its own schedule rule, which then alone sets the sigmas."""
     return default if value is None else None
 
 
-OmegaConf.register_new_resolver("rlzoo.unless_set", unless_set, replace=True)
+OmegaConf.register_new_resolver("rlzoo.null_if_set", null_if_set, replace=True)
 
 __all__ = ["BUILT_GROUPS", "CONF_DIR", "GROUPS", "PARTIAL_GROUPS", "RESUMABLE_KEYS", "ConfigError", "available",
            "build", "build_components", "check_overrides", "check_run_dir", "check_sweep_name", "check_untrusted", "combination_error",

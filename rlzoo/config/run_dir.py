@@ -91,9 +91,15 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
         return []
     old = {k: _without_followed_seeds(v, old.get("seed")) if k in SEEDED_GROUPS else v
            for k, v in with_moved_targets(old).items()}
+    # (on both sides: a component's own seed that equals the run's, a tiny reward's, is no difference either)
+    new = {k: _without_followed_seeds(v, new.get("seed")) if k in SEEDED_GROUPS else v for k, v in new.items()}
     old = {**{k: v for k, v in ADDED_LATER.items() if not isinstance(v, dict)}, **old,
            **{k: {**{key: value for key, value in v.items() if key in (new.get(k) or {})}, **old.get(k, {})}
               for k, v in ADDED_LATER.items() if isinstance(v, dict)}}
+    if (new.get("sampler") or {}).get("schedule") is not None:  # a family's own sigma rule: the static
+        # shifts a run recorded beside it (3.0, and a student's 1.0) were never read; they are null now
+        old = {**old, **{k: {**old[k], "shift": None} for k in ("sampler", "student") if isinstance(old.get(k), dict)
+                         and "shift" in old[k]}}
     return [k for k in _diff(old, new) if not k.startswith(RESUMABLE_KEYS)]
 
 

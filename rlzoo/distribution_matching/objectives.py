@@ -28,6 +28,7 @@ from torch import Tensor
 from rlzoo.distribution_matching.distillation import check_t_range, check_teacher, dmd_gradient, dmd_loss, noise_and_t
 from rlzoo.objectives import Objective, policy_gradient_losses
 from rlzoo.ops import noised, x0_prediction
+from rlzoo.rng import shared_randint
 from rlzoo.types import Cost, LikelihoodTerm, LossPart, UpdateBatch
 
 
@@ -75,8 +76,8 @@ class DMD(Objective):
         draws = batch.objective_draws  # (the run's: this objective's stream, or keyed by row)
         if draws is None:
             raise RuntimeError("objective=dmd draws from the run's randomness (UpdateBatch.objective_draws)")
-        k = int(torch.randint(steps, (), generator=draws.shared))  # (every rank draws the same k)
-        sigma = rollout.sigmas[k]
+        k = shared_randint(draws, steps)  # (every rank draws the same k)
+        sigma = torch.full((), rollout.sigma_values[k], dtype=rollout.x0.dtype, device=rollout.x0.device)
         for start in range(0, batch_rows, batch.micro_batch_size):
             rows = torch.arange(start, min(start + batch.micro_batch_size, batch_rows))
             part = rollout.select(rows)

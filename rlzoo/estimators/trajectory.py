@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 
-from rlzoo.rng import Draws, as_draws
+from rlzoo.rng import Draws, as_draws, shared_permutation
 from rlzoo.types import LikelihoodTerm, Rollout
 
 
@@ -47,12 +47,12 @@ class TrajectoryEstimator:
         """The steps this update trains, shared by every row (the same on every rank)."""
         (stochastic,) = rollout.needed("stochastic")
         trained = int(len(stochastic) * self.timestep_fraction)
-        steps = [k for k in torch.nonzero(stochastic).flatten().tolist() if k < trained]
+        steps = [k for k in rollout.stochastic_steps if k < trained]
         if not steps:  # e.g. a window on the last step only: train the stochastic steps there are
-            steps = torch.nonzero(stochastic).flatten().tolist()
+            steps = list(rollout.stochastic_steps)
         if isinstance(self.steps, int) and self.steps < len(steps):  # (else "all")
-            order = torch.randperm(len(steps), generator=as_draws(generator).shared)[: self.steps]
-            steps = sorted(steps[i] for i in order.tolist())
+            order = shared_permutation(as_draws(generator), len(steps))[: self.steps]
+            steps = sorted(steps[i] for i in order)
         return steps
 
     def terms(self, policy, rollout: Rollout, micro_batch_size: int, *, need_reference: bool,
@@ -69,7 +69,7 @@ class TrajectoryEstimator:
             cond = rollout.cond.select(index)
             for k in steps:
                 x, x_next = trajectory[index, k], trajectory[index, k + 1]
-                t = rollout.sigmas[k].to(x.device, x.dtype).repeat(len(index))  # (no host read of sigma)
+                t = torch.full((len(index),), rollout.sigma_values[k], dtype=x.dtype, device=x.device)
 
                 def step(v):
                     return transition(x, v, k, x_next=x_next)

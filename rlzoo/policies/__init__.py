@@ -73,8 +73,11 @@ def check_attention_backend(name: str | None, target: str | None = None) -> None
         if not getattr(family, "attention_backends", False):
             raise ValueError(f"model.attention_backend={name}: {family.__name__}'s attention does not go through "
                              f"diffusers' attention backends (FLUX.1's and Z-Image's do); use model.attention_backend=null")
-    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
-
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+    except ImportError:
+        raise ValueError("model.attention_backend needs diffusers' attention dispatch (diffusers >= 0.35); "
+                         "use model.attention_backend=null") from None
     valid = [b.value for b in AttentionBackendName]
     if name not in valid:
         raise ValueError(f"unknown model.attention_backend {name!r}; valid: null, {', '.join(valid)}")

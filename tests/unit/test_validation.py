@@ -349,3 +349,33 @@ def test_a_run_recorded_before_paper_b_moved_names_its_components_where_they_are
     cfg = load_untrusted_config(recorded)
     assert cfg.critic._target_ == "rlzoo.distribution_matching.critic.Critic"
     assert cfg.reward.rewards.dm._target_ == "rlzoo.distribution_matching.reward.DistributionMatchingReward"
+
+
+@pytest.mark.parametrize("recipe", ["paper_a", "dmd"])
+def test_a_family_run_recorded_with_the_static_shifts_it_never_read_resumes(recipe):
+    """FLUX.1 and Z-Image runs recorded before sampler.shift became null beside a family's own
+    schedule hold sampler.shift 3.0 (and a student's 1.0): never read, so not a difference; a
+    changed schedule still is; on SD3 the shift is read and a change is one."""
+    from rlzoo.config import compose_config, config_differences, run_fingerprint
+
+    new = run_fingerprint(compose_config(["task=t2i", "model=flux_tiny", f"experiment={recipe}"]))
+    assert new["sampler"]["shift"] is None
+    old = {**new, "sampler": {**new["sampler"], "shift": 3.0}}
+    if "student" in new:
+        old["student"] = {**new["student"], "shift": 1.0}
+    assert config_differences(old, new) == []
+    moved = {**old, "sampler": {**old["sampler"], "schedule": {"image_seq_len": 256}}}
+    assert config_differences(moved, new) == ["sampler.schedule.image_seq_len"]
+    sd3 = run_fingerprint(compose_config(["task=t2i", "model=sd3_tiny", "experiment=paper_a"]))
+    assert config_differences({**sd3, "sampler": {**sd3["sampler"], "shift": 1.0}}, sd3) == ["sampler.shift"]
+
+
+@pytest.mark.parametrize("reward", ["pickscore", "mix"])
+def test_a_run_with_a_seeded_tiny_reward_resumes_as_it_was(reward):
+    """A reward's own seed (its tiny random weights: reward.seed 0, a mix's parts) equal to the
+    run's is no difference from itself: resuming the same t2i command is not refused."""
+    from rlzoo.config import compose_config, config_differences, run_fingerprint
+
+    cfg = run_fingerprint(compose_config(["task=t2i", "model=sd3_tiny", f"reward={reward}", "reward.tiny=true"]))
+    assert config_differences(cfg, cfg) == []
+    assert "seed" in config_differences(cfg, {**cfg, "seed": 1})

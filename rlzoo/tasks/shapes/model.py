@@ -76,15 +76,17 @@ class ShapesPolicyModel(nn.Module):
         likelihood terms would encode it again and again. So the output is kept per prompt batch,
         as t2i keeps its embeddings, and computed once by each view (each module: old, current,
         reference), in the same call as before, so every number stays as it was. Keyed by the
-        prompts, the module's mode (train/eval pick different attention kernels), autocast and
-        the encoder's weight versions (a loaded state_dict bumps them); not kept while the encoder
-        trains (rlzoo-pretrain)."""
+        prompts (a prompt's tokens are a function of its text; guidance's empty prompt is ""), the
+        module's mode (train/eval pick different attention kernels), autocast, the device and dtype
+        of the tokens and weights (`.to()` does not bump versions), and the encoder's weight
+        versions (a loaded state_dict bumps them); not kept while the encoder trains (rlzoo-pretrain)."""
         params = list(self.text_encoder.parameters())
         if any(p.requires_grad for p in params):
             return self.text_encoder(cond.inputs["tokens"])
         tokens = cond.inputs["tokens"]
         key = (tuple(cond.prompts), tuple(tokens.shape), self.text_encoder.training,
-               torch.is_autocast_enabled(tokens.device.type), tuple(p._version for p in params))
+               torch.is_autocast_enabled(tokens.device.type), tokens.device, params[0].device, params[0].dtype,
+               tuple(p._version for p in params))
         kept = self.encodings
         if key not in kept:
             if len(kept) >= self.KEPT_ENCODINGS:
