@@ -50,12 +50,13 @@ def assert_same_run(one, two, rel: float = 1e-5):
             assert y[key] == pytest.approx(x[key], rel=rel, abs=1e-7 if near_zero else 1e-9), (key, x["iteration"])
         assert (x["nfe_forward"], x["nfe_backward"]) == (y["nfe_forward"], y["nfe_backward"])
     # held-out evaluation, sharded over the ranks: the same numbers as one process (exactly, before
-    # training; after it, to the weights' float tolerance)
+    # training; after it, to the weights' float tolerance: flux_tiny's tiny PickScore after 3 LoRA
+    # steps was measured 1.03e-4 apart on an AMD EPYC, from weights 1e-6 apart)
     e1, e2 = records(one / "eval.jsonl"), records(two / "eval.jsonl")
     assert [r["iteration"] for r in e1] == [r["iteration"] for r in e2] and e1
     for x, y in zip(e1, e2):
         numbers = [k for k, v in x.items() if isinstance(v, float) and not k.startswith(("time", "wall"))]
-        assert numbers and all(y[k] == pytest.approx(x[k], rel=0 if x["iteration"] == 0 else 1e-4, abs=1e-7)
+        assert numbers and all(y[k] == pytest.approx(x[k], rel=0 if x["iteration"] == 0 else 2e-4, abs=1e-7)
                                for k in numbers), (x, y)
     w1, w2 = trainable(one), trainable(two)
     assert w1.keys() == w2.keys()
@@ -201,9 +202,10 @@ def test_submitit_local_two_tasks_train_as_one_process(tmp_path):
 def test_a_timed_out_job_is_requeued_and_resumes(tmp_path):
     """submitit's local executor with a 1-minute limit sends SIGUSR2 after 30 s; rank 0 requeues,
     both tasks restart and resume from the time-based checkpoint; the run ends completed with
-    strictly increasing iterations (about a minute)."""
+    strictly increasing iterations (about a minute and a half). The run must outlast the 30 s:
+    300 iterations once did, and finished in 21 s on a faster machine."""
     result = subprocess.run([str(BIN / "rlzoo-train"), "-m", "task=toy2d", "experiment=paper_a", "train.rng=keyed",
-                             "train.iterations=300", "eval.every=100", "eval.samples=64", "checkpoint_every=1000",
+                             "train.iterations=1000", "eval.every=250", "eval.samples=64", "checkpoint_every=1000",
                              "checkpoint_every_minutes=0.1", "progress_bar=false", "threads=1", "dist.timeout_s=60",
                              "hydra/launcher=local_2rank", "hydra.launcher.timeout_min=1",
                              f"hydra.sweep.dir={tmp_path / 'sweep'}"],
@@ -213,4 +215,4 @@ def test_a_timed_out_job_is_requeued_and_resumes(tmp_path):
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_0_log.out"))
     assert "Requeued job" in logs and "resuming" in logs
     assert __import__("json").loads((run_dir / "summary.json").read_text())["status"] == "completed"
-    assert [r["iteration"] for r in records(run_dir / "metrics.jsonl")] == list(range(1, 301))
+    assert [r["iteration"] for r in records(run_dir / "metrics.jsonl")] == list(range(1, 1001))
