@@ -71,8 +71,7 @@ def check_attention_backend(name: str | None, target: str | None = None) -> None
 
         family = get_class(target)
         if not getattr(family, "attention_backends", False):
-            raise ValueError(f"model.attention_backend={name}: {family.__name__}'s attention does not go through "
-                             f"diffusers' attention backends (FLUX.1's and Z-Image's do); use model.attention_backend=null")
+            raise not_dispatched(name, family.__name__)
     try:
         from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
     except ImportError:
@@ -87,13 +86,17 @@ def check_attention_backend(name: str | None, target: str | None = None) -> None
         raise ValueError(f"model.attention_backend={name}: {' '.join(str(exc).split())}") from None
 
 
+def not_dispatched(name: str, owner: str) -> ValueError:
+    return ValueError(f"model.attention_backend={name}: {owner}'s attention does not go through diffusers' attention "
+                      f"backends (FLUX.1's and Z-Image's do); use model.attention_backend=null")
+
+
 def set_attention_backend(module: nn.Module, name: str) -> None:
     """diffusers' attention backend on every attention processor that dispatches through it; a
     model with none (SD3's JointAttnProcessor2_0 calls torch's SDPA itself) is refused, not
     silently left as it was."""
     if not any(hasattr(getattr(m, "processor", None), "_attention_backend") for m in module.modules()):
-        raise ValueError(f"model.attention_backend={name}: {type(module).__name__}'s attention does not go through "
-                         f"diffusers' attention backends (FLUX.1's and Z-Image's do); use model.attention_backend=null")
+        raise not_dispatched(name, type(module).__name__)
     import logging
 
     logger = logging.getLogger("diffusers.models.modeling_utils")

@@ -71,19 +71,19 @@ class SDESampler(Sampler):
     def sample(self, velocity_fn: VelocityFn, noise, cond: Conditioning, record: bool = False,
                generator: Draws | torch.Generator | None = None) -> Rollout:
         sigmas = self.sigmas()
+        values = sigmas.tolist()  # (the schedule as Python numbers, read once: the steps and the kernel take them)
         draws = as_draws(generator)
         stochastic = self.stochastic_steps(draws)
         x = noise
         trajectory, log_probs = [x], []
-        for k, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-            v = velocity_fn(x, _sigma_batch(sigma, x), cond)
+        for k in range(len(values) - 1):
+            v = velocity_fn(x, _sigma_batch(sigmas[k], x), cond)
             if stochastic[k]:
                 eps = draws.randn(x.shape, dtype=x.dtype).to(x.device)
-                step = transition(self.kernel, x, v, float(sigma), float(sigma_next), float(sigmas[1]),
-                                  eta=self.eta, noise=eps)
+                step = transition(self.kernel, x, v, values[k], values[k + 1], values[1], eta=self.eta, noise=eps)
                 log_probs.append(step.log_prob)
             else:
-                step = euler_step(x, v, float(sigma), float(sigma_next))
+                step = euler_step(x, v, values[k], values[k + 1])
                 log_probs.append(torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
             x = step.x_next
             trajectory.append(x)
@@ -91,13 +91,11 @@ class SDESampler(Sampler):
                        cost=Cost(len(x) * self.num_steps * cond.evaluations_per_velocity),
                        trajectory=torch.stack(trajectory, 1) if record else None,
                        log_probs=torch.stack(log_probs, 1) if record else None,
-                       stochastic=stochastic if record else None,
-                       transition=self.transition_fn(sigmas) if record else None)
+                       stochastic=stochastic if record else None, sigma_values=tuple(values),
+                       transition=self.transition_fn(values) if record else None)
 
-    def transition_fn(self, sigmas):
-        """This sampler's kernel on `sigmas`, for an estimator: (x_k, velocity, k, x_next) -> Step."""
-        values = sigmas.tolist()  # (read here, with the rollout, not in every training step)
-
+    def transition_fn(self, values: list[float]):
+        """This sampler's kernel on the schedule `values`, for an estimator: (x_k, velocity, k, x_next) -> Step."""
         def step(x, velocity, k: int, x_next=None):
             return transition(self.kernel, x, velocity, values[k], values[k + 1], values[1], eta=self.eta,
                               x_next=x_next)
